@@ -1,0 +1,1 @@
+//! criterion benchmarks for the ferry crates; see `benches/` and `docs/benchmarks.md`.
