@@ -1,0 +1,1 @@
+//! Client side: reads replies, writes commands and body bytes.

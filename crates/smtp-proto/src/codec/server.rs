@@ -1,0 +1,1 @@
+//! Server side: reads commands, AUTH responses and bodies, writes replies.
