@@ -1,1 +1,0 @@
-//! Client side: reads replies, writes commands and body bytes.

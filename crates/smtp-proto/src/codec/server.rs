@@ -1,1 +1,0 @@
-//! Server side: reads commands, AUTH responses and bodies, writes replies.
