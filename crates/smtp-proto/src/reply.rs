@@ -1113,3 +1113,160 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// Line text: anything but CR, LF and NUL (which `encode` rewrites),
+    /// sometimes shaped like an enhanced code to probe the stripping.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[^\r\n\x00]{0,40}",
+            "[0-9. a-z-]{0,12}",
+            (
+                prop::sample::select(vec![2u8, 4, 5]),
+                0u16..1000,
+                0u16..1000,
+                "[^\r\n\x00]{0,8}"
+            )
+                .prop_map(|(class, subject, detail, rest)| format!(
+                    "{class}.{subject}.{detail} {rest}"
+                )),
+        ]
+    }
+
+    fn plain_reply() -> impl Strategy<Value = Reply> {
+        (200u16..600, vec(text(), 1..6))
+            // A plain first line that starts like "c.s.d " with the code's
+            // class is, on the wire, a reply with an enhanced code.
+            .prop_filter("first line reads as an enhanced code", |(code, lines)| {
+                split_enhanced(*code, lines[0].as_bytes()).is_none()
+            })
+            .prop_map(|(code, lines)| Reply::with_lines(code, None, lines))
+    }
+
+    fn enhanced_reply() -> impl Strategy<Value = Reply> {
+        (
+            prop::sample::select(vec![2u16, 4, 5]),
+            0u16..100,
+            0u16..1000,
+            0u16..1000,
+            vec(text(), 1..6),
+        )
+            .prop_map(|(class, rest, subject, detail, lines)| {
+                let enhanced = EnhancedCode::new(class as u8, subject, detail);
+                Reply::with_lines(class * 100 + rest, Some(enhanced), lines)
+            })
+    }
+
+    fn reply() -> impl Strategy<Value = Reply> {
+        prop_oneof![plain_reply(), enhanced_reply()]
+    }
+
+    fn encode_all(replies: &[Reply]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for reply in replies {
+            reply.encode(&mut out);
+        }
+        out.to_vec()
+    }
+
+    /// Decodes `input` fed in pieces ending at `cuts` (sorted, in range).
+    fn decode_in_pieces(
+        decoder: &mut ReplyDecoder,
+        input: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<Reply>, Option<ReplyError>, BytesMut) {
+        let mut buf = BytesMut::new();
+        let mut replies = Vec::new();
+        let mut start = 0;
+        for &end in cuts.iter().chain([&input.len()]) {
+            buf.extend_from_slice(&input[start..end]);
+            start = end;
+            for _ in 0..=input.len() {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(reply)) => replies.push(reply),
+                    Ok(None) => break,
+                    Err(error) => return (replies, Some(error), buf),
+                }
+            }
+        }
+        (replies, None, buf)
+    }
+
+    fn cuts(len: usize, raw: Vec<prop::sample::Index>) -> Vec<usize> {
+        let mut cuts: Vec<usize> = raw.iter().map(|index| index.index(len + 1)).collect();
+        cuts.sort_unstable();
+        cuts
+    }
+
+    /// Pieces of reply streams, valid and not, for the garbage test.
+    const TOKENS: &[&[u8]] = &[
+        b"250 ",
+        b"250-",
+        b"550-",
+        b"354 ",
+        b"250",
+        b"2.1.0 ",
+        b"5.1.1",
+        b"text",
+        b"\xff\xfe",
+        b"\r\n",
+        b"\r\n",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    ];
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_is_identity(reply in reply()) {
+            let mut wire = BytesMut::new();
+            reply.encode(&mut wire);
+            let mut decoder = ReplyDecoder::new();
+            prop_assert_eq!(decoder.decode(&mut wire), Ok(Some(reply)));
+            prop_assert!(wire.is_empty());
+            prop_assert!(!decoder.is_partial());
+        }
+
+        #[test]
+        fn pipelined_replies_survive_any_split(
+            replies in vec(reply(), 1..6),
+            raw_cuts in vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let input = encode_all(&replies);
+            let cuts = cuts(input.len(), raw_cuts);
+            let (decoded, error, rest) = decode_in_pieces(&mut ReplyDecoder::new(), &input, &cuts);
+            prop_assert_eq!(error, None);
+            prop_assert_eq!(decoded, replies);
+            prop_assert!(rest.is_empty());
+        }
+
+        /// Whatever the bytes, splitting them changes nothing and nothing
+        /// panics. The alphabet is SMTP-shaped so that valid lines, caps
+        /// and every error occur.
+        #[test]
+        fn any_input_decodes_the_same_however_split(
+            tokens in vec(prop::sample::select(TOKENS), 0..60),
+            raw_cuts in vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let input = tokens.concat();
+            let cuts = cuts(input.len(), raw_cuts);
+            let whole = decode_in_pieces(&mut ReplyDecoder::with_limits(512, 4), &input, &[]);
+            let split = decode_in_pieces(&mut ReplyDecoder::with_limits(512, 4), &input, &cuts);
+            prop_assert_eq!(&split.0, &whole.0);
+            prop_assert_eq!(split.1, whole.1);
+            if whole.1.is_none() {
+                prop_assert_eq!(&split.2, &whole.2);
+            }
+            for reply in &whole.0 {
+                prop_assert!(reply.lines().len() <= 4);
+                prop_assert!(reply.lines().iter().all(|line| line.len() <= 512));
+            }
+        }
+    }
+}
