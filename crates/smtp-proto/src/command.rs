@@ -25,7 +25,7 @@ use std::fmt;
 use bytes::{BufMut, BytesMut};
 
 use crate::address::{self, Address, AddressError};
-use crate::reply::{EnhancedCode, Reply};
+use crate::reply::{Reply, codes};
 use crate::xtext;
 
 /// RFC 3461 §4: an `ENVID` value is at most 100 characters (as sent, in
@@ -115,7 +115,7 @@ pub enum Command {
         /// The SASL mechanism, upper-cased.
         mechanism: String,
         /// The base64 initial response as sent; `"="` stands for an empty
-        /// one. Decode it with [`crate::sasl::decode_response`].
+        /// one. Decode it with `sasl::decode_response`.
         initial_response: Option<String>,
     },
 }
@@ -249,19 +249,19 @@ impl CommandError {
     /// The reply to send for this error.
     pub fn reply(&self) -> Reply {
         let (code, enhanced) = match self {
-            CommandError::UnknownCommand => (500, EnhancedCode::new(5, 5, 1)),
-            CommandError::LineTooLong => (500, EnhancedCode::new(5, 5, 2)),
-            CommandError::BareLineEnding => (550, EnhancedCode::new(5, 5, 2)),
-            CommandError::ForbiddenCharacter => (500, EnhancedCode::new(5, 5, 2)),
-            CommandError::Syntax(_) => (501, EnhancedCode::new(5, 5, 4)),
+            CommandError::UnknownCommand => (500, codes::INVALID_COMMAND),
+            CommandError::LineTooLong => (500, codes::SYNTAX_ERROR),
+            CommandError::BareLineEnding => (550, codes::SYNTAX_ERROR),
+            CommandError::ForbiddenCharacter => (500, codes::SYNTAX_ERROR),
+            CommandError::Syntax(_) => (501, codes::INVALID_ARGUMENTS),
             CommandError::InvalidSender(AddressError::Utf8NotPermitted)
             | CommandError::InvalidRecipient(AddressError::Utf8NotPermitted) => {
-                (553, EnhancedCode::new(5, 6, 7))
+                (553, codes::NON_ASCII_ADDRESS)
             }
-            CommandError::InvalidSender(_) => (501, EnhancedCode::new(5, 1, 7)),
-            CommandError::InvalidRecipient(_) => (501, EnhancedCode::new(5, 1, 3)),
-            CommandError::UnknownParameter(_) => (555, EnhancedCode::new(5, 5, 4)),
-            CommandError::InvalidParameter(_) => (501, EnhancedCode::new(5, 5, 4)),
+            CommandError::InvalidSender(_) => (501, codes::BAD_SENDER_SYNTAX),
+            CommandError::InvalidRecipient(_) => (501, codes::BAD_DESTINATION_SYNTAX),
+            CommandError::UnknownParameter(_) => (555, codes::INVALID_ARGUMENTS),
+            CommandError::InvalidParameter(_) => (501, codes::INVALID_ARGUMENTS),
         };
         Reply::new(code, enhanced, self.to_string())
     }
@@ -1036,6 +1036,7 @@ fn put_decimal(dst: &mut BytesMut, value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EnhancedCode;
     use crate::limits::PATH_MAX;
     use proptest::prelude::*;
 
@@ -2387,6 +2388,16 @@ mod tests {
         ]
     }
 
+    /// Whatever parses encodes, and parses back to itself.
+    fn reencodes(command: &Command) -> Result<(), TestCaseError> {
+        let mut wire = BytesMut::new();
+        command
+            .encode(&mut wire)
+            .map_err(|e| TestCaseError::fail(format!("{command:?}: {e}")))?;
+        prop_assert_eq!(&Command::parse(&wire[..wire.len() - 2]).unwrap(), command);
+        Ok(())
+    }
+
     proptest! {
         #[test]
         fn parse_inverts_encode(command in command()) {
@@ -2409,11 +2420,28 @@ mod tests {
             rest in "[ -~é\u{0}\t]{0,80}",
         ) {
             let line = format!("{verb}{rest}");
-            if let Err(error) = Command::parse(line.as_bytes()) {
-                // Every refusal still becomes a well-formed reply.
-                let reply = error.reply();
-                prop_assert!(reply.is_permanent());
-                prop_assert!(reply.enhanced().is_some());
+            match Command::parse(line.as_bytes()) {
+                Ok(command) => reencodes(&command)?,
+                Err(error) => {
+                    // Every refusal still becomes a well-formed reply.
+                    let reply = error.reply();
+                    prop_assert!(reply.is_permanent());
+                    prop_assert!(reply.enhanced().is_some());
+                }
+            }
+        }
+
+        #[test]
+        fn whatever_parses_reencodes(tokens in prop::collection::vec(prop::sample::select(&[
+            "MAIL FROM:", "RCPT TO:", "mail from: ", "EHLO ", "AUTH ", "VRFY ", "HELP", "BDAT ",
+            "<", ">", "<>", "a", "@", ".", "b.c", "\"", "\\", " ", "  ", "[", "]", "1.2.3.4",
+            "IPv6:", "::1", "é", "Postmaster", "@r.s:", ",", "=", ";", "+2B", "+40", "+0D",
+            " SIZE=12", " BODY=8bitmime", " SMTPUTF8", " RET=HDRS", " ENVID=", " AUTH=", " REQUIRETLS",
+            " NOTIFY=", "NEVER", "SUCCESS", ",DELAY", " ORCPT=", "rfc822;", "LAST", "PLAIN", "dGVz",
+        ][..]), 0..12)) {
+            let line = tokens.concat();
+            if let Ok(command) = Command::parse(line.as_bytes()) {
+                reencodes(&command)?;
             }
         }
 
@@ -2423,7 +2451,9 @@ mod tests {
             path in "[a-z@.\\[\\]:\"\\\\<> é,=-]{0,60}",
             params in "( [A-Za-z=;+0-9,<>-]{0,20}){0,4}",
         ) {
-            let _ = Command::parse(format!("{prefix}{path}{params}").as_bytes());
+            if let Ok(command) = Command::parse(format!("{prefix}{path}{params}").as_bytes()) {
+                reencodes(&command)?;
+            }
         }
     }
 }
