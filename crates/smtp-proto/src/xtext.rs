@@ -52,6 +52,10 @@ pub fn encode(value: &str) -> String {
 /// that is not UTF-8.
 pub fn decode(xtext: &str) -> Result<String, XtextError> {
     let bytes = xtext.as_bytes();
+    // Most values (ENVIDs, plain addresses) encode nothing: copy them once.
+    if bytes.iter().all(|&b| is_xchar(b)) {
+        return Ok(xtext.to_owned());
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {
