@@ -64,6 +64,9 @@ pub struct Capabilities {
     pub other: Vec<String>,
 }
 
+/// Room for the longest keyword matched by name, `ENHANCEDSTATUSCODES`.
+const KEYWORD_MAX: usize = 20;
+
 impl Capabilities {
     /// Reads the capabilities from an EHLO reply.
     ///
@@ -94,30 +97,55 @@ impl Capabilities {
     /// Records one extension line (`ehlo-keyword *(SP ehlo-param)`,
     /// RFC 5321 §4.1.1.1).
     fn add_line(&mut self, line: &str) {
-        let mut words = line.split_ascii_whitespace();
-        let keyword = words.next().unwrap_or_default();
-        let flag = match keyword.to_ascii_uppercase().as_str() {
-            "PIPELINING" => &mut self.pipelining,
-            "8BITMIME" => &mut self.eight_bit_mime,
-            "BINARYMIME" => &mut self.binary_mime,
-            "CHUNKING" => &mut self.chunking,
-            "SMTPUTF8" => &mut self.smtputf8,
-            "STARTTLS" => &mut self.starttls,
-            "DSN" => &mut self.dsn,
-            "ENHANCEDSTATUSCODES" => &mut self.enhanced_status_codes,
-            "REQUIRETLS" => &mut self.requiretls,
-            "SIZE" => {
+        let trimmed = line.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let (keyword, params) = match trimmed.bytes().position(|b| b.is_ascii_whitespace()) {
+            // ASCII whitespace is one byte, so `at` is a character boundary.
+            Some(at) => (&trimmed[..at], &trimmed[at..]),
+            None => (trimmed, ""),
+        };
+        let mut words = params.split_ascii_whitespace();
+        // Keywords are case-insensitive (RFC 5321 §2.4). Servers send them
+        // in upper case, so try the keyword as it is first; otherwise
+        // upper-case it into a small stack buffer (longer keywords are
+        // none we know).
+        let mut buffer = [0u8; KEYWORD_MAX];
+        let upper = if keyword.bytes().any(|b| b.is_ascii_lowercase()) {
+            match buffer.get_mut(..keyword.len()) {
+                Some(upper) => {
+                    upper.copy_from_slice(keyword.as_bytes());
+                    upper.make_ascii_uppercase();
+                    &*upper
+                }
+                None => &[],
+            }
+        } else {
+            keyword.as_bytes()
+        };
+        let flag = match upper {
+            b"PIPELINING" => &mut self.pipelining,
+            b"8BITMIME" => &mut self.eight_bit_mime,
+            b"BINARYMIME" => &mut self.binary_mime,
+            b"CHUNKING" => &mut self.chunking,
+            b"SMTPUTF8" => &mut self.smtputf8,
+            b"STARTTLS" => &mut self.starttls,
+            b"DSN" => &mut self.dsn,
+            b"ENHANCEDSTATUSCODES" => &mut self.enhanced_status_codes,
+            b"REQUIRETLS" => &mut self.requiretls,
+            b"SIZE" => {
                 // RFC 1870 §4: the number is optional, and 0 means no fixed
                 // limit; a number we cannot read still means SIZE works.
                 let limit = words.next().and_then(|word| word.parse().ok());
                 self.size = Some(limit.unwrap_or(0));
                 return;
             }
-            "AUTH" => {
+            b"AUTH" => {
                 self.add_mechanisms(words);
                 return;
             }
-            upper if upper.starts_with("AUTH=") => {
+            _ if keyword
+                .get(.."AUTH=".len())
+                .is_some_and(|head| head.eq_ignore_ascii_case("AUTH=")) =>
+            {
                 // The pre-standard form: the first mechanism is glued to
                 // the keyword by "=".
                 let first = keyword["AUTH=".len()..].split_ascii_whitespace();
@@ -134,9 +162,12 @@ impl Capabilities {
 
     fn add_mechanisms<'a>(&mut self, mechanisms: impl Iterator<Item = &'a str>) {
         for mechanism in mechanisms {
-            let mechanism = mechanism.to_ascii_uppercase();
-            if !self.auth.contains(&mechanism) {
-                self.auth.push(mechanism);
+            if !self
+                .auth
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(mechanism))
+            {
+                self.auth.push(mechanism.to_ascii_uppercase());
             }
         }
     }
