@@ -183,13 +183,13 @@ impl Connection {
                 self.starttls(true).await?;
             }
         }
-        if self.config.inner.credentials.is_some() {
-            if let Err(error) = self.authenticate().await {
-                if self.usable {
-                    self.courtesy_quit().await;
-                }
-                return Err(error);
+        if self.config.inner.credentials.is_some()
+            && let Err(error) = self.authenticate().await
+        {
+            if self.usable {
+                self.courtesy_quit().await;
             }
+            return Err(error);
         }
         Ok(())
     }
@@ -568,12 +568,12 @@ impl Connection {
         }
         // RFC 1870 §6: SIZE 0 (or no number) means no fixed limit.
         let size_limit = caps.size.filter(|&limit| limit > 0);
-        if let (Some(limit), Some(size)) = (size_limit, message.len()) {
-            if size > limit {
-                return Err(unsupported(format!(
-                    "the message ({size} octets) exceeds the server's SIZE limit of {limit} octets"
-                )));
-            }
+        if let (Some(limit), Some(size)) = (size_limit, message.len())
+            && size > limit
+        {
+            return Err(unsupported(format!(
+                "the message ({size} octets) exceeds the server's SIZE limit of {limit} octets"
+            )));
         }
         if caps.size.is_some() {
             params.size = message.len();
@@ -703,23 +703,23 @@ impl Connection {
                         .await?,
                 );
             }
-            if let Some(&first) = deferred.first() {
-                if next < commands.len() {
-                    // Stop asking: every recipient not sent yet waits for
-                    // the next transaction, with the 452 that stopped us.
-                    let reply = outcomes[first]
-                        .as_ref()
-                        .and_then(|outcome| outcome.reply.clone());
-                    for &index in &pending[next - 1..] {
-                        deferred.push(index);
-                        outcomes[index] = Some(RecipientOutcome {
-                            address: envelope.recipients()[index].address().clone(),
-                            accepted: false,
-                            reply: reply.clone(),
-                        });
-                    }
-                    break;
+            if let Some(&first) = deferred.first()
+                && next < commands.len()
+            {
+                // Stop asking: every recipient not sent yet waits for
+                // the next transaction, with the 452 that stopped us.
+                let reply = outcomes[first]
+                    .as_ref()
+                    .and_then(|outcome| outcome.reply.clone());
+                for &index in &pending[next - 1..] {
+                    deferred.push(index);
+                    outcomes[index] = Some(RecipientOutcome {
+                        address: envelope.recipients()[index].address().clone(),
+                        accepted: false,
+                        reply: reply.clone(),
+                    });
                 }
+                break;
             }
         }
 
@@ -928,17 +928,17 @@ impl Connection {
     /// Checks what is only known while streaming; on failure the connection
     /// is closed before the end of data, so nothing is delivered.
     fn check_streamed(&mut self, block: &[u8], total: u64, plan: &Plan) -> Result<(), Error> {
-        if let Some(limit) = plan.size_limit {
-            if total > limit {
-                self.abort();
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    Step::Body,
-                    format!(
-                        "the message exceeds the server's SIZE limit of {limit} octets; sending aborted"
-                    ),
-                ));
-            }
+        if let Some(limit) = plan.size_limit
+            && total > limit
+        {
+            self.abort();
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                Step::Body,
+                format!(
+                    "the message exceeds the server's SIZE limit of {limit} octets; sending aborted"
+                ),
+            ));
         }
         if plan.forbid_eight_bit && block.iter().any(|&byte| byte >= 0x80) {
             self.abort();
