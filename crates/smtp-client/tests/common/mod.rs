@@ -140,11 +140,16 @@ impl Script {
         self.io.buffer().len()
     }
 
+    /// The raw stream; panics if the client sent bytes not read yet.
+    pub fn into_inner(self) -> Box<dyn Io> {
+        assert_eq!(self.io.buffer().len(), 0, "client pipelined past STARTTLS");
+        self.io.into_inner()
+    }
+
     /// Upgrades to TLS with `acceptor`; panics if the client had sent
     /// anything beyond the STARTTLS line.
     pub async fn starttls(self, acceptor: &tokio_rustls::TlsAcceptor) -> Script {
-        assert_eq!(self.io.buffer().len(), 0, "client pipelined past STARTTLS");
-        let io = self.io.into_inner();
+        let io = self.into_inner();
         let tls = acceptor.accept(io).await.expect("server TLS handshake");
         Script::new(Box::new(tls))
     }
