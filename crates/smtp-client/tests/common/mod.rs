@@ -22,6 +22,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The server side of one connection.
 pub struct Script {
     io: BufReader<Box<dyn Io>>,
+    read_limit: Duration,
 }
 
 /// A bound on every single read in a script, so a client bug shows up as
@@ -32,7 +33,15 @@ impl Script {
     pub fn new(io: Box<dyn Io>) -> Self {
         Self {
             io: BufReader::new(io),
+            read_limit: READ_LIMIT,
         }
+    }
+
+    /// Changes the bound on each read (for paused-clock tests where an
+    /// idle client is expected to stay silent for long).
+    pub fn with_read_limit(mut self, limit: Duration) -> Self {
+        self.read_limit = limit;
+        self
     }
 
     /// Writes `line` plus CRLF.
@@ -50,7 +59,7 @@ impl Script {
     /// Reads one CRLF-terminated line, without the CRLF; `None` at EOF.
     pub async fn try_line(&mut self) -> Option<String> {
         let mut line = Vec::new();
-        let read = tokio::time::timeout(READ_LIMIT, self.io.read_until(b'\n', &mut line))
+        let read = tokio::time::timeout(self.read_limit, self.io.read_until(b'\n', &mut line))
             .await
             .expect("the client went silent")
             .ok()?;
