@@ -1,5 +1,11 @@
 //! One client connection: greeting, EHLO, STARTTLS, AUTH, and sending
 //! messages with pipelining, BDAT and per-recipient outcomes.
+//!
+//! The connection keeps its own read buffer and drives
+//! `smtp_proto::reply::ReplyDecoder` directly rather than through a
+//! `Framed` codec: the STARTTLS check needs to see exactly which bytes
+//! arrived behind the `220`, and message bodies go from the encoder's
+//! buffer to the socket without another copy into a frame buffer.
 
 use std::future::Future;
 use std::sync::Arc;

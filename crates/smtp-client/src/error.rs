@@ -220,8 +220,9 @@ impl Error {
         self.reply.as_ref()
     }
 
-    /// The outcome of every recipient, for
-    /// [`ErrorKind::RecipientsRejected`] (empty for other kinds).
+    /// The outcome of every recipient when the send reached a mail
+    /// transaction (always for [`ErrorKind::RecipientsRejected`]); empty
+    /// when it failed before.
     pub fn recipients(&self) -> &[RecipientOutcome] {
         &self.recipients
     }
@@ -275,5 +276,42 @@ impl std::error::Error for Error {
         self.source
             .as_deref()
             .map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_decide_transience() {
+        let transient = Error::rejected(Step::Mail, Reply::plain(451, "later"));
+        assert!(transient.is_transient());
+        let permanent = Error::rejected(Step::Mail, Reply::plain(550, "no"));
+        assert!(permanent.is_permanent());
+        let closing = Error::rejected(Step::Rcpt, Reply::plain(421, "bye"));
+        assert_eq!(closing.kind(), ErrorKind::Closed);
+        assert!(closing.is_transient());
+        assert!(Error::timeout(Step::Data).is_transient());
+        assert!(Error::invalid("bad").is_permanent());
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let eof = Error::io(Step::Mail, io::Error::from(io::ErrorKind::UnexpectedEof));
+        assert_eq!(eof.kind(), ErrorKind::Closed);
+        let refused = Error::io(
+            Step::Connect,
+            io::Error::from(io::ErrorKind::ConnectionRefused),
+        );
+        assert_eq!(refused.kind(), ErrorKind::Io);
+        assert!(refused.is_transient());
+        assert!(std::error::Error::source(&refused).is_some());
+    }
+
+    #[test]
+    fn display_carries_the_reply() {
+        let error = Error::rejected(Step::DataEnd, Reply::plain(554, "spam"));
+        assert_eq!(error.to_string(), "end of data rejected: 554 spam");
     }
 }

@@ -488,6 +488,21 @@ async fn capabilities_are_checked_before_mail() {
         .await
         .unwrap_err();
     assert_eq!(binary.kind(), ErrorKind::Unsupported);
+    let requiretls = Envelope::builder()
+        .to(mailbox("a@example.org"))
+        .requiretls(true)
+        .build()
+        .unwrap();
+    let over_plaintext = connection.send(&requiretls, "x").await.unwrap_err();
+    assert_eq!(over_plaintext.kind(), ErrorKind::Unsupported);
+    let declared_too_big = connection
+        .send(
+            &envelope(&["a@example.org"]),
+            Message::from_reader(std::io::Cursor::new(Vec::new())).size(500),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(declared_too_big.kind(), ErrorKind::Unsupported);
     assert!(connection.is_usable());
     connection.quit().await.unwrap();
     server.await.unwrap();
@@ -732,6 +747,37 @@ async fn eight_bit_in_a_stream_without_8bitmime_aborts_before_the_end_of_data() 
 }
 
 #[tokio::test]
+async fn a_streamed_message_over_the_size_limit_aborts_before_the_end_of_data() {
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.greet(&["PIPELINING", "8BITMIME", "SIZE 2000"]).await;
+        let mail = s.line().await;
+        s.line().await;
+        s.line().await;
+        s.send_raw(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+        // The connection closes without the final ".": nothing delivered.
+        let rest = s.read_to_end().await;
+        assert!(!rest.is_empty());
+        assert!(!rest.ends_with(b"\r\n.\r\n"));
+        mail
+    })
+    .await;
+    let message = Message::from_reader(std::io::Cursor::new(b"x\r\n".repeat(1000)));
+    let error = Client::new(config(addr).chunk_size(1024).build().unwrap())
+        .send(&envelope(&["b@example.org"]), message)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.kind(), error.step()),
+        (ErrorKind::Unsupported, Step::Body)
+    );
+    // No size was declared, so none was sent.
+    assert_eq!(
+        server.await.unwrap(),
+        "MAIL FROM:<alice@example.com> BODY=8BITMIME"
+    );
+}
+
+#[tokio::test]
 async fn lmtp_reads_one_reply_per_accepted_recipient() {
     let (addr, server) = serve(|mut s: Script| async move {
         s.send("220 lmtp.example LMTP").await;
@@ -877,22 +923,21 @@ fn base64_plain(user: &str, password: &str) -> String {
     smtp_proto::sasl::plain_response(None, user, password)
 }
 
-#[tokio::test]
-async fn invalid_envelopes_fail_before_connecting() {
-    // Nothing listens here: validation must fail first.
-    let config = smtp_client::ClientConfig::builder("127.0.0.1")
-        .port(9)
-        .tls(smtp_client::Tls::None)
-        .build()
-        .unwrap();
+#[test]
+fn line_breaks_in_envelope_values_are_errors_before_any_connection() {
+    // An envelope can only be built valid, so nothing invalid ever
+    // reaches a connection.
     let bad = Envelope::builder()
         .to(mailbox("b@example.org"))
         .envid("x\r\nRSET")
+        .build();
+    assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
+    let bad = Envelope::builder()
+        .recipient(Recipient::new(mailbox("b@example.org")).orcpt("rfc822", "b@x\r\nDATA"))
         .build();
     assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
     assert!("a\r\n@example.org".parse::<Address>().is_err());
     assert!("a@exa\0mple.org".parse::<Address>().is_err());
     let no_recipients = Envelope::new(None, []);
     assert_eq!(no_recipients.unwrap_err().kind(), ErrorKind::InvalidInput);
-    drop(config);
 }

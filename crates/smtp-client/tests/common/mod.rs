@@ -115,6 +115,15 @@ impl Script {
         );
     }
 
+    /// Reads everything until the client closes.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(self.read_limit, self.io.read_to_end(&mut rest))
+            .await
+            .expect("the client did not close the connection");
+        rest
+    }
+
     /// Reads a DATA body up to and including the lone "." line; returns
     /// the bytes as sent (dot-stuffed, without the final ".\r\n").
     pub async fn read_data(&mut self) -> Vec<u8> {
