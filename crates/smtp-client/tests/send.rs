@@ -941,3 +941,36 @@ fn line_breaks_in_envelope_values_are_errors_before_any_connection() {
     let no_recipients = Envelope::new(None, []);
     assert_eq!(no_recipients.unwrap_err().kind(), ErrorKind::InvalidInput);
 }
+
+#[tokio::test]
+async fn a_connect_that_never_completes_times_out() {
+    // A listener that never accepts, with its backlog filled: further SYNs
+    // are dropped and the connection attempt hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    let timeouts = smtp_client::Timeouts {
+        connect: Duration::from_millis(300),
+        ..smtp_client::Timeouts::default()
+    };
+    let config = config(addr).timeouts(timeouts).build().unwrap();
+    let error = Connection::connect(&config).await.unwrap_err();
+    assert_eq!(
+        (error.kind(), error.step()),
+        (ErrorKind::Timeout, Step::Connect)
+    );
+    drop(listener);
+}
