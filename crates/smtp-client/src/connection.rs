@@ -857,8 +857,8 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends the body as BDAT chunks (RFC 3030), each acknowledged before
-    /// the next; the last carries `LAST`. Its reply is read by the caller.
+    /// Sends the body as BDAT chunks (RFC 3030); the last carries `LAST`.
+    /// Its reply is read by the caller.
     async fn write_bdat_body(&mut self, message: &mut Message, plan: &Plan) -> Result<(), Error> {
         let timeouts = self.config.inner.timeouts;
         let chunk_size = self.config.inner.chunk_size;
@@ -866,6 +866,7 @@ impl Connection {
         let mut chunk = BytesMut::with_capacity(chunk_size + chunk_size / 8);
         let mut offset = 0;
         let mut total: u64 = 0;
+        let mut unacknowledged = 0;
         loop {
             chunk.clear();
             let mut last = false;
@@ -903,18 +904,40 @@ impl Connection {
             self.flush(Step::Body, timeouts.data_block).await?;
             self.write_body(&chunk, timeouts.data_block).await?;
             if last {
+                // Replies to earlier chunks come before the reply to LAST,
+                // which the caller reads.
+                while unacknowledged > 0 {
+                    unacknowledged -= 1;
+                    self.bdat_chunk_reply(unacknowledged + 1).await?;
+                }
                 return Ok(());
             }
-            let reply = self
-                .read_reply(Step::Data, timeouts.data_initiation)
-                .await?;
-            if !reply.is_positive_completion() {
-                // RFC 3030 §2: after a failed chunk the server discards the
-                // transaction's data; RSET puts both sides back in step.
-                self.reset_after_failure().await;
-                return Err(Error::rejected(Step::Data, reply));
+            unacknowledged += 1;
+            // With PIPELINING one chunk may be in flight while the next is
+            // prepared (RFC 3030 §4.2), so a slow link stays busy; without
+            // it every chunk waits for its reply.
+            let window = if plan.pipelining { 1 } else { 0 };
+            if unacknowledged > window {
+                unacknowledged -= 1;
+                self.bdat_chunk_reply(unacknowledged).await?;
             }
         }
+    }
+
+    /// Reads the reply to a non-final BDAT chunk. On a failure the replies
+    /// to the `in_flight` chunks sent after it are read too, then RSET
+    /// (RFC 3030 §2: the server discards the transaction's data).
+    async fn bdat_chunk_reply(&mut self, in_flight: usize) -> Result<(), Error> {
+        let timeout = self.config.inner.timeouts.data_initiation;
+        let reply = self.read_reply(Step::Data, timeout).await?;
+        if reply.is_positive_completion() {
+            return Ok(());
+        }
+        for _ in 0..in_flight {
+            self.read_reply(Step::Data, timeout).await?;
+        }
+        self.reset_after_failure().await;
+        Err(Error::rejected(Step::Data, reply))
     }
 
     async fn read_message_block(

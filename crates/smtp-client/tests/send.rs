@@ -974,3 +974,81 @@ async fn a_connect_that_never_completes_times_out() {
     );
     drop(listener);
 }
+
+/// Reads one BDAT command and its chunk; returns whether it was LAST.
+async fn read_bdat(s: &mut Script) -> bool {
+    let header = s.expect_prefix("BDAT ").await;
+    let mut words = header.split(' ').skip(1);
+    let size: usize = words.next().unwrap().parse().unwrap();
+    let last = words.next() == Some("LAST");
+    s.read_exact(size).await;
+    last
+}
+
+fn lines_message(lines: usize) -> Message {
+    let text: String = (0..lines).map(|n| format!("line {n:04}\r\n")).collect();
+    Message::from_reader(std::io::Cursor::new(text.into_bytes()))
+}
+
+#[tokio::test]
+async fn with_pipelining_one_bdat_chunk_stays_in_flight() {
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.greet(&["PIPELINING", "CHUNKING"]).await;
+        s.line().await;
+        s.line().await;
+        s.send_raw(b"250 ok\r\n250 ok\r\n").await;
+        assert!(!read_bdat(&mut s).await);
+        // The second chunk arrives before the first is acknowledged.
+        let mut last = read_bdat(&mut s).await;
+        let mut chunks = 2;
+        s.send("250 chunk ok").await;
+        while !last {
+            last = read_bdat(&mut s).await;
+            chunks += 1;
+            s.send("250 chunk ok").await;
+        }
+        s.send("250 message ok").await;
+        s.quit().await;
+        chunks
+    })
+    .await;
+    let config = config(addr).chunk_size(1024).build().unwrap();
+    let result = Client::new(config)
+        .send(&envelope(&["b@example.org"]), lines_message(400))
+        .await
+        .unwrap();
+    assert_eq!(result.reply.unwrap().text(), "message ok");
+    assert!(server.await.unwrap() >= 4);
+}
+
+#[tokio::test]
+async fn a_rejected_bdat_chunk_drains_the_window_and_resets() {
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.greet(&["PIPELINING", "CHUNKING"]).await;
+        s.line().await;
+        s.line().await;
+        s.send_raw(b"250 ok\r\n250 ok\r\n").await;
+        assert!(!read_bdat(&mut s).await);
+        assert!(!read_bdat(&mut s).await);
+        s.send_raw(b"552 5.3.4 message too big\r\n503 5.5.1 transaction failed\r\n")
+            .await;
+        s.expect("RSET").await;
+        s.send("250 ok").await;
+        s.quit().await;
+    })
+    .await;
+    let config = config(addr).chunk_size(1024).build().unwrap();
+    let mut connection = Connection::connect(&config).await.unwrap();
+    let error = connection
+        .send(&envelope(&["b@example.org"]), lines_message(400))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.kind(), error.step()),
+        (ErrorKind::Rejected, Step::Data)
+    );
+    assert_eq!(error.reply().unwrap().code(), 552);
+    assert!(connection.is_usable());
+    connection.quit().await.unwrap();
+    server.await.unwrap();
+}
