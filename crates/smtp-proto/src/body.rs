@@ -665,8 +665,8 @@ mod tests {
     }
 
     /// A deliberately naive DATA reader over a whole buffer, written
-    /// independently of the state machine: returns the unstuffed body, and
-    /// where the terminator ends if there is one.
+    /// independently of the state machine: returns the unstuffed body as
+    /// far as it is decided, and where the terminator ends if there is one.
     fn reference_data(input: &[u8]) -> (Vec<u8>, Option<usize>) {
         let mut body = Vec::new();
         let mut line_start = true;
@@ -674,6 +674,11 @@ mod tests {
         while i < input.len() {
             if line_start && input[i..].starts_with(b".\r\n") {
                 return (body, Some(i + 3));
+            }
+            if line_start && &input[i..] == b".\r" {
+                // Undecided: the next byte may complete the terminator, so
+                // the CR is not body text yet.
+                return (body, None);
             }
             if line_start && input[i] == b'.' {
                 line_start = false;
@@ -940,6 +945,33 @@ mod tests {
         assert_eq!(d.body, b"a\r\n\r\r\n");
         assert!(d.summary.unwrap().bare_cr);
         assert!(d.rest.is_empty());
+    }
+
+    #[test]
+    fn partial_terminator_is_held_as_state_not_bytes() {
+        let mut decoder = DataDecoder::new(u64::MAX);
+        let mut src = BytesMut::from(&b"a\r\n.\r"[..]);
+        // The CRLF is body text whatever follows; the dot and the CR wait.
+        assert_eq!(
+            decoder.decode(&mut src),
+            Some(BodyEvent::Chunk("a\r\n".into()))
+        );
+        assert_eq!(decoder.decode(&mut src), None);
+        assert!(src.is_empty(), "nothing is left in the buffer");
+        src.extend_from_slice(b"x\r\n.\r\n");
+        assert_eq!(
+            decoder.decode(&mut src),
+            Some(BodyEvent::Chunk("\r".into()))
+        );
+        assert_eq!(
+            decoder.decode(&mut src),
+            Some(BodyEvent::Chunk("x\r\n".into()))
+        );
+        let Some(BodyEvent::End(summary)) = decoder.decode(&mut src) else {
+            panic!("expected the end of DATA");
+        };
+        assert_eq!(summary.size, 7);
+        assert!(summary.bare_cr);
     }
 
     #[test]
