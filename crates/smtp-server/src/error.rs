@@ -111,15 +111,15 @@ impl From<std::io::Error> for SmtpError {
 }
 
 /// A configuration the server cannot run with, reported by
-/// `ServerBuilder::build`.
+/// [`ServerBuilder::build`](crate::ServerBuilder::build).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// An implicit-TLS listener was requested but no TLS configuration was
-    /// given: call `ServerBuilder::tls`.
+    /// given: call [`ServerBuilder::tls`](crate::ServerBuilder::tls).
     TlsListenerWithoutTls,
     /// Authentication is required but no authenticator was given: call
-    /// `ServerBuilder::auth`.
+    /// [`ServerBuilder::auth`](crate::ServerBuilder::auth).
     AuthRequiredWithoutAuthenticator,
     /// TLS is required but no TLS configuration was given.
     TlsRequiredWithoutTls,

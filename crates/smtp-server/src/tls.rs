@@ -10,7 +10,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// A rustls [`ServerConfig`] shared by the server and its owner.
 ///
 /// Clones share the same slot: keep one, hand one to
-/// `ServerBuilder::tls`, and call
+/// [`ServerBuilder::tls`](crate::ServerBuilder::tls), and call
 /// [`TlsConfig::replace`] when the certificate is renewed. Connections
 /// already encrypted keep the configuration they started with; new
 /// handshakes use the new one.
