@@ -357,3 +357,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.expect("250-mx.test").await
     }
 }
+
+impl<S> Client<S> {
+    /// The stream, once every byte received has been read as replies.
+    pub fn into_inner(self) -> S {
+        assert!(
+            self.buffer.is_empty(),
+            "bytes after the last reply: {:?}",
+            String::from_utf8_lossy(&self.buffer)
+        );
+        self.stream
+    }
+}
+
+/// A self-signed certificate for `name`: the server's TLS configuration
+/// and the certificate for the client's trust store.
+pub fn test_tls(
+    name: &str,
+) -> (
+    smtp_server::TlsConfig,
+    rustls_pki_types::CertificateDer<'static>,
+) {
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let tls = smtp_server::TlsConfig::from_pem(
+        certified.cert.pem().as_bytes(),
+        certified.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    (tls, certified.cert.der().clone())
+}
+
+/// A TLS client trusting only `root`.
+pub fn tls_connector(
+    root: &rustls_pki_types::CertificateDer<'static>,
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+pub fn server_name(name: &str) -> rustls_pki_types::ServerName<'static> {
+    rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap()
+}
