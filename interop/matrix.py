@@ -80,6 +80,8 @@ def make_certificate(directory):
     result = run([
         "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        # An end-entity certificate: webpki refuses a CA certificate as a leaf.
+        "-addext", "basicConstraints=critical,CA:FALSE",
         "-keyout", str(key), "-out", str(cert),
     ])
     check(result.returncode == 0, f"openssl failed: {result.stderr.decode()}")
