@@ -857,10 +857,9 @@ where
         ))
         .await?;
         self.flush().await?;
-        match self.transfer(session, Transfer::Data).await? {
-            // DATA never yields to another command.
-            Some(_) | None => Ok(()),
-        }
+        // Only a BDAT transfer can be interrupted by a command; DATA never
+        // hands one back.
+        self.transfer(session, Transfer::Data).await.map(drop)
     }
 
     async fn bdat<T: Session>(
