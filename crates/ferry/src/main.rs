@@ -1,1 +1,3 @@
+//! The `ferry` command line.
+
 fn main() {}
