@@ -5,4 +5,6 @@
 //! delivery, user lists, certificates, message composition, benchmark
 //! reports — is unit-tested on its own.
 
+pub mod certs;
 pub mod maildir;
+pub mod users;
