@@ -6,5 +6,6 @@
 //! reports — is unit-tested on its own.
 
 pub mod certs;
+pub mod compose;
 pub mod maildir;
 pub mod users;
