@@ -8,4 +8,5 @@
 pub mod certs;
 pub mod compose;
 pub mod maildir;
+pub mod report;
 pub mod users;
