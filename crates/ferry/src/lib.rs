@@ -6,7 +6,9 @@
 //! reports — is unit-tested on its own.
 
 pub mod certs;
+pub mod cli;
 pub mod compose;
 pub mod maildir;
+pub mod outcome;
 pub mod report;
 pub mod users;
