@@ -11,4 +11,5 @@ pub mod compose;
 pub mod maildir;
 pub mod outcome;
 pub mod report;
+pub mod transcript;
 pub mod users;

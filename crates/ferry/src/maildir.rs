@@ -76,6 +76,74 @@ impl TraceHeaders {
     }
 }
 
+/// What a `Received:` field says about one transaction (RFC 5321 §4.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received<'a> {
+    /// The name the client gave in HELO, EHLO or LHLO.
+    pub helo: &'a str,
+    /// The client's address.
+    pub peer: std::net::IpAddr,
+    /// This server's host name.
+    pub by: &'a str,
+    /// The protocol type, from [`protocol`].
+    pub with: &'static str,
+    /// The transaction id.
+    pub id: &'a str,
+    /// The recipient, when the copy is for exactly one.
+    pub for_rcpt: Option<&'a str>,
+    /// The RFC 5322 date-time of receipt.
+    pub date: &'a str,
+}
+
+impl Received<'_> {
+    /// The field value, folded over three lines:
+    /// `from HELO ([IP])\r\n\tby HOST (ferry) with ESMTPS id ID\r\n\tfor <rcpt>; DATE`.
+    pub fn value(&self) -> String {
+        let helo: String = self
+            .helo
+            .chars()
+            .filter(|c| !c.is_control() && !matches!(c, '(' | ')' | ';'))
+            .collect();
+        let peer = match self.peer {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("IPv6:{ip}"),
+        };
+        let mut out = format!(
+            "from {helo} ([{peer}])\r\n\tby {} (ferry) with {} id {}",
+            self.by, self.with, self.id
+        );
+        if let Some(rcpt) = self.for_rcpt {
+            out.push_str("\r\n\tfor <");
+            out.push_str(rcpt);
+            out.push('>');
+        }
+        out.push_str("; ");
+        out.push_str(self.date);
+        out
+    }
+}
+
+/// The RFC 3848 protocol type for the `with` clause: SMTP or ESMTP (or
+/// LMTP), with `S` when TLS was in force and `A` after authentication.
+pub fn protocol(lmtp: bool, extended: bool, tls: bool, auth: bool) -> &'static str {
+    match (lmtp, extended, tls, auth) {
+        (true, _, false, false) => "LMTP",
+        (true, _, false, true) => "LMTPA",
+        (true, _, true, false) => "LMTPS",
+        (true, _, true, true) => "LMTPSA",
+        (false, false, _, _) => "SMTP",
+        (false, true, false, false) => "ESMTP",
+        (false, true, false, true) => "ESMTPA",
+        (false, true, true, false) => "ESMTPS",
+        (false, true, true, true) => "ESMTPSA",
+    }
+}
+
+/// The current date-time in RFC 5322 §3.3 form.
+pub fn rfc5322_now() -> String {
+    mail_builder::headers::date::Date::now().to_rfc822()
+}
+
 impl Maildir {
     /// Opens the Maildir at `root`, creating `root`, `tmp/`, `new/` and
     /// `cur/` when they are missing. `host` becomes the last part of every
@@ -342,6 +410,37 @@ mod tests {
             received: "x".into(),
         };
         assert_eq!(null.to_bytes(), b"Return-Path: <>\r\nReceived: x\r\n");
+    }
+
+    #[test]
+    fn received_field() {
+        let r = Received {
+            helo: "client.example",
+            peer: "127.0.0.1".parse().unwrap(),
+            by: "mx.example",
+            with: protocol(false, true, true, false),
+            id: "abc123",
+            for_rcpt: Some("bob@example.com"),
+            date: "Thu, 1 Jan 1970 00:00:00 +0000",
+        };
+        assert_eq!(
+            r.value(),
+            "from client.example ([127.0.0.1])\r\n\tby mx.example (ferry) with ESMTPS id abc123\r\n\tfor <bob@example.com>; Thu, 1 Jan 1970 00:00:00 +0000"
+        );
+        let r = Received {
+            helo: "evil) (x;",
+            peer: "::1".parse().unwrap(),
+            for_rcpt: None,
+            with: protocol(true, true, false, true),
+            ..r
+        };
+        assert_eq!(
+            r.value(),
+            "from evil x ([IPv6:::1])\r\n\tby mx.example (ferry) with LMTPA id abc123; Thu, 1 Jan 1970 00:00:00 +0000"
+        );
+        assert_eq!(protocol(false, false, true, true), "SMTP");
+        assert_eq!(protocol(false, true, true, true), "ESMTPSA");
+        assert!(rfc5322_now().contains(':'));
     }
 
     #[test]
