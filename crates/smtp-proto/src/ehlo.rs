@@ -1,1 +1,441 @@
-//! TODO module ehlo
+//! EHLO capabilities (RFC 5321 §4.1.1.1): the service extensions a server
+//! offers, read from its EHLO reply by clients and written into one by
+//! servers.
+//!
+//! ```
+//! use smtp_proto::{ehlo::Capabilities, Reply};
+//!
+//! let reply = Reply::with_lines(
+//!     250,
+//!     None,
+//!     vec!["mx.example.org Hello", "PIPELINING", "SIZE 10485760", "AUTH PLAIN LOGIN"],
+//! );
+//! let caps = Capabilities::from_reply(&reply);
+//! assert_eq!(caps.domain, "mx.example.org");
+//! assert!(caps.pipelining);
+//! assert_eq!(caps.size, Some(10_485_760));
+//! assert!(caps.supports_auth("plain"));
+//! assert_eq!(caps.to_reply(), reply);
+//! ```
+
+use crate::Reply;
+
+/// What a server announced in its EHLO reply.
+///
+/// Clients build it with [`from_reply`](Self::from_reply) and consult it
+/// before using an extension; servers fill it in and send
+/// [`to_reply`](Self::to_reply). Keywords this type does not know are kept
+/// verbatim in [`other`](Self::other), so nothing the server said is lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The domain the server names itself with: the first word of the first
+    /// line.
+    pub domain: String,
+    /// The rest of the first line, after the domain and one space; `None`
+    /// when there is nothing after the domain.
+    pub greeting: Option<String>,
+    /// `SIZE` (RFC 1870): the largest message the server accepts, in
+    /// octets. `Some(0)` means SIZE is offered without a fixed limit
+    /// (announced as a bare `SIZE`, `SIZE 0`, or with an unreadable number).
+    pub size: Option<u64>,
+    /// `PIPELINING` (RFC 2920): commands may be sent in groups.
+    pub pipelining: bool,
+    /// `8BITMIME` (RFC 6152): `BODY=8BITMIME` is accepted.
+    pub eight_bit_mime: bool,
+    /// `BINARYMIME` (RFC 3030): `BODY=BINARYMIME` is accepted (with BDAT).
+    pub binary_mime: bool,
+    /// `CHUNKING` (RFC 3030): the `BDAT` command is accepted.
+    pub chunking: bool,
+    /// `SMTPUTF8` (RFC 6531): UTF-8 addresses and headers are accepted.
+    pub smtputf8: bool,
+    /// `STARTTLS` (RFC 3207): the connection can be upgraded to TLS.
+    pub starttls: bool,
+    /// `DSN` (RFC 3461): `RET`, `ENVID`, `NOTIFY` and `ORCPT` are accepted.
+    pub dsn: bool,
+    /// `ENHANCEDSTATUSCODES` (RFC 2034): replies carry RFC 3463 codes.
+    pub enhanced_status_codes: bool,
+    /// `REQUIRETLS` (RFC 8689): `MAIL FROM ... REQUIRETLS` is accepted.
+    pub requiretls: bool,
+    /// `AUTH` (RFC 4954): the SASL mechanisms offered, uppercased, in the
+    /// order first announced, each once.
+    pub auth: Vec<String>,
+    /// Every other line, verbatim (for example `VRFY`, `ETRN`,
+    /// `XCLIENT NAME ADDR`).
+    pub other: Vec<String>,
+}
+
+impl Capabilities {
+    /// Reads the capabilities from an EHLO reply.
+    ///
+    /// The caller checks that the reply is positive (250) first. Keywords
+    /// are matched without regard to case (RFC 5321 §2.4). Both the
+    /// standard `AUTH PLAIN LOGIN` and the obsolete `AUTH=PLAIN LOGIN` form
+    /// that some servers still send for old clients are understood.
+    pub fn from_reply(reply: &Reply) -> Capabilities {
+        let mut capabilities = Capabilities::default();
+        let mut lines = reply.lines().iter();
+        if let Some(first) = lines.next() {
+            match first.split_once(' ') {
+                Some((domain, greeting)) => {
+                    capabilities.domain = domain.to_owned();
+                    if !greeting.is_empty() {
+                        capabilities.greeting = Some(greeting.to_owned());
+                    }
+                }
+                None => capabilities.domain = first.to_string(),
+            }
+        }
+        for line in lines {
+            capabilities.add_line(line);
+        }
+        capabilities
+    }
+
+    /// Records one extension line (`ehlo-keyword *(SP ehlo-param)`,
+    /// RFC 5321 §4.1.1.1).
+    fn add_line(&mut self, line: &str) {
+        let mut words = line.split_ascii_whitespace();
+        let keyword = words.next().unwrap_or_default();
+        let flag = match keyword.to_ascii_uppercase().as_str() {
+            "PIPELINING" => &mut self.pipelining,
+            "8BITMIME" => &mut self.eight_bit_mime,
+            "BINARYMIME" => &mut self.binary_mime,
+            "CHUNKING" => &mut self.chunking,
+            "SMTPUTF8" => &mut self.smtputf8,
+            "STARTTLS" => &mut self.starttls,
+            "DSN" => &mut self.dsn,
+            "ENHANCEDSTATUSCODES" => &mut self.enhanced_status_codes,
+            "REQUIRETLS" => &mut self.requiretls,
+            "SIZE" => {
+                // RFC 1870 §4: the number is optional, and 0 means no fixed
+                // limit; a number we cannot read still means SIZE works.
+                let limit = words.next().and_then(|word| word.parse().ok());
+                self.size = Some(limit.unwrap_or(0));
+                return;
+            }
+            "AUTH" => {
+                self.add_mechanisms(words);
+                return;
+            }
+            upper if upper.starts_with("AUTH=") => {
+                // The pre-standard form: the first mechanism is glued to
+                // the keyword by "=".
+                let first = keyword["AUTH=".len()..].split_ascii_whitespace();
+                self.add_mechanisms(first.chain(words));
+                return;
+            }
+            _ => {
+                self.other.push(line.to_owned());
+                return;
+            }
+        };
+        *flag = true;
+    }
+
+    fn add_mechanisms<'a>(&mut self, mechanisms: impl Iterator<Item = &'a str>) {
+        for mechanism in mechanisms {
+            let mechanism = mechanism.to_ascii_uppercase();
+            if !self.auth.contains(&mechanism) {
+                self.auth.push(mechanism);
+            }
+        }
+    }
+
+    /// Writes the EHLO reply: code 250, no enhanced code (RFC 2034 §3), the
+    /// first line `domain greeting`, then one line per capability in this
+    /// fixed order: PIPELINING, SIZE, 8BITMIME, BINARYMIME, CHUNKING,
+    /// SMTPUTF8, DSN, ENHANCEDSTATUSCODES, STARTTLS, REQUIRETLS, AUTH, then
+    /// the [`other`](Self::other) lines as given.
+    ///
+    /// `SIZE` is written bare when [`size`](Self::size) is `Some(0)`, and
+    /// `AUTH` only when at least one mechanism is offered.
+    pub fn to_reply(&self) -> Reply {
+        let mut lines = Vec::with_capacity(12 + self.other.len());
+        lines.push(match &self.greeting {
+            Some(greeting) if !greeting.is_empty() => format!("{} {greeting}", self.domain),
+            _ => self.domain.clone(),
+        });
+        if self.pipelining {
+            lines.push("PIPELINING".to_owned());
+        }
+        match self.size {
+            Some(0) => lines.push("SIZE".to_owned()),
+            Some(limit) => lines.push(format!("SIZE {limit}")),
+            None => {}
+        }
+        let flags = [
+            (self.eight_bit_mime, "8BITMIME"),
+            (self.binary_mime, "BINARYMIME"),
+            (self.chunking, "CHUNKING"),
+            (self.smtputf8, "SMTPUTF8"),
+            (self.dsn, "DSN"),
+            (self.enhanced_status_codes, "ENHANCEDSTATUSCODES"),
+            (self.starttls, "STARTTLS"),
+            (self.requiretls, "REQUIRETLS"),
+        ];
+        for (offered, keyword) in flags {
+            if offered {
+                lines.push(keyword.to_owned());
+            }
+        }
+        if !self.auth.is_empty() {
+            lines.push(format!("AUTH {}", self.auth.join(" ")));
+        }
+        lines.extend(self.other.iter().cloned());
+        Reply::with_lines(250, None, lines)
+    }
+
+    /// Whether the server offers the SASL `mechanism` (any case).
+    pub fn supports_auth(&self, mechanism: &str) -> bool {
+        self.auth
+            .iter()
+            .any(|offered| offered.eq_ignore_ascii_case(mechanism))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reply::ReplyDecoder;
+    use bytes::BytesMut;
+
+    fn parse(lines: &[&'static str]) -> Capabilities {
+        Capabilities::from_reply(&Reply::with_lines(250, None, lines.to_vec()))
+    }
+
+    #[test]
+    fn reads_a_typical_reply() {
+        let caps = parse(&[
+            "mx.example.org",
+            "PIPELINING",
+            "SIZE 10240000",
+            "VRFY",
+            "ETRN",
+            "STARTTLS",
+            "AUTH PLAIN LOGIN",
+            "AUTH=PLAIN LOGIN",
+            "ENHANCEDSTATUSCODES",
+            "8BITMIME",
+            "DSN",
+            "SMTPUTF8",
+            "CHUNKING",
+        ]);
+        let expected = Capabilities {
+            domain: "mx.example.org".into(),
+            greeting: None,
+            size: Some(10_240_000),
+            pipelining: true,
+            eight_bit_mime: true,
+            binary_mime: false,
+            chunking: true,
+            smtputf8: true,
+            starttls: true,
+            dsn: true,
+            enhanced_status_codes: true,
+            requiretls: false,
+            auth: vec!["PLAIN".into(), "LOGIN".into()],
+            other: vec!["VRFY".into(), "ETRN".into()],
+        };
+        assert_eq!(caps, expected);
+    }
+
+    #[test]
+    fn keywords_are_case_insensitive() {
+        let caps = parse(&[
+            "mx",
+            "pipelining",
+            "8bitmime",
+            "BinaryMime",
+            "chunking",
+            "smtputf8",
+            "StartTLS",
+            "dsn",
+            "enhancedstatuscodes",
+            "requiretls",
+            "size 42",
+            "auth cram-md5 Plain",
+        ]);
+        assert!(caps.pipelining && caps.eight_bit_mime && caps.binary_mime && caps.chunking);
+        assert!(caps.smtputf8 && caps.starttls && caps.dsn && caps.enhanced_status_codes);
+        assert!(caps.requiretls);
+        assert_eq!(caps.size, Some(42));
+        assert_eq!(caps.auth, ["CRAM-MD5", "PLAIN"]);
+        assert!(caps.other.is_empty());
+    }
+
+    #[test]
+    fn size_with_and_without_a_number() {
+        assert_eq!(parse(&["mx", "SIZE"]).size, Some(0));
+        assert_eq!(parse(&["mx", "SIZE 0"]).size, Some(0));
+        assert_eq!(parse(&["mx", "SIZE 35882577"]).size, Some(35_882_577));
+        assert_eq!(parse(&["mx", "SIZE lots"]).size, Some(0));
+        assert_eq!(parse(&["mx", "SIZE 99999999999999999999999"]).size, Some(0));
+        assert_eq!(parse(&["mx"]).size, None);
+    }
+
+    #[test]
+    fn auth_in_both_forms() {
+        let caps = parse(&["mx", "AUTH=LOGIN PLAIN"]);
+        assert_eq!(caps.auth, ["LOGIN", "PLAIN"]);
+        let caps = parse(&["mx", "auth=xoauth2"]);
+        assert_eq!(caps.auth, ["XOAUTH2"]);
+        // Both lines, as many servers send them: each mechanism once.
+        let caps = parse(&["mx", "AUTH LOGIN PLAIN XOAUTH2", "AUTH=LOGIN PLAIN"]);
+        assert_eq!(caps.auth, ["LOGIN", "PLAIN", "XOAUTH2"]);
+        assert!(caps.supports_auth("xoauth2"));
+        assert!(caps.supports_auth("Plain"));
+        assert!(!caps.supports_auth("CRAM-MD5"));
+        assert!(!caps.supports_auth(""));
+        assert!(parse(&["mx", "AUTH"]).auth.is_empty());
+    }
+
+    #[test]
+    fn unknown_lines_are_kept_verbatim() {
+        let caps = parse(&[
+            "mx",
+            "XCLIENT NAME ADDR",
+            "x-foo  Bar=1 ",
+            "",
+            "AUTHX PLAIN",
+            "SIZED 5",
+        ]);
+        assert_eq!(
+            caps.other,
+            [
+                "XCLIENT NAME ADDR",
+                "x-foo  Bar=1 ",
+                "",
+                "AUTHX PLAIN",
+                "SIZED 5"
+            ]
+        );
+        assert!(caps.auth.is_empty());
+        assert_eq!(caps.size, None);
+    }
+
+    #[test]
+    fn domain_and_greeting() {
+        let caps = parse(&["mx.example.org Hello client [192.0.2.1]"]);
+        assert_eq!(caps.domain, "mx.example.org");
+        assert_eq!(caps.greeting.as_deref(), Some("Hello client [192.0.2.1]"));
+        let caps = parse(&["mx.example.org "]);
+        assert_eq!(caps.domain, "mx.example.org");
+        assert_eq!(caps.greeting, None);
+        let empty = Capabilities::from_reply(&Reply::with_lines(250, None, Vec::<String>::new()));
+        assert_eq!(empty, Capabilities::default());
+    }
+
+    #[test]
+    fn writes_a_reply_in_a_stable_order() {
+        let caps = Capabilities {
+            domain: "mx.example.org".into(),
+            greeting: Some("greets client".into()),
+            size: Some(0),
+            pipelining: true,
+            eight_bit_mime: true,
+            binary_mime: true,
+            chunking: true,
+            smtputf8: true,
+            starttls: true,
+            dsn: true,
+            enhanced_status_codes: true,
+            requiretls: true,
+            auth: vec!["PLAIN".into(), "LOGIN".into()],
+            other: vec!["VRFY".into()],
+        };
+        let reply = caps.to_reply();
+        assert_eq!(reply.code(), 250);
+        assert_eq!(reply.enhanced(), None);
+        let mut wire = BytesMut::new();
+        reply.encode(&mut wire);
+        assert_eq!(
+            std::str::from_utf8(&wire).unwrap(),
+            "250-mx.example.org greets client\r\n250-PIPELINING\r\n250-SIZE\r\n\
+             250-8BITMIME\r\n250-BINARYMIME\r\n250-CHUNKING\r\n250-SMTPUTF8\r\n250-DSN\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250-REQUIRETLS\r\n\
+             250-AUTH PLAIN LOGIN\r\n250 VRFY\r\n"
+        );
+        // Nothing offered: a single line.
+        let bare = Capabilities {
+            domain: "mx".into(),
+            size: Some(1000),
+            ..Capabilities::default()
+        };
+        assert_eq!(bare.to_reply().lines(), ["mx", "SIZE 1000"]);
+        assert_eq!(Capabilities::from_reply(&bare.to_reply()), bare);
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn capabilities() -> impl Strategy<Value = Capabilities> {
+            let flags = vec(any::<bool>(), 9);
+            let auth = vec("[A-Z0-9_-]{1,20}", 0..5).prop_map(|mut mechanisms| {
+                let mut seen = Vec::new();
+                mechanisms.retain(|mechanism| {
+                    let new = !seen.contains(mechanism);
+                    seen.push(mechanism.clone());
+                    new
+                });
+                mechanisms
+            });
+            // Unknown keywords: X-prefixed, so never one of ours.
+            let other = vec("X[A-Za-z0-9-]{0,10}( [!-~]{1,10}){0,3}", 0..4);
+            (
+                // Starts with a letter: a first line such as "2.0.0 x"
+                // would read as an enhanced status code on the wire.
+                "[a-z][a-z0-9.-]{0,29}",
+                proptest::option::of("[^\r\n\x00]{1,30}"),
+                proptest::option::of(any::<u64>()),
+                flags,
+                auth,
+                other,
+            )
+                .prop_map(|(domain, greeting, size, flags, auth, other)| {
+                    Capabilities {
+                        domain,
+                        greeting,
+                        size,
+                        pipelining: flags[0],
+                        eight_bit_mime: flags[1],
+                        binary_mime: flags[2],
+                        chunking: flags[3],
+                        smtputf8: flags[4],
+                        starttls: flags[5],
+                        dsn: flags[6],
+                        enhanced_status_codes: flags[7],
+                        requiretls: flags[8],
+                        auth,
+                        other,
+                    }
+                })
+        }
+
+        proptest! {
+            /// Capabilities → reply → wire → ReplyDecoder → Capabilities.
+            #[test]
+            fn round_trip_through_the_wire(caps in capabilities()) {
+                let mut wire = BytesMut::new();
+                caps.to_reply().encode(&mut wire);
+                let reply = ReplyDecoder::new().decode(&mut wire).unwrap().unwrap();
+                prop_assert!(wire.is_empty());
+                prop_assert_eq!(Capabilities::from_reply(&reply), caps);
+            }
+
+            /// Adding the obsolete AUTH= line with the same mechanisms, in
+            /// lower case, changes nothing.
+            #[test]
+            fn obsolete_auth_line_adds_nothing(caps in capabilities()) {
+                let mut reply_lines: Vec<String> =
+                    caps.to_reply().lines().iter().map(|line| line.to_string()).collect();
+                if !caps.auth.is_empty() {
+                    reply_lines.insert(1, format!("auth={}", caps.auth.join(" ").to_lowercase()));
+                }
+                let reply = Reply::with_lines(250, None, reply_lines);
+                prop_assert_eq!(Capabilities::from_reply(&reply), caps);
+            }
+        }
+    }
+}

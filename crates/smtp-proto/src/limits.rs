@@ -57,14 +57,14 @@ pub const SASL_LINE_MAX: usize = 12288;
 pub mod timeouts {
     use core::time::Duration;
 
-    /// §4.5.3.2.1: waiting for the 220 greeting, 5 minutes.
-    pub const INITIAL_220: Duration = Duration::from_secs(5 * 60);
+    /// §4.5.3.2.1 ("Initial 220 Message"): waiting for the greeting, 5 minutes.
+    pub const GREETING: Duration = Duration::from_secs(5 * 60);
     /// §4.5.3.2.2: reply to MAIL, 5 minutes.
     pub const MAIL: Duration = Duration::from_secs(5 * 60);
     /// §4.5.3.2.3: reply to each RCPT, 5 minutes.
     pub const RCPT: Duration = Duration::from_secs(5 * 60);
-    /// §4.5.3.2.4: the 354 reply to DATA, 2 minutes.
-    pub const DATA_INITIATION: Duration = Duration::from_secs(2 * 60);
+    /// §4.5.3.2.4 ("DATA Initiation"): the 354 reply to DATA, 2 minutes.
+    pub const DATA_INIT: Duration = Duration::from_secs(2 * 60);
     /// §4.5.3.2.5: each TCP send of a data block, 3 minutes.
     pub const DATA_BLOCK: Duration = Duration::from_secs(3 * 60);
     /// §4.5.3.2.6: reply to the end of data, 10 minutes.

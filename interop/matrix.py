@@ -1,0 +1,500 @@
+#!/usr/bin/env python3
+"""The interop matrix: ferry against SMTP software nobody here wrote.
+
+Each case starts its peers on 127.0.0.1, runs one exchange and checks what
+arrived: the bytes in ferry's Maildir, or what the peer received. Run it
+with `cargo xtask interop` (which builds ferry first); `.ci/run` installs
+the peers: swaks and Postfix's smtp-sink/smtp-source from Debian, aiosmtpd
+from PyPI.
+
+    python3 interop/matrix.py --ferry target/debug/ferry [--only NAME]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from email.message import EmailMessage
+
+HERE = pathlib.Path(__file__).resolve().parent
+CASES = []
+# Every wait in the matrix is bounded.
+START_TIMEOUT = 30
+STEP_TIMEOUT = 120
+
+
+def case(function):
+    CASES.append(function)
+    return function
+
+
+class Failure(Exception):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise Failure(message)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port, process=None):
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise Failure(f"peer exited early with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise Failure(f"nothing listens on port {port} after {START_TIMEOUT}s")
+
+
+def run(args, **kwargs):
+    kwargs.setdefault("timeout", STEP_TIMEOUT)
+    kwargs.setdefault("capture_output", True)
+    result = subprocess.run(args, **kwargs)
+    return result
+
+
+def make_certificate(directory):
+    """A self-signed certificate for localhost and 127.0.0.1, made now."""
+    cert = directory / "peer-cert.pem"
+    key = directory / "peer-key.pem"
+    result = run([
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout", str(key), "-out", str(cert),
+    ])
+    check(result.returncode == 0, f"openssl failed: {result.stderr.decode()}")
+    return cert, key
+
+
+class FerryServer:
+    """`ferry serve` on a free loopback port, writing into a fresh Maildir."""
+
+    def __init__(self, ferry, workdir, *extra):
+        self.port = free_port()
+        self.maildir = workdir / f"maildir-{self.port}"
+        self.args = [
+            ferry, "serve", "--listen", f"127.0.0.1:{self.port}",
+            "--maildir", str(self.maildir), "--hostname", "mx.interop.test", *extra,
+        ]
+        self.output = []
+
+    def __enter__(self):
+        self.process = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        ready = threading.Event()
+
+        def pump():
+            for line in self.process.stdout:
+                self.output.append(line.decode(errors="replace"))
+                if b"listening on" in line:
+                    ready.set()
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(START_TIMEOUT):
+            self.stop()
+            raise Failure("ferry serve did not say `listening on`:\n" + "".join(self.output))
+        return self
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def messages(self):
+        new = self.maildir / "new"
+        if not new.is_dir():
+            return []
+        return [path.read_bytes() for path in sorted(new.iterdir())]
+
+    def only_message(self):
+        messages = self.messages()
+        check(len(messages) == 1, f"expected one message in the Maildir, found {len(messages)}")
+        return messages[0]
+
+
+def assert_stored(stored, sender, recipients, *needles):
+    check(stored.startswith(f"Return-Path: <{sender}>\r\n".encode()),
+          f"stored message does not start with Return-Path: {stored[:80]!r}")
+    for recipient in recipients:
+        check(f"\r\nDelivered-To: {recipient}\r\n".encode() in stored,
+              f"no Delivered-To: {recipient} in {stored[:300]!r}")
+    check(b"\r\nReceived: from " in stored, "no Received: header")
+    for needle in needles:
+        check(needle in stored, f"{needle!r} not in stored message")
+    # The stored message keeps SMTP's CRLF line ends: no bare LF anywhere.
+    check(stored.replace(b"\r\n", b"").find(b"\n") == -1, "bare LF in stored message")
+
+
+def swaks(port, token, *extra, recipient="bob@example.com"):
+    args = [
+        "swaks", "--server", "127.0.0.1", "--port", str(port),
+        "--from", "alice@example.com", "--to", recipient,
+        "--helo", "client.interop.test",
+        "--header", f"X-Interop: {token}", "--body", f"body {token}",
+        "--timeout", "30", *extra,
+    ]
+    result = run(args)
+    check(result.returncode == 0,
+          f"swaks exited {result.returncode}:\n{result.stdout.decode(errors='replace')[-3000:]}")
+    return result.stdout.decode(errors="replace")
+
+
+# --- swaks → ferry serve -----------------------------------------------------
+
+@case
+def swaks_plain(ctx):
+    token = uuid.uuid4().hex
+    with FerryServer(ctx.ferry, ctx.workdir) as server:
+        swaks(server.port, token)
+        assert_stored(server.only_message(), "alice@example.com", ["bob@example.com"],
+                      f"X-Interop: {token}\r\n".encode(), f"body {token}\r\n".encode())
+
+
+@case
+def swaks_starttls_auth_plain(ctx):
+    token = uuid.uuid4().hex
+    with FerryServer(ctx.ferry, ctx.workdir, "--tls-cert", str(ctx.cert), "--tls-key", str(ctx.key),
+                     "--user", "alice:s3cret", "--require-auth") as server:
+        transcript = swaks(server.port, token, "--tls", "--auth", "PLAIN",
+                           "--auth-user", "alice", "--auth-password", "s3cret")
+        check("Authentication succeeded" in transcript or "235" in transcript, "no 235 in transcript")
+        assert_stored(server.only_message(), "alice@example.com", ["bob@example.com"],
+                      f"X-Interop: {token}".encode())
+
+
+@case
+def swaks_starttls_auth_login(ctx):
+    token = uuid.uuid4().hex
+    with FerryServer(ctx.ferry, ctx.workdir, "--tls-cert", str(ctx.cert), "--tls-key", str(ctx.key),
+                     "--user", "alice:s3cret", "--require-auth") as server:
+        swaks(server.port, token, "--tls", "--auth", "LOGIN",
+              "--auth-user", "alice", "--auth-password", "s3cret")
+        assert_stored(server.only_message(), "alice@example.com", ["bob@example.com"],
+                      f"X-Interop: {token}".encode())
+
+
+@case
+def swaks_wrong_password_is_refused(ctx):
+    with FerryServer(ctx.ferry, ctx.workdir, "--user", "alice:s3cret", "--require-auth") as server:
+        result = run([
+            "swaks", "--server", "127.0.0.1", "--port", str(server.port), "--tls",
+            "--from", "alice@example.com", "--to", "bob@example.com",
+            "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "wrong",
+        ])
+        check(result.returncode != 0, "swaks succeeded with a wrong password")
+        check(b"535" in result.stdout, "no 535 reply to a wrong password")
+        check(server.messages() == [], "a message was stored without authentication")
+
+
+@case
+def swaks_pipelining(ctx):
+    token = uuid.uuid4().hex
+    with FerryServer(ctx.ferry, ctx.workdir) as server:
+        swaks(server.port, token, "--pipeline", "--to", "bob@example.com,carol@example.com")
+        assert_stored(server.only_message(), "alice@example.com",
+                      ["bob@example.com", "carol@example.com"], f"body {token}".encode())
+
+
+@case
+def swaks_attachment(ctx):
+    token = uuid.uuid4().hex
+    attachment = ctx.workdir / "report.bin"
+    payload = os.urandom(3000)
+    attachment.write_bytes(payload)
+    with FerryServer(ctx.ferry, ctx.workdir) as server:
+        swaks(server.port, token, "--attach", str(attachment))
+        stored = server.only_message()
+        assert_stored(stored, "alice@example.com", ["bob@example.com"])
+        import email
+        from email import policy
+        message = email.message_from_bytes(stored, policy=policy.default)
+        parts = [part.get_payload(decode=True) for part in message.iter_attachments()]
+        check(payload in parts, "the attachment did not arrive byte-exact")
+
+
+# --- Python smtplib → ferry serve ---------------------------------------------
+
+@case
+def smtplib_starttls_login_send_message(ctx):
+    token = uuid.uuid4().hex
+    with FerryServer(ctx.ferry, ctx.workdir, "--user", "alice:s3cret") as server:
+        message = EmailMessage()
+        message["From"] = "alice@example.com"
+        message["To"] = "bob@example.com"
+        message["Subject"] = f"interop {token}"
+        message.set_content(f"hello {token}\n.leading dot\n")
+        # The most common client in the world, with no options beyond host
+        # and port: smtplib's starttls() does not verify by default.
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            client.starttls()
+            client.login("alice", "s3cret")
+            refused = client.send_message(message)
+            check(refused == {}, f"recipients refused: {refused}")
+        stored = server.only_message()
+        assert_stored(stored, "alice@example.com", ["bob@example.com"],
+                      f"Subject: interop {token}\r\n".encode(),
+                      f"hello {token}\r\n.leading dot\r\n".encode())
+
+
+@case
+def smtplib_verified_starttls(ctx):
+    with FerryServer(ctx.ferry, ctx.workdir, "--tls-cert", str(ctx.cert), "--tls-key", str(ctx.key)) as server:
+        context = ssl.create_default_context(cafile=str(ctx.cert))
+        with smtplib.SMTP("localhost", server.port, timeout=30) as client:
+            client.starttls(context=context)
+            client.sendmail("alice@example.com", ["bob@example.com"], b"Subject: verified\r\n\r\nok\r\n")
+        assert_stored(server.only_message(), "alice@example.com", ["bob@example.com"],
+                      b"Subject: verified\r\n\r\nok\r\n")
+
+
+# --- smtp-source → ferry serve ------------------------------------------------
+
+@case
+def smtp_source_1000_messages_10_sessions(ctx):
+    with FerryServer(ctx.ferry, ctx.workdir) as server:
+        result = run(["/usr/sbin/smtp-source", "-s", "10", "-m", "1000", "-l", "1024",
+                      "-f", "alice@example.com", "-t", "bob@example.com",
+                      f"127.0.0.1:{server.port}"])
+        check(result.returncode == 0, f"smtp-source failed: {result.stderr.decode()}")
+        messages = server.messages()
+        check(len(messages) == 1000, f"{len(messages)} messages stored, expected 1000")
+        for stored in messages:
+            assert_stored(stored, "alice@example.com", ["bob@example.com"])
+
+
+# --- ferry send → aiosmtpd ----------------------------------------------------
+
+class Aiosmtpd:
+    """aiosmtpd on a free port, recording each message into a directory."""
+
+    def __init__(self, ctx, *extra):
+        self.port = free_port()
+        self.out = ctx.workdir / f"aiosmtpd-{self.port}"
+        self.out.mkdir()
+        self.args = [ctx.python, str(HERE / "aiosmtpd_peer.py"), "--port", str(self.port),
+                     "--out", str(self.out), *extra]
+
+    def __enter__(self):
+        self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.process)
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def received(self):
+        records = []
+        for path in sorted(self.out.glob("*.json")):
+            records.append(json.loads(path.read_text()))
+        return records
+
+
+def ferry_send(ctx, port, *extra):
+    result = run([ctx.ferry, "send", "--server", f"127.0.0.1:{port}",
+                  "--from", "alice@example.com", "--to", "bob@example.com", "--json", *extra])
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise Failure(f"ferry send printed no JSON (exit {result.returncode}): "
+                      f"{result.stdout!r} {result.stderr!r}")
+    check(result.returncode == 0, f"ferry send exited {result.returncode}: {report}")
+    check(report["exit"] == 0 and report["error"] is None, f"unexpected report {report}")
+    check([r["status"] for r in report["recipients"]] == ["accepted"], f"recipients {report}")
+    return report
+
+
+def assert_received(records, token, auth_user=None):
+    check(len(records) == 1, f"peer received {len(records)} messages")
+    record = records[0]
+    check(record["mail_from"] == "alice@example.com", f"MAIL FROM {record['mail_from']}")
+    check(record["rcpt_tos"] == ["bob@example.com"], f"RCPT TO {record['rcpt_tos']}")
+    content = record["content"]
+    check(f"Subject: {token}" in content, "subject missing at the peer")
+    check("From: " in content and "Message-ID: " in content and "Date: " in content,
+          "composed headers missing at the peer")
+    if auth_user is not None:
+        check(record["auth_user"] == auth_user, f"peer saw login {record['auth_user']}")
+
+
+@case
+def ferry_send_to_aiosmtpd_plain(ctx):
+    token = uuid.uuid4().hex
+    with Aiosmtpd(ctx) as peer:
+        ferry_send(ctx, peer.port, "--tls", "none", "--subject", token, "--body", "plain")
+        assert_received(peer.received(), token)
+
+
+@case
+def ferry_send_to_aiosmtpd_starttls(ctx):
+    token = uuid.uuid4().hex
+    with Aiosmtpd(ctx, "--tls-cert", str(ctx.cert), "--tls-key", str(ctx.key), "--require-starttls") as peer:
+        ferry_send(ctx, peer.port, "--tls", "starttls", "--ca", str(ctx.cert),
+                   "--subject", token, "--body", "over tls")
+        records = peer.received()
+        assert_received(records, token)
+        check(records[0]["tls"], "aiosmtpd saw no TLS")
+
+
+@case
+def ferry_send_to_aiosmtpd_auth(ctx):
+    token = uuid.uuid4().hex
+    with Aiosmtpd(ctx, "--tls-cert", str(ctx.cert), "--tls-key", str(ctx.key),
+                  "--auth", "alice:s3cret") as peer:
+        ferry_send(ctx, peer.port, "--tls", "starttls", "--ca", str(ctx.cert),
+                   "--user", "alice", "--password", "s3cret", "--subject", token, "--body", "auth")
+        assert_received(peer.received(), token, auth_user="alice")
+
+
+@case
+def ferry_send_attachment_to_aiosmtpd(ctx):
+    token = uuid.uuid4().hex
+    attachment = ctx.workdir / "photo.png"
+    payload = os.urandom(5000)
+    attachment.write_bytes(payload)
+    with Aiosmtpd(ctx) as peer:
+        ferry_send(ctx, peer.port, "--tls", "none", "--subject", token, "--body", "see attached",
+                   "--attach", str(attachment))
+        records = peer.received()
+        assert_received(records, token)
+        import email
+        from email import policy
+        message = email.message_from_string(records[0]["content"], policy=policy.default)
+        attachments = list(message.iter_attachments())
+        check(len(attachments) == 1, "attachment missing")
+        check(attachments[0].get_content_type() == "image/png",
+              f"content type {attachments[0].get_content_type()}")
+        check(attachments[0].get_payload(decode=True) == payload, "attachment not byte-exact")
+
+
+# --- ferry send / bench → smtp-sink -------------------------------------------
+
+class SmtpSink:
+    def __init__(self, ctx):
+        self.port = free_port()
+        self.dump = ctx.workdir / f"sink-{self.port}"
+        self.dump.mkdir()
+        self.dump.chmod(0o777)
+        args = ["/usr/sbin/smtp-sink", "-c"]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        args += ["-D", str(self.dump / "dump"), f"127.0.0.1:{self.port}", "256"]
+        self.args = args
+
+    def __enter__(self):
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for_port(self.port, self.process)
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def dumped(self):
+        path = self.dump / "dump"
+        return path.read_bytes() if path.exists() else b""
+
+
+@case
+def ferry_send_to_smtp_sink(ctx):
+    token = uuid.uuid4().hex
+    with SmtpSink(ctx) as sink:
+        ferry_send(ctx, sink.port, "--tls", "none", "--subject", token, "--body", "to the sink")
+        deadline = time.monotonic() + 10
+        while token.encode() not in sink.dumped() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dumped = sink.dumped()
+        check(f"Subject: {token}".encode() in dumped, "smtp-sink did not receive the message")
+        check(b"to the sink" in dumped, "body missing at smtp-sink")
+
+
+@case
+def ferry_bench_against_smtp_sink(ctx):
+    with SmtpSink(ctx) as sink:
+        result = run([ctx.ferry, "bench", "--server", f"127.0.0.1:{sink.port}", "--tls", "none",
+                      "--messages", "500", "--concurrency", "10", "--size", "2048", "--json"])
+        check(result.returncode == 0, f"ferry bench exited {result.returncode}: {result.stderr!r}")
+        report = json.loads(result.stdout)
+        check(report["messages"] == 500, f"bench sent {report.get('messages')} messages")
+        check(report["failed"] == 0, f"bench failures: {report}")
+        deadline = time.monotonic() + 10
+        while sink.dumped().count(b"X-Ferry-Bench") < 500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        received = sink.dumped().count(b"\nX-Ferry-Bench")
+        check(received == 500, f"smtp-sink stored {received} bench messages")
+
+
+class Context:
+    pass
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ferry", required=True, help="the ferry binary")
+    parser.add_argument("--python", default=os.environ.get("FERRY_INTEROP_PYTHON", sys.executable),
+                        help="a Python with aiosmtpd installed")
+    parser.add_argument("--only", action="append", help="run only the named cases")
+    args = parser.parse_args()
+
+    for tool in ["swaks", "/usr/sbin/smtp-sink", "/usr/sbin/smtp-source", "openssl"]:
+        if shutil.which(tool) is None:
+            sys.exit(f"interop: {tool} is not installed (run .ci/run as root, or install swaks and postfix)")
+    probe = run([args.python, "-c", "import aiosmtpd"])
+    if probe.returncode != 0:
+        sys.exit(f"interop: {args.python} cannot import aiosmtpd (pip install aiosmtpd)")
+
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="ferry-interop-") as tmp:
+        ctx = Context()
+        ctx.ferry = str(pathlib.Path(args.ferry).resolve())
+        ctx.python = args.python
+        ctx.workdir = pathlib.Path(tmp)
+        os.chmod(tmp, 0o755)
+        ctx.cert, ctx.key = make_certificate(ctx.workdir)
+        selected = [c for c in CASES if not args.only or c.__name__ in args.only]
+        for function in selected:
+            started = time.monotonic()
+            try:
+                function(ctx)
+                print(f"ok    {function.__name__} ({time.monotonic() - started:.1f}s)", flush=True)
+            except Exception as error:  # report every case, then fail
+                failures.append(function.__name__)
+                print(f"FAIL  {function.__name__}: {error}", flush=True)
+    print(f"\n{len(selected) - len(failures)} passed, {len(failures)} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
