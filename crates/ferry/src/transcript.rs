@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn server_lines_and_control_bytes() {
         let mut t = Transcript::new();
-        let reply = Reply::with_lines(250, None, vec!["mx.example".into(), "PIPELINING".into()]);
+        let reply = Reply::with_lines(250, None, vec!["mx.example", "PIPELINING"]);
         assert_eq!(
             t.server(&reply),
             vec!["S: 250-mx.example", "S: 250 PIPELINING"]
