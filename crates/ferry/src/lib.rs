@@ -5,6 +5,7 @@
 //! delivery, user lists, certificates, message composition, benchmark
 //! reports — is unit-tested on its own.
 
+pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod compose;
