@@ -12,5 +12,6 @@ pub mod compose;
 pub mod maildir;
 pub mod outcome;
 pub mod report;
+pub mod send;
 pub mod transcript;
 pub mod users;
