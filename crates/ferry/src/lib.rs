@@ -13,5 +13,6 @@ pub mod maildir;
 pub mod outcome;
 pub mod report;
 pub mod send;
+pub mod store;
 pub mod transcript;
 pub mod users;
