@@ -126,17 +126,6 @@ pub enum TlsMode {
     Implicit,
 }
 
-/// `--auth` for `ferry send`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AuthChoice {
-    /// The best mechanism the server offers (PLAIN, then LOGIN).
-    Auto,
-    /// AUTH PLAIN (RFC 4616).
-    Plain,
-    /// AUTH LOGIN.
-    Login,
-}
-
 /// `--pipelining` for `ferry bench`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Pipelining {
@@ -214,7 +203,7 @@ pub struct SendArgs {
     /// line ends are normalised to CRLF and leading dots doubled.
     #[arg(long, value_name = "FILE|-", conflicts_with_all = ["subject", "body", "body_file", "attach", "header"])]
     pub raw: Option<PathBuf>,
-    /// User name for AUTH.
+    /// User name for AUTH (PLAIN when the server offers it, else LOGIN).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
     /// Password for AUTH.
@@ -223,9 +212,6 @@ pub struct SendArgs {
     /// Read the AUTH password from this environment variable.
     #[arg(long, value_name = "VAR", requires = "user")]
     pub password_env: Option<String>,
-    /// AUTH mechanism.
-    #[arg(long, value_enum, default_value_t = AuthChoice::Auto)]
-    pub auth: AuthChoice,
     /// Print the SMTP conversation as C:/S: lines on standard error.
     #[arg(long)]
     pub transcript: bool,
@@ -382,8 +368,6 @@ mod tests {
             "u",
             "--password-env",
             "PW",
-            "--auth",
-            "login",
             "--json",
         ])
         .unwrap()
@@ -395,7 +379,6 @@ mod tests {
         assert_eq!(send.connect.tls, TlsMode::Implicit);
         assert_eq!(send.to.len(), 2);
         assert_eq!(send.bcc, vec!["d@example.com"]);
-        assert_eq!(send.auth, AuthChoice::Login);
         assert_eq!(send.password_env.as_deref(), Some("PW"));
         assert!(send.json);
         let Command::Send(send) = parse(&["send", "--from", "a@b", "--to", "c@d"])
@@ -406,7 +389,6 @@ mod tests {
         };
         assert_eq!(send.connect.tls, TlsMode::Starttls);
         assert_eq!(send.connect.server, "127.0.0.1:2525");
-        assert_eq!(send.auth, AuthChoice::Auto);
     }
 
     #[test]

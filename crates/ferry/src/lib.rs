@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod certs;
 pub mod cli;
+pub mod client_run;
 pub mod compose;
 pub mod maildir;
 pub mod outcome;

@@ -1,3 +1,49 @@
-//! The `ferry` command line.
+//! The `ferry` command line: see `ferry --help`.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ferry::cli::{BenchArgs, SendArgs};
+
+/// Send and load-test SMTP mail.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send one message.
+    Send(Box<SendArgs>),
+    /// Load-test an SMTP server.
+    Bench(Box<BenchArgs>),
+}
+
+fn main() -> ExitCode {
+    // clap prints usage errors and exits with 2 by itself.
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ferry: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match cli.command {
+        Command::Send(args) => runtime.block_on(ferry::client_run::run_send(*args)),
+        Command::Bench(args) => runtime.block_on(ferry::client_run::run_bench(*args)),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
