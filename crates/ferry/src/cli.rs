@@ -108,9 +108,6 @@ pub struct ServeArgs {
     /// Accept a PROXY protocol header from these trusted sources (repeatable).
     #[arg(long, value_name = "CIDR")]
     pub proxy_protocol: Vec<IpNet>,
-    /// Print the SMTP conversation as C:/S: lines (AUTH payloads masked).
-    #[arg(long)]
-    pub transcript: bool,
 }
 
 /// How `ferry send` and `ferry bench` use TLS.

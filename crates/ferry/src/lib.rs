@@ -14,6 +14,6 @@ pub mod maildir;
 pub mod outcome;
 pub mod report;
 pub mod send;
+pub mod serve;
 pub mod store;
-pub mod transcript;
 pub mod users;

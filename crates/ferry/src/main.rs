@@ -2,24 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use ferry::cli::{BenchArgs, SendArgs};
-
-/// Send and load-test SMTP mail.
-#[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, long_about = None, propagate_version = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Send one message.
-    Send(Box<SendArgs>),
-    /// Load-test an SMTP server.
-    Bench(Box<BenchArgs>),
-}
+use clap::Parser;
+use ferry::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // clap prints usage errors and exits with 2 by itself.
@@ -42,8 +26,15 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Send(args) => runtime.block_on(ferry::client_run::run_send(*args)),
-        Command::Bench(args) => runtime.block_on(ferry::client_run::run_bench(*args)),
+        Command::Serve(args) => match runtime.block_on(ferry::serve::run(args)) {
+            Ok(()) => 0,
+            Err(message) => {
+                eprintln!("ferry serve: {message}");
+                1
+            }
+        },
+        Command::Send(args) => runtime.block_on(ferry::client_run::run_send(args)),
+        Command::Bench(args) => runtime.block_on(ferry::client_run::run_bench(args)),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
