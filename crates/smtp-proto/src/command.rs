@@ -24,7 +24,7 @@ use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::address::{self, Address, AddressError};
+use crate::address::{self, Address, AddressError, class};
 use crate::reply::{Reply, codes};
 use crate::xtext;
 
@@ -797,10 +797,8 @@ fn split_parameters(
             let valid = keyword
                 .bytes()
                 .next()
-                .is_some_and(|first| first.is_ascii_alphanumeric())
-                && keyword
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-');
+                .is_some_and(|first| class::is(first, class::ALNUM))
+                && keyword.bytes().all(|byte| class::is(byte, class::KEYWORD));
             if valid {
                 Ok((keyword, value))
             } else {
@@ -956,10 +954,7 @@ fn is_initial_response(response: &str) -> bool {
 
 /// RFC 5322 `atom` without CFWS: `1*atext`, ASCII only.
 fn is_atom(value: &str) -> bool {
-    !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b))
+    !value.is_empty() && value.bytes().all(|b| class::is(b, class::ATOM))
 }
 
 /// Whether `line` holds a control octet (below 0x20, or DEL). Written as a

@@ -21,7 +21,7 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// True for the octets that stand for themselves in xtext (RFC 3461 §4).
 fn is_xchar(byte: u8) -> bool {
-    (33..=126).contains(&byte) && byte != b'+' && byte != b'='
+    crate::address::class::is(byte, crate::address::class::XCHAR)
 }
 
 /// Encodes `value` as xtext: every octet outside `xchar` (including each
