@@ -971,9 +971,9 @@ fn has_control(line: &[u8]) -> bool {
 }
 
 /// `str::split_once` for an ASCII separator, without the generic
-/// character searcher (command arguments are short).
+/// character searcher.
 fn split_once_byte(value: &str, separator: u8) -> Option<(&str, &str)> {
-    let at = value.bytes().position(|b| b == separator)?;
+    let at = memchr::memchr(separator, value.as_bytes())?;
     // `separator` is ASCII, so both sides are on character boundaries.
     Some((&value[..at], &value[at + 1..]))
 }
