@@ -64,6 +64,42 @@ pub struct Capabilities {
     pub other: Vec<String>,
 }
 
+/// The EHLO keywords [`Capabilities`] has a field for.
+#[derive(Debug, Clone, Copy)]
+enum Keyword {
+    Pipelining,
+    EightBitMime,
+    BinaryMime,
+    Chunking,
+    SmtpUtf8,
+    StartTls,
+    Dsn,
+    EnhancedStatusCodes,
+    RequireTls,
+    Size,
+    Auth,
+}
+
+impl Keyword {
+    /// The keyword spelled `upper`, which must be in upper case.
+    fn of(upper: &[u8]) -> Option<Keyword> {
+        Some(match upper {
+            b"PIPELINING" => Keyword::Pipelining,
+            b"8BITMIME" => Keyword::EightBitMime,
+            b"BINARYMIME" => Keyword::BinaryMime,
+            b"CHUNKING" => Keyword::Chunking,
+            b"SMTPUTF8" => Keyword::SmtpUtf8,
+            b"STARTTLS" => Keyword::StartTls,
+            b"DSN" => Keyword::Dsn,
+            b"ENHANCEDSTATUSCODES" => Keyword::EnhancedStatusCodes,
+            b"REQUIRETLS" => Keyword::RequireTls,
+            b"SIZE" => Keyword::Size,
+            b"AUTH" => Keyword::Auth,
+            _ => return None,
+        })
+    }
+}
+
 /// Room for the longest keyword matched by name, `ENHANCEDSTATUSCODES`.
 const KEYWORD_MAX: usize = 20;
 
@@ -78,8 +114,10 @@ impl Capabilities {
         let mut capabilities = Capabilities::default();
         let mut lines = reply.lines().iter();
         if let Some(first) = lines.next() {
-            match first.split_once(' ') {
-                Some((domain, greeting)) => {
+            match first.as_bytes().iter().position(|&b| b == b' ') {
+                // A space is one byte, so `at` is a character boundary.
+                Some(at) => {
+                    let (domain, greeting) = (&first[..at], &first[at + 1..]);
                     capabilities.domain = domain.to_owned();
                     if !greeting.is_empty() {
                         capabilities.greeting = Some(greeting.to_owned());
@@ -97,7 +135,7 @@ impl Capabilities {
     /// Records one extension line (`ehlo-keyword *(SP ehlo-param)`,
     /// RFC 5321 §4.1.1.1).
     fn add_line(&mut self, line: &str) {
-        let trimmed = line.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let trimmed = line.trim_ascii_start();
         let (keyword, params) = match trimmed.bytes().position(|b| b.is_ascii_whitespace()) {
             // ASCII whitespace is one byte, so `at` is a character boundary.
             Some(at) => (&trimmed[..at], &trimmed[at..]),
@@ -105,44 +143,38 @@ impl Capabilities {
         };
         let mut words = params.split_ascii_whitespace();
         // Keywords are case-insensitive (RFC 5321 §2.4). Servers send them
-        // in upper case, so try the keyword as it is first; otherwise
+        // in upper case, so try the keyword as it is first; only then
         // upper-case it into a small stack buffer (longer keywords are
         // none we know).
-        let mut buffer = [0u8; KEYWORD_MAX];
-        let upper = if keyword.bytes().any(|b| b.is_ascii_lowercase()) {
-            match buffer.get_mut(..keyword.len()) {
-                Some(upper) => {
-                    upper.copy_from_slice(keyword.as_bytes());
-                    upper.make_ascii_uppercase();
-                    &*upper
-                }
-                None => &[],
-            }
-        } else {
-            keyword.as_bytes()
-        };
-        let flag = match upper {
-            b"PIPELINING" => &mut self.pipelining,
-            b"8BITMIME" => &mut self.eight_bit_mime,
-            b"BINARYMIME" => &mut self.binary_mime,
-            b"CHUNKING" => &mut self.chunking,
-            b"SMTPUTF8" => &mut self.smtputf8,
-            b"STARTTLS" => &mut self.starttls,
-            b"DSN" => &mut self.dsn,
-            b"ENHANCEDSTATUSCODES" => &mut self.enhanced_status_codes,
-            b"REQUIRETLS" => &mut self.requiretls,
-            b"SIZE" => {
+        let known = Keyword::of(keyword.as_bytes()).or_else(|| {
+            let mut buffer = [0u8; KEYWORD_MAX];
+            let upper = buffer.get_mut(..keyword.len())?;
+            upper.copy_from_slice(keyword.as_bytes());
+            upper.make_ascii_uppercase();
+            Keyword::of(upper)
+        });
+        let flag = match known {
+            Some(Keyword::Pipelining) => &mut self.pipelining,
+            Some(Keyword::EightBitMime) => &mut self.eight_bit_mime,
+            Some(Keyword::BinaryMime) => &mut self.binary_mime,
+            Some(Keyword::Chunking) => &mut self.chunking,
+            Some(Keyword::SmtpUtf8) => &mut self.smtputf8,
+            Some(Keyword::StartTls) => &mut self.starttls,
+            Some(Keyword::Dsn) => &mut self.dsn,
+            Some(Keyword::EnhancedStatusCodes) => &mut self.enhanced_status_codes,
+            Some(Keyword::RequireTls) => &mut self.requiretls,
+            Some(Keyword::Size) => {
                 // RFC 1870 §4: the number is optional, and 0 means no fixed
                 // limit; a number we cannot read still means SIZE works.
                 let limit = words.next().and_then(|word| word.parse().ok());
                 self.size = Some(limit.unwrap_or(0));
                 return;
             }
-            b"AUTH" => {
+            Some(Keyword::Auth) => {
                 self.add_mechanisms(words);
                 return;
             }
-            _ if keyword
+            None if keyword
                 .get(.."AUTH=".len())
                 .is_some_and(|head| head.eq_ignore_ascii_case("AUTH=")) =>
             {
@@ -152,7 +184,7 @@ impl Capabilities {
                 self.add_mechanisms(first.chain(words));
                 return;
             }
-            _ => {
+            None => {
                 self.other.push(line.to_owned());
                 return;
             }
