@@ -175,6 +175,8 @@ impl Transcript {
                 return;
             }
             ServerFrame::DataEnd(summary) => {
+                // DATA chunks are counted by the decoder's summary.
+                self.chunk_octets = 0;
                 return self.client_summary(&format!("<message body: {} octets>", summary.size));
             }
             ServerFrame::BdatEnd => {

@@ -222,6 +222,15 @@ async fn bdat_chunks_and_long_lines_are_summarised() {
     client.hello().await;
     client.send(format!("NOOP {}\r\n", "x".repeat(5000))).await;
     client.expect("500 5.5.2").await;
+    // A DATA message first: its octets are not counted into a BDAT chunk.
+    client
+        .send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n")
+        .await;
+    client.expect("250 2.1.0").await;
+    client.expect("250 2.1.5").await;
+    client.expect("354 ").await;
+    client.send("hello\r\n.\r\n").await;
+    client.expect("250 2.0.0 Message accepted").await;
     client
         .send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nBDAT 5\r\nhelloBDAT 3 LAST\r\nabc")
         .await;
@@ -240,6 +249,10 @@ async fn bdat_chunks_and_long_lines_are_summarised() {
         [
             "C: EHLO client.test",
             "C: <command line too long, discarded>",
+            "C: MAIL FROM:<a@x.test>",
+            "C: RCPT TO:<b@x.test>",
+            "C: DATA",
+            "C: <message body: 7 octets>",
             "C: MAIL FROM:<a@x.test>",
             "C: RCPT TO:<b@x.test>",
             "C: BDAT 5",
