@@ -4,7 +4,9 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{Client, TestAuthenticator, TestBackend, builder, connect};
+use common::{
+    Client, TestAuthenticator, TestBackend, builder, connect, server_name, test_tls, tls_connector,
+};
 use smtp_server::smtp_proto::sasl;
 use smtp_server::{AuthPolicy, Direction, LineKind, Server};
 use tokio::io::DuplexStream;
@@ -262,4 +264,51 @@ async fn bdat_chunks_and_long_lines_are_summarised() {
             "C: QUIT",
         ]
     );
+}
+
+#[tokio::test]
+async fn plaintext_discarded_at_starttls_is_summarised() {
+    let backend = TestBackend::new();
+    let (tls, root) = test_tls("mx.test");
+    let lines: Lines = Arc::default();
+    let sink = Arc::clone(&lines);
+    let server = builder(&backend)
+        .tls(tls)
+        .transcript(move |line| {
+            sink.lock()
+                .unwrap()
+                .push((line.session_id.to_owned(), line.kind, line.to_string()));
+        })
+        .build()
+        .unwrap();
+    let mut client = connect(&server);
+    client.hello().await;
+    client.send("STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n").await;
+    client.expect("220 2.0.0").await;
+    let stream = client.into_inner();
+    let tls_stream = tls_connector(&root)
+        .connect(server_name("mx.test"), stream)
+        .await
+        .unwrap();
+    let mut client = Client::new(tls_stream);
+    client.send("NOOP\r\n").await;
+    client.expect("250 2.0.0").await;
+
+    let texts = texts(&lines);
+    let client_lines: Vec<_> = texts.iter().filter(|t| t.starts_with("C:")).collect();
+    assert_eq!(
+        client_lines,
+        [
+            "C: EHLO client.test",
+            "C: STARTTLS",
+            "C: <discarded 25 octets sent after STARTTLS>",
+            "C: NOOP",
+        ]
+    );
+    let recorded = lines.lock().unwrap();
+    let (_, kind, _) = recorded
+        .iter()
+        .find(|(_, _, text)| text.starts_with("C: <discarded"))
+        .unwrap();
+    assert_eq!(*kind, LineKind::Summary);
 }
