@@ -1,1 +1,40 @@
-fn main() {}
+//! The `ferry` command line: see `ferry --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ferry::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    // clap prints usage errors and exits with 2 by itself.
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ferry: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match cli.command {
+        Command::Serve(args) => match runtime.block_on(ferry::serve::run(args)) {
+            Ok(()) => 0,
+            Err(message) => {
+                eprintln!("ferry serve: {message}");
+                1
+            }
+        },
+        Command::Send(args) => runtime.block_on(ferry::client_run::run_send(args)),
+        Command::Bench(args) => runtime.block_on(ferry::client_run::run_bench(args)),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,443 @@
+//! The command-line interface: `ferry serve`, `ferry send`, `ferry bench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+/// Receive, send and load-test SMTP mail.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive mail over SMTP (or LMTP) into a Maildir, or discard it.
+    Serve(ServeArgs),
+    /// Send one message.
+    Send(SendArgs),
+    /// Load-test an SMTP server.
+    Bench(BenchArgs),
+}
+
+/// What `--bare-lf` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BareLf {
+    /// Refuse a message with a bare CR or LF (554 5.6.11).
+    Reject,
+    /// Store such a message as it arrived.
+    Accept,
+}
+
+/// `ferry serve`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Stored files start with Return-Path, one Delivered-To per recipient and a \
+Received header, then the message exactly as received. Without --tls-cert a self-signed \
+certificate is generated at start and written as ferry-cert.pem in the Maildir directory, \
+for `ferry send --ca`."
+)]
+pub struct ServeArgs {
+    /// Address to listen on for SMTP (repeatable).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2525")]
+    pub listen: Vec<SocketAddr>,
+    /// Address to listen on with implicit TLS, as on port 465 (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Name in the greeting, EHLO reply, Received headers and certificate
+    /// [default: the system host name].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// The Maildir to deliver into (tmp/, new/ and cur/ are created).
+    #[arg(long, value_name = "DIR", default_value = "mail")]
+    pub maildir: PathBuf,
+    /// Accept and discard every message (for benchmarks).
+    #[arg(long)]
+    pub sink: bool,
+    /// Certificate chain (PEM) for STARTTLS and --tls-listen.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Do not offer STARTTLS.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_listen", "require_tls"])]
+    pub no_tls: bool,
+    /// An account for AUTH PLAIN and LOGIN (repeatable).
+    #[arg(long, value_name = "NAME:PASSWORD")]
+    pub user: Vec<String>,
+    /// Accounts for AUTH, one `name:argon2-PHC-hash` per line.
+    #[arg(long, value_name = "FILE")]
+    pub users_file: Option<PathBuf>,
+    /// Refuse mail from clients that have not authenticated (530 5.7.0).
+    #[arg(long)]
+    pub require_auth: bool,
+    /// Refuse mail before STARTTLS (530 5.7.0).
+    #[arg(long)]
+    pub require_tls: bool,
+    /// Offer AUTH over unencrypted connections too.
+    #[arg(long)]
+    pub allow_insecure_auth: bool,
+    /// Largest message accepted, in octets (announced with SIZE).
+    #[arg(long, value_name = "BYTES", default_value_t = 26_214_400)]
+    pub max_message_size: u64,
+    /// Most recipients per message.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_recipients: usize,
+    /// Most connections at once.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most connections at once from one IP address.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Idle timeout per command, in seconds [default: the RFC 5321 §4.5.3.2 values].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// What to do with a bare CR or LF in a message.
+    #[arg(long, value_enum, default_value_t = BareLf::Reject)]
+    pub bare_lf: BareLf,
+    /// Speak LMTP (RFC 2033): LHLO, and one reply and one file per recipient.
+    #[arg(long)]
+    pub lmtp: bool,
+    /// Accept a PROXY protocol header from these trusted sources (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub proxy_protocol: Vec<IpNet>,
+}
+
+/// How `ferry send` and `ferry bench` use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsMode {
+    /// Plain text only.
+    None,
+    /// STARTTLS when offered, plain text otherwise.
+    Opportunistic,
+    /// STARTTLS, or fail.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// `--pipelining` for `ferry bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Pipelining {
+    /// Pipeline when the server offers PIPELINING.
+    Auto,
+    /// One command at a time.
+    Off,
+}
+
+/// Connection options shared by `send` and `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// The server to talk to.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:2525")]
+    pub server: String,
+    /// TLS mode; certificates and host names are verified unless --insecure.
+    #[arg(long, value_enum, default_value_t = TlsMode::Starttls)]
+    pub tls: TlsMode,
+    /// Skip certificate and host name checks.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust only the certificates in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Time limit for each network step, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+    /// Name to give in EHLO [default: the system host name].
+    #[arg(long, value_name = "NAME")]
+    pub helo: Option<String>,
+}
+
+/// `ferry send`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit status: 0 when every recipient was accepted, 75 when every \
+failure was transient (4xx, timeout, connection refused or lost), 1 on a permanent failure, \
+2 on usage errors."
+)]
+pub struct SendArgs {
+    /// Connection options.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Send AUTH even over an unencrypted connection.
+    #[arg(long)]
+    pub allow_insecure_auth: bool,
+    /// Sender (envelope and From:); `Name <address>` is allowed.
+    #[arg(long, value_name = "ADDRESS")]
+    pub from: String,
+    /// Recipient, in To: (repeatable).
+    #[arg(long, value_name = "ADDRESS")]
+    pub to: Vec<String>,
+    /// Recipient, in Cc: (repeatable).
+    #[arg(long, value_name = "ADDRESS")]
+    pub cc: Vec<String>,
+    /// Recipient, in no header (repeatable).
+    #[arg(long, value_name = "ADDRESS")]
+    pub bcc: Vec<String>,
+    /// Subject line.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Body text.
+    #[arg(long, value_name = "TEXT", conflicts_with = "body_file")]
+    pub body: Option<String>,
+    /// Body text from a file (UTF-8).
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+    /// Attach a file (repeatable); its type comes from its extension.
+    #[arg(long, value_name = "FILE")]
+    pub attach: Vec<PathBuf>,
+    /// Extra header field (repeatable).
+    #[arg(long, value_name = "'Name: value'")]
+    pub header: Vec<String>,
+    /// Send this complete message as it is (`-` reads standard input); only
+    /// line ends are normalised to CRLF and leading dots doubled.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["subject", "body", "body_file", "attach", "header"])]
+    pub raw: Option<PathBuf>,
+    /// User name for AUTH (PLAIN when the server offers it, else LOGIN).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Password for AUTH.
+    #[arg(long, requires = "user", conflicts_with = "password_env")]
+    pub password: Option<String>,
+    /// Read the AUTH password from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "user")]
+    pub password_env: Option<String>,
+    /// Print the SMTP conversation as C:/S: lines on standard error.
+    #[arg(long)]
+    pub transcript: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferry bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Connection options.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// How many messages to send [default: 1000 unless --duration].
+    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    pub messages: Option<u64>,
+    /// Send for this many seconds instead of a fixed count.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    /// How many messages are in flight at once.
+    #[arg(long, value_name = "C", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Size of each message in octets, headers included.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+    pub size: usize,
+    /// Recipients per message.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub recipients: u32,
+    /// Envelope sender.
+    #[arg(long, value_name = "ADDRESS", default_value = "bench@example.com")]
+    pub from: String,
+    /// Envelope recipient; with --recipients N > 1, `+1` .. `+N` are added
+    /// to its local part.
+    #[arg(long, value_name = "ADDRESS", default_value = "sink@example.com")]
+    pub to: String,
+    /// Use PIPELINING when offered.
+    #[arg(long, value_enum, default_value_t = Pipelining::Auto)]
+    pub pipelining: Pipelining,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The host name of this machine, for greetings and Received headers:
+/// the kernel's idea of it on Linux, else `localhost`.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ferry").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults() {
+        let Command::Serve(serve) = parse(&["serve"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(serve.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(serve.maildir, PathBuf::from("mail"));
+        assert_eq!(serve.max_message_size, 26_214_400);
+        assert_eq!(serve.max_recipients, 100);
+        assert_eq!(serve.bare_lf, BareLf::Reject);
+        assert!(!serve.sink && !serve.lmtp && !serve.no_tls);
+    }
+
+    #[test]
+    fn serve_flags() {
+        let Command::Serve(serve) = parse(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:2526",
+            "--tls-listen",
+            "127.0.0.1:4650",
+            "--user",
+            "a:b",
+            "--user",
+            "c:d",
+            "--proxy-protocol",
+            "10.0.0.0/8",
+            "--bare-lf",
+            "accept",
+            "--lmtp",
+            "--timeout",
+            "30",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(serve.listen.len(), 2);
+        assert_eq!(serve.tls_listen.len(), 1);
+        assert_eq!(serve.user, vec!["a:b", "c:d"]);
+        assert_eq!(serve.proxy_protocol[0].to_string(), "10.0.0.0/8");
+        assert_eq!(serve.bare_lf, BareLf::Accept);
+        assert_eq!(serve.timeout, Some(30));
+    }
+
+    #[test]
+    fn serve_refuses_inconsistent_flags() {
+        for args in [
+            &["serve", "--tls-cert", "c.pem"][..],
+            &["serve", "--no-tls", "--require-tls"],
+            &["serve", "--no-tls", "--tls-listen", "127.0.0.1:465"],
+            &["serve", "--listen", "nowhere"],
+            &["serve", "--bare-lf", "maybe"],
+            &["serve", "--proxy-protocol", "10.0.0.0/99"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn send_flags() {
+        let Command::Send(send) = parse(&[
+            "send",
+            "--server",
+            "mx.example:587",
+            "--tls",
+            "implicit",
+            "--from",
+            "a@example.com",
+            "--to",
+            "b@example.com",
+            "--to",
+            "c@example.com",
+            "--bcc",
+            "d@example.com",
+            "--header",
+            "X-A: 1",
+            "--attach",
+            "f.pdf",
+            "--user",
+            "u",
+            "--password-env",
+            "PW",
+            "--json",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(send.connect.server, "mx.example:587");
+        assert_eq!(send.connect.tls, TlsMode::Implicit);
+        assert_eq!(send.to.len(), 2);
+        assert_eq!(send.bcc, vec!["d@example.com"]);
+        assert_eq!(send.password_env.as_deref(), Some("PW"));
+        assert!(send.json);
+        let Command::Send(send) = parse(&["send", "--from", "a@b", "--to", "c@d"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(send.connect.tls, TlsMode::Starttls);
+        assert_eq!(send.connect.server, "127.0.0.1:2525");
+    }
+
+    #[test]
+    fn send_refuses_inconsistent_flags() {
+        for args in [
+            &["send", "--to", "b@c"][..],
+            &["send", "--from", "a@b", "--raw", "-", "--subject", "x"],
+            &["send", "--from", "a@b", "--body", "x", "--body-file", "f"],
+            &["send", "--from", "a@b", "--password", "x"],
+            &[
+                "send",
+                "--from",
+                "a@b",
+                "--user",
+                "u",
+                "--password",
+                "p",
+                "--password-env",
+                "P",
+            ],
+            &["send", "--from", "a@b", "--tls", "ssl"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn bench_flags() {
+        let Command::Bench(bench) = parse(&["bench", "--tls", "none", "--messages", "500"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(bench.messages, Some(500));
+        assert_eq!(bench.concurrency, 10);
+        assert_eq!(bench.recipients, 1);
+        assert_eq!(bench.pipelining, Pipelining::Auto);
+        for args in [
+            &["bench", "--messages", "1", "--duration", "1"][..],
+            &["bench", "--concurrency", "0"],
+            &["bench", "--recipients", "0"],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn hostname_is_usable() {
+        let name = system_hostname();
+        assert!(!name.is_empty());
+        assert!(!name.contains(char::is_whitespace));
+    }
+}

@@ -1,0 +1,392 @@
+//! Running `ferry send` and `ferry bench` with smtp-client.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smtp_client::{
+    Address, Client, ClientConfig, Credentials, Direction, Envelope, ErrorKind, Pool, PoolConfig,
+    Step, Timeouts, Tls, TlsConfig,
+};
+
+use crate::bench;
+use crate::cli::{BenchArgs, ConnectArgs, Pipelining, SendArgs, TlsMode, system_hostname};
+use crate::outcome::{Failure, FailureKind, RecipientResult, ReplySummary, SendOutcome};
+use crate::report::BenchReport;
+use crate::send::{self, Prepared};
+
+/// Splits `HOST:PORT` (`[v6]:PORT` for IPv6 literals).
+pub fn split_server(server: &str) -> Result<(String, u16), Failure> {
+    let bad = || {
+        Failure::new(
+            FailureKind::Usage,
+            format!("--server {server:?}: expected HOST:PORT"),
+        )
+    };
+    let (host, port) = server.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Builds the client configuration shared by send and bench.
+pub fn client_config(
+    connect: &ConnectArgs,
+    credentials: Option<(String, String)>,
+    allow_plaintext_auth: bool,
+    pipelining: bool,
+    transcript: bool,
+) -> Result<ClientConfig, Failure> {
+    let (host, port) = split_server(&connect.server)?;
+    let usage = |e: String| Failure::new(FailureKind::Usage, e);
+    let mut tls_config = TlsConfig::new();
+    if let Some(ca) = &connect.ca {
+        let pem = std::fs::read(ca).map_err(|e| usage(format!("{}: {e}", ca.display())))?;
+        tls_config = tls_config
+            .add_root_certificates_pem(&pem)
+            .map_err(|e| usage(format!("{}: {e}", ca.display())))?
+            .webpki_roots(false);
+    }
+    if connect.insecure {
+        tls_config = tls_config.dangerous_accept_invalid_certs(true);
+    }
+    let mut builder = ClientConfig::builder(host)
+        .port(port)
+        .tls(match connect.tls {
+            TlsMode::None => Tls::None,
+            TlsMode::Opportunistic => Tls::Opportunistic,
+            TlsMode::Starttls => Tls::Required,
+            TlsMode::Implicit => Tls::Implicit,
+        })
+        .tls_config(tls_config)
+        .hello_name(connect.helo.clone().unwrap_or_else(system_hostname))
+        .allow_plaintext_auth(allow_plaintext_auth)
+        .pipelining(pipelining)
+        .timeouts(Timeouts::uniform(Duration::from_secs(
+            connect.timeout.max(1),
+        )));
+    if let Some((user, password)) = credentials {
+        builder = builder.credentials(Credentials::password(user, password));
+    }
+    if transcript {
+        builder = builder.transcript(Arc::new(|direction: Direction, line: &str| {
+            eprintln!("{}: {line}", direction.prefix());
+        }));
+    }
+    builder.build().map_err(|e| usage(e.to_string()))
+}
+
+/// Maps a client error to the report's failure.
+pub fn failure_of(err: &smtp_client::Error, server: &str) -> Failure {
+    let text = err.to_string();
+    let lower = text.to_ascii_lowercase();
+    let (kind, message) = match err.kind() {
+        ErrorKind::InvalidInput => (FailureKind::Usage, text.clone()),
+        ErrorKind::Timeout => (FailureKind::Timeout, text.clone()),
+        ErrorKind::Io | ErrorKind::Closed if err.step() == Step::Connect => {
+            if lower.contains("refused") {
+                (
+                    FailureKind::Connect,
+                    format!("connection refused: {server}"),
+                )
+            } else {
+                (
+                    FailureKind::Connect,
+                    format!("cannot connect to {server}: {text}"),
+                )
+            }
+        }
+        ErrorKind::Io | ErrorKind::Closed => (FailureKind::ConnectionLost, text.clone()),
+        ErrorKind::Tls if lower.contains("certificate") => (
+            FailureKind::Certificate,
+            format!("certificate not trusted: {text}"),
+        ),
+        ErrorKind::Tls | ErrorKind::TlsUnavailable => (FailureKind::Tls, text.clone()),
+        ErrorKind::Auth => (FailureKind::Auth, format!("authentication failed: {text}")),
+        ErrorKind::Protocol | ErrorKind::Unsupported => (FailureKind::Protocol, text.clone()),
+        _ => (FailureKind::Rejected, text.clone()),
+    };
+    Failure {
+        kind,
+        message,
+        reply: err.reply().map(ReplySummary::from),
+    }
+}
+
+fn recipient_results(outcomes: &[smtp_client::RecipientOutcome]) -> Vec<RecipientResult> {
+    outcomes
+        .iter()
+        .filter_map(|o| {
+            o.reply().map(|reply| RecipientResult {
+                address: o.address.to_string(),
+                reply: ReplySummary::from(reply),
+            })
+        })
+        .collect()
+}
+
+/// Sends the prepared message; never fails, the outcome says what happened.
+pub async fn send_prepared(args: &SendArgs, prepared: Prepared) -> SendOutcome {
+    let config = match client_config(
+        &args.connect,
+        prepared.credentials.clone(),
+        args.allow_insecure_auth,
+        true,
+        args.transcript,
+    ) {
+        Ok(c) => c,
+        Err(f) => return SendOutcome::failed(f),
+    };
+    let from: Option<Address> = prepared.from.parse().ok();
+    let to: Vec<Address> = prepared
+        .recipients
+        .iter()
+        .filter_map(|r| r.parse().ok())
+        .collect();
+    let envelope = match Envelope::new(from, to) {
+        Ok(e) => e,
+        Err(e) => return SendOutcome::failed(failure_of(&e, &args.connect.server)),
+    };
+    match Client::new(config).send(&envelope, prepared.message).await {
+        Ok(result) => SendOutcome {
+            // Accepted recipients carry the end-of-data reply as their
+            // deciding reply in SMTP; show their RCPT-level status.
+            recipients: recipient_results(&result.recipients),
+            reply: result.reply.as_ref().map(ReplySummary::from),
+            error: None,
+        },
+        Err(err) => SendOutcome {
+            recipients: recipient_results(err.recipients()),
+            reply: None,
+            error: Some(failure_of(&err, &args.connect.server)),
+        },
+    }
+}
+
+/// Runs `ferry send`: prints the JSON object or the problem lines and
+/// returns the exit code.
+pub async fn run_send(args: SendArgs) -> i32 {
+    let outcome = match send::prepare(&args, |var| std::env::var(var).ok()) {
+        Ok(prepared) => send_prepared(&args, prepared).await,
+        Err(failure) => SendOutcome::failed(failure),
+    };
+    if args.json {
+        println!("{}", outcome.to_json());
+    }
+    if !args.json || outcome.exit_code() != 0 {
+        for line in outcome.problems() {
+            eprintln!("ferry send: {line}");
+        }
+    }
+    if !args.json && outcome.exit_code() == 0 {
+        let accepted = outcome.recipients.len();
+        println!(
+            "sent to {accepted} recipient{}: {}",
+            if accepted == 1 { "" } else { "s" },
+            outcome
+                .reply
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+    }
+    outcome.exit_code()
+}
+
+/// Runs `ferry bench`; returns the exit code (0 when every message was
+/// delivered, 1 otherwise, 2 on usage errors).
+pub async fn run_bench(args: BenchArgs) -> i32 {
+    let usage = |message: String| {
+        eprintln!("ferry bench: {message}");
+        2
+    };
+    let from = match send::envelope_address("--from", &args.from) {
+        Ok(a) => a,
+        Err(f) => return usage(f.message),
+    };
+    let to = match send::envelope_address("--to", &args.to) {
+        Ok(a) => a,
+        Err(f) => return usage(f.message),
+    };
+    let recipients: Vec<Address> = if args.recipients == 1 {
+        vec![to.parse().expect("checked above")]
+    } else {
+        let (local, domain) = to.rsplit_once('@').unwrap_or((to.as_str(), "localhost"));
+        (1..=args.recipients)
+            .filter_map(|i| format!("{local}+{i}@{domain}").parse().ok())
+            .collect()
+    };
+    let envelope = match Envelope::new(from.parse().ok(), recipients) {
+        Ok(e) => e,
+        Err(e) => return usage(e.to_string()),
+    };
+    let config = match client_config(
+        &args.connect,
+        None,
+        false,
+        args.pipelining == Pipelining::Auto,
+        false,
+    ) {
+        Ok(c) => c,
+        Err(f) => return usage(f.message),
+    };
+    let concurrency = args.concurrency as usize;
+    let pool = Pool::new(
+        config,
+        PoolConfig {
+            max_connections: concurrency,
+            ..PoolConfig::default()
+        },
+    );
+    let limit = match (args.messages, args.duration) {
+        (Some(n), _) => Limit::Count(n),
+        (None, Some(secs)) => Limit::Until(Instant::now() + Duration::from_secs(secs)),
+        (None, None) => Limit::Count(1000),
+    };
+    let total = match limit {
+        Limit::Count(n) => Some(n),
+        Limit::Until(_) => None,
+    };
+    let progress = progress_bar(total, args.json);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let pool = pool.clone();
+        let envelope = envelope.clone();
+        let next = Arc::clone(&next);
+        let progress = progress.clone();
+        let (size, from, to) = (args.size, from.clone(), to.clone());
+        tasks.spawn(async move {
+            let mut report = BenchReport::default();
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let more = match limit {
+                    Limit::Count(n) => index < n,
+                    Limit::Until(deadline) => Instant::now() < deadline,
+                };
+                if !more {
+                    break;
+                }
+                let message = bench::message(size, index, &from, &to);
+                let len = message.len() as u64;
+                let t0 = Instant::now();
+                match pool.send(&envelope, message).await {
+                    Ok(result) if result.is_complete() => report.delivered(t0.elapsed(), len),
+                    Ok(result) => {
+                        let cause = result
+                            .rejected()
+                            .find_map(|o| o.reply().map(reply_cause))
+                            .unwrap_or_else(|| "rejected".to_owned());
+                        report.failed(cause);
+                    }
+                    Err(err) => report.failed(error_cause(&err)),
+                }
+                if let Some(bar) = &progress {
+                    bar.inc(1);
+                }
+            }
+            report
+        });
+    }
+    let mut report = BenchReport {
+        concurrency,
+        ..BenchReport::default()
+    };
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(part) => report.merge(&part),
+            Err(err) => report.failed(format!("worker stopped: {err}")),
+        }
+    }
+    report.elapsed = started.elapsed();
+    pool.close().await;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    let _ = std::io::stdout().flush();
+    if report.failed == 0 { 0 } else { 1 }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Count(u64),
+    Until(Instant),
+}
+
+fn reply_cause(reply: &smtp_client::Reply) -> String {
+    match reply.enhanced() {
+        Some(e) => format!("{} {e}", reply.code()),
+        None => reply.code().to_string(),
+    }
+}
+
+fn error_cause(err: &smtp_client::Error) -> String {
+    if let Some(reply) = err.reply() {
+        return reply_cause(reply);
+    }
+    if let Some(reply) = err.recipients().iter().find_map(|o| o.reply()) {
+        return reply_cause(reply);
+    }
+    match err.kind() {
+        ErrorKind::Timeout => "timeout".to_owned(),
+        ErrorKind::Io | ErrorKind::Closed => {
+            format!("connection error during {}", err.step().as_str())
+        }
+        ErrorKind::Tls | ErrorKind::TlsUnavailable => "tls".to_owned(),
+        _ => err.to_string(),
+    }
+}
+
+/// A progress bar on standard error, only when it is a terminal and the
+/// output is not JSON.
+fn progress_bar(total: Option<u64>, json: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {pos}/{len} messages  {per_sec}  {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            split_server("127.0.0.1:2525").unwrap(),
+            ("127.0.0.1".into(), 2525)
+        );
+        assert_eq!(split_server("[::1]:25").unwrap(), ("::1".into(), 25));
+        assert_eq!(
+            split_server("mx.example:587").unwrap(),
+            ("mx.example".into(), 587)
+        );
+        for bad in ["mx.example", ":25", "mx:0", "mx:http", "mx:70000"] {
+            assert_eq!(
+                split_server(bad).unwrap_err().kind,
+                FailureKind::Usage,
+                "{bad}"
+            );
+        }
+    }
+}

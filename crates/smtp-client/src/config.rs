@@ -1,0 +1,616 @@
+//! Client configuration: where to connect, how to protect and authenticate
+//! the connection, timeouts and reply caps.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_proto::limits;
+
+use crate::error::Error;
+use crate::tls::{Tls, TlsConfig};
+
+/// Which protocol to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// SMTP (RFC 5321): `EHLO`, one reply after the end of data.
+    #[default]
+    Smtp,
+    /// LMTP (RFC 2033): `LHLO`, one reply per accepted recipient after the
+    /// end of data.
+    Lmtp,
+}
+
+/// The timeout of each protocol step.
+///
+/// The defaults are those of RFC 5321 §4.5.3.2, plus 30 seconds to open the
+/// TCP connection and 30 seconds for a TLS handshake. A step that times out
+/// ends the attempt: the connection is closed and not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening the TCP connection (all resolved addresses together).
+    pub connect: Duration,
+    /// A TLS handshake, implicit or after `STARTTLS`.
+    pub tls_handshake: Duration,
+    /// The `220` greeting (§4.5.3.2.1: 5 minutes).
+    pub greeting: Duration,
+    /// `EHLO`/`HELO`/`LHLO`, `STARTTLS`, `AUTH`, `RSET`, `NOOP`, `QUIT`
+    /// (no RFC value; 5 minutes like `MAIL`).
+    pub command: Duration,
+    /// The reply to `MAIL` (§4.5.3.2.2: 5 minutes).
+    pub mail: Duration,
+    /// The reply to each `RCPT` (§4.5.3.2.3: 5 minutes).
+    pub rcpt: Duration,
+    /// The `354` reply to `DATA`, or the reply to a non-final `BDAT` chunk
+    /// (§4.5.3.2.4: 2 minutes).
+    pub data_initiation: Duration,
+    /// Each write of a block of message data (§4.5.3.2.5: 3 minutes).
+    pub data_block: Duration,
+    /// The reply to the end of data (§4.5.3.2.6: 10 minutes).
+    pub data_termination: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(30),
+            tls_handshake: Duration::from_secs(30),
+            greeting: limits::timeouts::GREETING,
+            command: limits::timeouts::MAIL,
+            mail: limits::timeouts::MAIL,
+            rcpt: limits::timeouts::RCPT,
+            data_initiation: limits::timeouts::DATA_INIT,
+            data_block: limits::timeouts::DATA_BLOCK,
+            data_termination: limits::timeouts::DATA_TERMINATION,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The same duration for every step: handy for tests and for callers
+    /// that want one overall bound per step.
+    pub fn uniform(timeout: Duration) -> Self {
+        Self {
+            connect: timeout,
+            tls_handshake: timeout,
+            greeting: timeout,
+            command: timeout,
+            mail: timeout,
+            rcpt: timeout,
+            data_initiation: timeout,
+            data_block: timeout,
+            data_termination: timeout,
+        }
+    }
+}
+
+/// Credentials for `AUTH` (RFC 4954).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A user name and password, sent with `PLAIN` (RFC 4616) or `LOGIN`.
+    Password {
+        /// The identity to act as, when different from `username`.
+        authzid: Option<String>,
+        /// The user name.
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// An OAuth 2.0 bearer token, sent with `XOAUTH2`.
+    OAuth2 {
+        /// The user (mailbox) the token belongs to.
+        username: String,
+        /// The access token.
+        token: String,
+    },
+}
+
+impl Credentials {
+    /// User name and password.
+    pub fn password(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Credentials::Password {
+            authzid: None,
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// User name and OAuth 2.0 access token.
+    pub fn oauth2(username: impl Into<String>, token: impl Into<String>) -> Self {
+        Credentials::OAuth2 {
+            username: username.into(),
+            token: token.into(),
+        }
+    }
+
+    /// The user name, for messages and transcripts.
+    pub fn username(&self) -> &str {
+        match self {
+            Credentials::Password { username, .. } | Credentials::OAuth2 { username, .. } => {
+                username
+            }
+        }
+    }
+
+    /// CR, LF and NUL would split or forge protocol lines (and NUL is the
+    /// PLAIN separator, RFC 4616 §2), so none may appear.
+    fn validate(&self) -> Result<(), Error> {
+        let fields: Vec<(&str, &str)> = match self {
+            Credentials::Password {
+                authzid,
+                username,
+                password,
+            } => {
+                let mut fields = vec![
+                    ("user name", username.as_str()),
+                    ("password", password.as_str()),
+                ];
+                if let Some(authzid) = authzid {
+                    fields.push(("authorization identity", authzid.as_str()));
+                }
+                fields
+            }
+            Credentials::OAuth2 { username, token } => {
+                vec![("user name", username.as_str()), ("token", token.as_str())]
+            }
+        };
+        for (name, value) in fields {
+            if has_forbidden_byte(value) {
+                return Err(Error::invalid(format!("CR, LF or NUL in the AUTH {name}")));
+            }
+        }
+        if self.username().is_empty() {
+            return Err(Error::invalid("empty AUTH user name"));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Password {
+                authzid, username, ..
+            } => f
+                .debug_struct("Password")
+                .field("authzid", authzid)
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::OAuth2 { username, .. } => f
+                .debug_struct("OAuth2")
+                .field("username", username)
+                .field("token", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
+/// Which side wrote a transcript line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Written by the client (`C:`).
+    Client,
+    /// Written by the server (`S:`).
+    Server,
+}
+
+impl Direction {
+    /// `"C"` or `"S"`, the usual transcript prefixes.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Direction::Client => "C",
+            Direction::Server => "S",
+        }
+    }
+}
+
+/// A transcript callback: called with each protocol line, without its
+/// `<CRLF>`. Secrets sent during `AUTH` are replaced by `****`, and the
+/// message body is summarised as one `[N octets of message data]` line.
+pub type Transcript = Arc<dyn Fn(Direction, &str) + Send + Sync>;
+
+/// Everything a [`Connection`](crate::Connection) needs: built with
+/// [`ClientConfig::builder`], cheap to clone.
+///
+/// ```
+/// use smtp_client::{ClientConfig, Credentials, Tls};
+/// let config = ClientConfig::builder("mail.example.com")
+///     .port(587)
+///     .tls(Tls::Required)
+///     .credentials(Credentials::password("alice", "secret"))
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.port(), 587);
+/// ```
+#[derive(Clone)]
+pub struct ClientConfig {
+    pub(crate) inner: Arc<ConfigInner>,
+}
+
+pub(crate) struct ConfigInner {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: Tls,
+    pub(crate) tls_config: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) tls_server_name: String,
+    pub(crate) hello_name: String,
+    pub(crate) protocol: Protocol,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) allow_plaintext_auth: bool,
+    pub(crate) pipelining: bool,
+    pub(crate) chunking: bool,
+    pub(crate) chunk_size: usize,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) max_reply_line: usize,
+    pub(crate) max_reply_lines: usize,
+    pub(crate) transcript: Option<Transcript>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("ClientConfig")
+            .field("host", &inner.host)
+            .field("port", &inner.port)
+            .field("tls", &inner.tls)
+            .field("tls_server_name", &inner.tls_server_name)
+            .field("hello_name", &inner.hello_name)
+            .field("protocol", &inner.protocol)
+            .field("credentials", &inner.credentials)
+            .field("allow_plaintext_auth", &inner.allow_plaintext_auth)
+            .field("pipelining", &inner.pipelining)
+            .field("chunking", &inner.chunking)
+            .field("chunk_size", &inner.chunk_size)
+            .field("timeouts", &inner.timeouts)
+            .field("max_reply_line", &inner.max_reply_line)
+            .field("max_reply_lines", &inner.max_reply_lines)
+            .field("transcript", &inner.transcript.is_some())
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    /// Starts a configuration for the server at `host` (a DNS name or an IP
+    /// address; IPv6 with or without brackets).
+    pub fn builder(host: impl Into<String>) -> ClientConfigBuilder {
+        ClientConfigBuilder {
+            host: host.into(),
+            port: None,
+            tls: Tls::default(),
+            tls_config: TlsConfig::default(),
+            hello_name: None,
+            protocol: Protocol::Smtp,
+            credentials: None,
+            allow_plaintext_auth: false,
+            pipelining: true,
+            chunking: true,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            timeouts: Timeouts::default(),
+            max_reply_line: limits::DEFAULT_CLIENT_REPLY_LINE_MAX,
+            max_reply_lines: limits::DEFAULT_CLIENT_REPLY_LINES_MAX,
+            transcript: None,
+        }
+    }
+
+    /// The server host.
+    pub fn host(&self) -> &str {
+        &self.inner.host
+    }
+
+    /// The server port.
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// The TLS mode.
+    pub fn tls(&self) -> Tls {
+        self.inner.tls
+    }
+
+    /// The protocol, SMTP or LMTP.
+    pub fn protocol(&self) -> Protocol {
+        self.inner.protocol
+    }
+
+    /// The name sent with `EHLO`/`HELO`/`LHLO`.
+    pub fn hello_name(&self) -> &str {
+        &self.inner.hello_name
+    }
+
+    /// The timeouts.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.inner.timeouts
+    }
+}
+
+/// Default size of a `BDAT` chunk, and of the blocks a streamed body is read
+/// in: large enough that round trips do not dominate, small enough to bound
+/// memory per connection.
+pub const DEFAULT_CHUNK_SIZE: usize = 128 * 1024;
+
+/// The smallest accepted chunk size.
+pub const MIN_CHUNK_SIZE: usize = 1024;
+
+/// Builder for [`ClientConfig`]; [`ClientConfigBuilder::build`] validates
+/// everything, so a built configuration cannot fail later for a reason it
+/// could have caught.
+#[derive(Clone)]
+pub struct ClientConfigBuilder {
+    host: String,
+    port: Option<u16>,
+    tls: Tls,
+    tls_config: TlsConfig,
+    hello_name: Option<String>,
+    protocol: Protocol,
+    credentials: Option<Credentials>,
+    allow_plaintext_auth: bool,
+    pipelining: bool,
+    chunking: bool,
+    chunk_size: usize,
+    timeouts: Timeouts,
+    max_reply_line: usize,
+    max_reply_lines: usize,
+    transcript: Option<Transcript>,
+}
+
+impl fmt::Debug for ClientConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfigBuilder")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("tls_config", &self.tls_config)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfigBuilder {
+    /// The port; by default 465 for [`Tls::Implicit`], 24 for LMTP (the
+    /// usual choice: RFC 2033 §5 keeps LMTP off port 25) and 25 otherwise.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// The TLS mode (default [`Tls::Opportunistic`]).
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Certificates, SNI and verification settings for TLS.
+    pub fn tls_config(mut self, tls_config: TlsConfig) -> Self {
+        self.tls_config = tls_config;
+        self
+    }
+
+    /// The name sent with `EHLO` (RFC 5321 §4.1.1.1: the client's fully
+    /// qualified domain name, or an address literal). Default `localhost`.
+    pub fn hello_name(mut self, name: impl Into<String>) -> Self {
+        self.hello_name = Some(name.into());
+        self
+    }
+
+    /// SMTP (default) or LMTP.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Authenticates after the greeting (and after TLS).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Allows `AUTH` over a connection without TLS. Off by default: the
+    /// credentials would cross the network in the clear.
+    pub fn allow_plaintext_auth(mut self, allow: bool) -> Self {
+        self.allow_plaintext_auth = allow;
+        self
+    }
+
+    /// Uses `PIPELINING` (RFC 2920) when offered. On by default.
+    pub fn pipelining(mut self, enabled: bool) -> Self {
+        self.pipelining = enabled;
+        self
+    }
+
+    /// Uses `BDAT` (RFC 3030 `CHUNKING`) when offered. On by default.
+    pub fn chunking(mut self, enabled: bool) -> Self {
+        self.chunking = enabled;
+        self
+    }
+
+    /// The size of `BDAT` chunks and of body reads (default
+    /// [`DEFAULT_CHUNK_SIZE`], at least [`MIN_CHUNK_SIZE`]).
+    pub fn chunk_size(mut self, size: usize) -> Self {
+        self.chunk_size = size.max(MIN_CHUNK_SIZE);
+        self
+    }
+
+    /// All timeouts at once.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Caps on one reply: the longest line, `<CRLF>` included, and the most
+    /// lines. Defaults 4096 and 1000; floors 512 (RFC 5321 §4.5.3.1.5) and 1.
+    pub fn reply_limits(mut self, max_line: usize, max_lines: usize) -> Self {
+        self.max_reply_line = max_line.max(limits::REPLY_LINE_MAX);
+        self.max_reply_lines = max_lines.max(1);
+        self
+    }
+
+    /// Calls `transcript` with every protocol line (see [`Transcript`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use smtp_client::{ClientConfig, Direction};
+    /// let config = ClientConfig::builder("127.0.0.1")
+    ///     .transcript(Arc::new(|direction: Direction, line: &str| {
+    ///         eprintln!("{}: {line}", direction.prefix());
+    ///     }))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(config);
+    /// ```
+    pub fn transcript(mut self, transcript: Transcript) -> Self {
+        self.transcript = Some(transcript);
+        self
+    }
+
+    /// Validates the settings and builds the configuration (including the
+    /// rustls configuration, unless TLS is [`Tls::None`]).
+    pub fn build(self) -> Result<ClientConfig, Error> {
+        let host = self.host.trim().to_owned();
+        if host.is_empty() || has_forbidden_byte(&host) || host.contains(char::is_whitespace) {
+            return Err(Error::invalid(format!("invalid host {:?}", self.host)));
+        }
+        let hello_name = self.hello_name.unwrap_or_else(|| "localhost".to_owned());
+        validate_hello_name(&hello_name)?;
+        if let Some(credentials) = &self.credentials {
+            credentials.validate()?;
+        }
+        let tls_server_name = self
+            .tls_config
+            .server_name_override()
+            .unwrap_or(&host)
+            .to_owned();
+        let tls_config = match self.tls {
+            Tls::None => None,
+            _ => {
+                crate::tls::server_name(&tls_server_name)?;
+                Some(self.tls_config.build()?)
+            }
+        };
+        let port = self.port.unwrap_or(match self.protocol {
+            Protocol::Lmtp if self.tls != Tls::Implicit => 24,
+            _ => self.tls.default_port(),
+        });
+        Ok(ClientConfig {
+            inner: Arc::new(ConfigInner {
+                host,
+                port,
+                tls: self.tls,
+                tls_config,
+                tls_server_name,
+                hello_name,
+                protocol: self.protocol,
+                credentials: self.credentials,
+                allow_plaintext_auth: self.allow_plaintext_auth,
+                pipelining: self.pipelining,
+                chunking: self.chunking,
+                chunk_size: self.chunk_size,
+                timeouts: self.timeouts,
+                max_reply_line: self.max_reply_line,
+                max_reply_lines: self.max_reply_lines,
+                transcript: self.transcript,
+            }),
+        })
+    }
+}
+
+pub(crate) fn has_forbidden_byte(value: &str) -> bool {
+    value.bytes().any(|byte| matches!(byte, b'\r' | b'\n' | 0))
+}
+
+/// RFC 5321 §4.1.1.1: the `EHLO` argument is a domain or an address
+/// literal. Checked loosely (servers differ on what they accept), but never
+/// empty, never with spaces or control bytes, and within the domain limit.
+fn validate_hello_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::invalid("empty EHLO name"));
+    }
+    if name.len() > limits::DOMAIN_MAX {
+        return Err(Error::invalid("EHLO name longer than 255 octets"));
+    }
+    if name
+        .bytes()
+        .any(|byte| byte.is_ascii_control() || byte == b' ' || byte >= 0x80)
+    {
+        return Err(Error::invalid(format!(
+            "EHLO name {name:?} holds a space, a control byte or non-ASCII"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn defaults_follow_rfc_5321_timeouts() {
+        let timeouts = Timeouts::default();
+        assert_eq!(timeouts.greeting, Duration::from_secs(300));
+        assert_eq!(timeouts.data_initiation, Duration::from_secs(120));
+        assert_eq!(timeouts.data_block, Duration::from_secs(180));
+        assert_eq!(timeouts.data_termination, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn ports_follow_the_mode() {
+        let implicit = ClientConfig::builder("h")
+            .tls(Tls::Implicit)
+            .build()
+            .unwrap();
+        assert_eq!(implicit.port(), 465);
+        let plain = ClientConfig::builder("h").tls(Tls::None).build().unwrap();
+        assert_eq!(plain.port(), 25);
+        let lmtp = ClientConfig::builder("h")
+            .protocol(Protocol::Lmtp)
+            .build()
+            .unwrap();
+        assert_eq!(lmtp.port(), 24);
+    }
+
+    #[test]
+    fn line_breaks_in_hello_name_or_credentials_are_rejected() {
+        for name in ["bad\r\nMAIL FROM:<x>", "a b", "", "nul\0"] {
+            let error = ClientConfig::builder("h")
+                .hello_name(name)
+                .build()
+                .unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput, "{name:?}");
+        }
+        for credentials in [
+            Credentials::password("user\r\n", "p"),
+            Credentials::password("user", "p\n"),
+            Credentials::oauth2("user", "tok\0en"),
+            Credentials::Password {
+                authzid: Some("a\rb".into()),
+                username: "u".into(),
+                password: "p".into(),
+            },
+        ] {
+            let error = ClientConfig::builder("h")
+                .credentials(credentials)
+                .build()
+                .unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn credentials_debug_hides_secrets() {
+        let text = format!("{:?}", Credentials::password("alice", "hunter2"));
+        assert!(text.contains("alice") && !text.contains("hunter2"));
+        let text = format!("{:?}", Credentials::oauth2("alice", "tok123"));
+        assert!(!text.contains("tok123"));
+    }
+
+    #[test]
+    fn reply_limits_have_floors() {
+        let config = ClientConfig::builder("h")
+            .reply_limits(10, 0)
+            .build()
+            .unwrap();
+        assert_eq!(config.inner.max_reply_line, limits::REPLY_LINE_MAX);
+        assert_eq!(config.inner.max_reply_lines, 1);
+    }
+}

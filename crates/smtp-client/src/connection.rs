@@ -1,0 +1,1307 @@
+//! One client connection: greeting, EHLO, STARTTLS, AUTH, and sending
+//! messages with pipelining, BDAT and per-recipient outcomes.
+//!
+//! The connection keeps its own read buffer and drives
+//! `smtp_proto::reply::ReplyDecoder` directly rather than through a
+//! `Framed` codec: the STARTTLS check needs to see exactly which bytes
+//! arrived behind the `220`, and message bodies go from the encoder's
+//! buffer to the socket without another copy into a frame buffer.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use smtp_proto::Reply;
+use smtp_proto::body::DataEncoder;
+use smtp_proto::command::{BodyType, Command, MailParameters, RcptParameters};
+use smtp_proto::ehlo::Capabilities;
+use smtp_proto::reply::ReplyDecoder;
+use smtp_proto::sasl;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{ClientConfig, Credentials, Direction, Protocol};
+use crate::envelope::{Envelope, RecipientOutcome, SendResult};
+use crate::error::{Error, ErrorKind, Step};
+use crate::message::Message;
+use crate::stream::Stream;
+use crate::tls::{self, Tls};
+
+/// At most this many commands go into one pipelined write (RFC 2920 §3.1:
+/// a client must not deadlock by writing more than the peer's buffers hold
+/// while the peer waits for its replies to be read).
+const PIPELINE_BATCH_COMMANDS: usize = 100;
+
+/// At most this many octets of commands go into one pipelined write.
+const PIPELINE_BATCH_BYTES: usize = 16 * 1024;
+
+/// Bound on a courtesy `QUIT` sent while giving up on a connection.
+const COURTESY_QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An open connection to an SMTP or LMTP server, ready to send messages.
+///
+/// Opened with [`Connection::connect`], which performs the greeting, EHLO,
+/// STARTTLS and AUTH as configured. Send any number of messages with
+/// [`Connection::send`], then [`Connection::quit`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), smtp_client::Error> {
+/// use smtp_client::{ClientConfig, Connection, Envelope, Tls};
+///
+/// let config = ClientConfig::builder("mail.example.com").tls(Tls::Required).build()?;
+/// let mut connection = Connection::connect(&config).await?;
+/// let envelope = Envelope::new(
+///     Some("alice@example.com".parse().unwrap()),
+///     ["bob@example.org".parse().unwrap()],
+/// )?;
+/// let result = connection
+///     .send(&envelope, "Subject: hello\r\n\r\nHi Bob!\r\n")
+///     .await?;
+/// for rejected in result.rejected() {
+///     eprintln!("{} rejected: {:?}", rejected.address, rejected.reply);
+/// }
+/// connection.quit().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    /// `None` only while STARTTLS swaps the plain stream for a TLS one, or
+    /// after that swap failed.
+    stream: Option<Stream>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    decoder: ReplyDecoder,
+    config: ClientConfig,
+    greeting: Option<Reply>,
+    capabilities: Capabilities,
+    /// EHLO (or LHLO) succeeded; false after the HELO fallback.
+    extended: bool,
+    authenticated: bool,
+    usable: bool,
+    messages: usize,
+    opened: Instant,
+    last_used: Instant,
+}
+
+/// What [`Connection::plan`] decided for one message.
+struct Plan {
+    mail_params: MailParameters,
+    use_bdat: bool,
+    binary: bool,
+    pipelining: bool,
+    dsn: bool,
+    /// Abort if an 8-bit byte shows up (undeclared stream, no `8BITMIME`).
+    forbid_eight_bit: bool,
+    /// Abort if the body grows past this (the server's `SIZE`).
+    size_limit: Option<u64>,
+}
+
+/// Where a transaction ended, when it ran to its end.
+struct TransactionEnd {
+    /// Recipients to retry in a follow-up transaction (after a `452`).
+    deferred: Vec<usize>,
+    /// The SMTP reply to the end of data, when the message was delivered.
+    final_reply: Option<Reply>,
+}
+
+impl Connection {
+    /// Connects to the configured server: TCP (and TLS for
+    /// [`Tls::Implicit`]), the greeting, EHLO (HELO when the server answers
+    /// 500 or 502), STARTTLS and a fresh EHLO as the TLS mode asks, then
+    /// AUTH when credentials are configured.
+    pub async fn connect(config: &ClientConfig) -> Result<Connection, Error> {
+        let inner = &config.inner;
+        let timeouts = inner.timeouts;
+        let host = inner.host.trim_start_matches('[').trim_end_matches(']');
+        let tcp =
+            match tokio::time::timeout(timeouts.connect, TcpStream::connect((host, inner.port)))
+                .await
+            {
+                Err(_) => return Err(Error::timeout(Step::Connect)),
+                Ok(Err(error)) => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        Step::Connect,
+                        format!("cannot connect to {}:{}", inner.host, inner.port),
+                    )
+                    .with_source(error));
+                }
+                Ok(Ok(tcp)) => tcp,
+            };
+        // Commands are batched into whole writes already; Nagle would only
+        // delay them.
+        let _ = tcp.set_nodelay(true);
+        let stream = if inner.tls == Tls::Implicit {
+            Stream::Tls(Box::new(tls_handshake(config, tcp).await?))
+        } else {
+            Stream::Plain(tcp)
+        };
+        let now = Instant::now();
+        let mut connection = Connection {
+            stream: Some(stream),
+            read_buf: BytesMut::with_capacity(4096),
+            write_buf: BytesMut::with_capacity(4096),
+            decoder: ReplyDecoder::with_limits(inner.max_reply_line, inner.max_reply_lines),
+            config: config.clone(),
+            greeting: None,
+            capabilities: Capabilities::default(),
+            extended: false,
+            authenticated: false,
+            usable: true,
+            messages: 0,
+            opened: now,
+            last_used: now,
+        };
+        connection.establish().await?;
+        Ok(connection)
+    }
+
+    async fn establish(&mut self) -> Result<(), Error> {
+        let timeouts = self.config.inner.timeouts;
+        let greeting = self.read_reply(Step::Greeting, timeouts.greeting).await?;
+        if greeting.code() != 220 {
+            // RFC 5321 §3.1: after a 554 greeting the client should QUIT.
+            self.courtesy_quit().await;
+            return Err(Error::rejected(Step::Greeting, greeting));
+        }
+        self.greeting = Some(greeting);
+        self.hello().await?;
+        match self.config.inner.tls {
+            Tls::None | Tls::Implicit => {}
+            Tls::Opportunistic => {
+                if self.extended && self.capabilities.starttls {
+                    self.starttls(false).await?;
+                }
+            }
+            Tls::Required => {
+                if !(self.extended && self.capabilities.starttls) {
+                    self.courtesy_quit().await;
+                    return Err(Error::new(
+                        ErrorKind::TlsUnavailable,
+                        Step::StartTls,
+                        "TLS is required but the server does not offer STARTTLS",
+                    ));
+                }
+                self.starttls(true).await?;
+            }
+        }
+        if self.config.inner.credentials.is_some()
+            && let Err(error) = self.authenticate().await
+        {
+            if self.usable {
+                self.courtesy_quit().await;
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// EHLO, or HELO when the server does not know EHLO (RFC 5321 §3.2:
+    /// 500 or 502); LHLO for LMTP (RFC 2033 §4.1), without fallback.
+    async fn hello(&mut self) -> Result<(), Error> {
+        let name = self.config.inner.hello_name.clone();
+        let timeout = self.config.inner.timeouts.command;
+        let command = match self.config.inner.protocol {
+            Protocol::Smtp => Command::Ehlo {
+                domain: name.clone(),
+            },
+            Protocol::Lmtp => Command::Lhlo {
+                domain: name.clone(),
+            },
+        };
+        self.queue(&command)?;
+        self.flush(Step::Hello, timeout).await?;
+        let reply = self.read_reply(Step::Hello, timeout).await?;
+        if reply.code() == 250 {
+            self.capabilities = Capabilities::from_reply(&reply);
+            self.extended = true;
+            return Ok(());
+        }
+        let fallback =
+            self.config.inner.protocol == Protocol::Smtp && matches!(reply.code(), 500 | 502);
+        if !fallback {
+            self.courtesy_quit().await;
+            return Err(Error::rejected(Step::Hello, reply));
+        }
+        self.queue(&Command::Helo { domain: name })?;
+        self.flush(Step::Hello, timeout).await?;
+        let reply = self.read_reply(Step::Hello, timeout).await?;
+        if reply.code() != 250 {
+            self.courtesy_quit().await;
+            return Err(Error::rejected(Step::Hello, reply));
+        }
+        self.capabilities = Capabilities::default();
+        self.extended = false;
+        Ok(())
+    }
+
+    /// STARTTLS (RFC 3207). With `required`, a refusal is an error;
+    /// otherwise the session goes on in plaintext.
+    async fn starttls(&mut self, required: bool) -> Result<(), Error> {
+        let timeout = self.config.inner.timeouts.command;
+        self.queue(&Command::StartTls)?;
+        self.flush(Step::StartTls, timeout).await?;
+        let reply = self.read_reply(Step::StartTls, timeout).await?;
+        if reply.code() != 220 {
+            if required {
+                self.courtesy_quit().await;
+                return Err(Error::new(
+                    ErrorKind::TlsUnavailable,
+                    Step::StartTls,
+                    "TLS is required but the server refused STARTTLS",
+                )
+                .with_reply(reply));
+            }
+            tracing::debug!(reply = %reply, "STARTTLS refused; going on without TLS");
+            return Ok(());
+        }
+        // RFC 3207 §4.2 (CVE-2011-0411): bytes that follow the 220 were
+        // sent in plaintext and could be taken for replies inside TLS.
+        if !self.read_buf.is_empty() || self.decoder.is_partial() {
+            self.usable = false;
+            self.stream = None;
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                Step::StartTls,
+                "the server sent data after its 220 reply to STARTTLS (response injection); connection closed",
+            ));
+        }
+        let Some(Stream::Plain(tcp)) = self.stream.take() else {
+            self.usable = false;
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                Step::StartTls,
+                "STARTTLS on a connection that already uses TLS",
+            ));
+        };
+        let tls = match tls_handshake(&self.config, tcp).await {
+            Ok(tls) => tls,
+            Err(error) => {
+                self.usable = false;
+                return Err(error);
+            }
+        };
+        self.stream = Some(Stream::Tls(Box::new(tls)));
+        // RFC 3207 §4.2: forget everything learnt before TLS and ask again.
+        self.decoder = ReplyDecoder::with_limits(
+            self.config.inner.max_reply_line,
+            self.config.inner.max_reply_lines,
+        );
+        self.capabilities = Capabilities::default();
+        self.extended = false;
+        self.hello().await
+    }
+
+    /// AUTH (RFC 4954) with the first of PLAIN, LOGIN (passwords) or
+    /// XOAUTH2 (tokens) that the server offers.
+    async fn authenticate(&mut self) -> Result<(), Error> {
+        let Some(credentials) = self.config.inner.credentials.clone() else {
+            return Ok(());
+        };
+        if !self.is_encrypted() && !self.config.inner.allow_plaintext_auth {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                Step::Auth,
+                "refusing to send credentials without TLS (allow_plaintext_auth is off)",
+            ));
+        }
+        if !self.extended || self.capabilities.auth.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                Step::Auth,
+                "the server does not offer AUTH",
+            ));
+        }
+        let timeout = self.config.inner.timeouts.command;
+        match &credentials {
+            Credentials::Password {
+                authzid,
+                username,
+                password,
+            } => {
+                if self.capabilities.supports_auth("PLAIN") {
+                    let response = sasl::plain_response(authzid.as_deref(), username, password);
+                    self.queue_auth("PLAIN", &response)?;
+                    self.flush(Step::Auth, timeout).await?;
+                    let reply = self.read_reply(Step::Auth, timeout).await?;
+                    self.auth_outcome(reply).await
+                } else if self.capabilities.supports_auth("LOGIN") {
+                    self.queue(&Command::Auth {
+                        mechanism: "LOGIN".to_owned(),
+                        initial_response: None,
+                    })?;
+                    self.flush(Step::Auth, timeout).await?;
+                    for value in [username.as_str(), password.as_str()] {
+                        let reply = self.read_reply(Step::Auth, timeout).await?;
+                        if reply.code() != 334 {
+                            return self.auth_outcome(reply).await;
+                        }
+                        self.queue_secret_line(&sasl::login_response(value));
+                        self.flush(Step::Auth, timeout).await?;
+                    }
+                    let reply = self.read_reply(Step::Auth, timeout).await?;
+                    self.auth_outcome(reply).await
+                } else {
+                    Err(self.no_common_mechanism("PLAIN or LOGIN"))
+                }
+            }
+            Credentials::OAuth2 { username, token } => {
+                if !self.capabilities.supports_auth("XOAUTH2") {
+                    return Err(self.no_common_mechanism("XOAUTH2"));
+                }
+                let response = sasl::xoauth2_response(username, token);
+                self.queue_auth("XOAUTH2", &response)?;
+                self.flush(Step::Auth, timeout).await?;
+                let reply = self.read_reply(Step::Auth, timeout).await?;
+                self.auth_outcome(reply).await
+            }
+        }
+    }
+
+    fn no_common_mechanism(&self, wanted: &str) -> Error {
+        Error::new(
+            ErrorKind::Auth,
+            Step::Auth,
+            format!(
+                "no common AUTH mechanism: need {wanted}, the server offers {}",
+                self.capabilities.auth.join(" ")
+            ),
+        )
+    }
+
+    /// Ends an AUTH exchange: 235 is success; a 334 at this point is a
+    /// challenge we have no answer for (XOAUTH2 sends its error details
+    /// that way), answered with an empty line or `*` to get the final reply.
+    async fn auth_outcome(&mut self, mut reply: Reply) -> Result<(), Error> {
+        let timeout = self.config.inner.timeouts.command;
+        if reply.code() == 334 {
+            // RFC 4954 §4: "*" cancels; XOAUTH2 servers expect an empty line
+            // after their error challenge. Either way a final reply follows.
+            self.queue_secret_line("");
+            self.flush(Step::Auth, timeout).await?;
+            reply = self.read_reply(Step::Auth, timeout).await?;
+        }
+        if reply.code() == 235 {
+            self.authenticated = true;
+            return Ok(());
+        }
+        Err(Error::new(ErrorKind::Auth, Step::Auth, "authentication failed").with_reply(reply))
+    }
+
+    /// Sends one message.
+    ///
+    /// Every recipient is tried; the result lists who accepted the message
+    /// and who rejected it, with the server's reply. The send is an error
+    /// only when no recipient accepted the message (see
+    /// [`ErrorKind::RecipientsRejected`]) or the transaction failed as a
+    /// whole. Recipients refused with `452` (too many recipients, RFC 5321
+    /// §4.5.3.1.10) after others were accepted are sent in a follow-up
+    /// transaction; a message from a reader or stream cannot be sent twice,
+    /// so for it they are reported as rejected instead.
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        message: impl Into<Message>,
+    ) -> Result<SendResult, Error> {
+        let mut message = message.into();
+        self.send_message(envelope, &mut message).await
+    }
+
+    pub(crate) async fn send_message(
+        &mut self,
+        envelope: &Envelope,
+        message: &mut Message,
+    ) -> Result<SendResult, Error> {
+        envelope.validate()?;
+        if !self.usable {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                Step::Mail,
+                "the connection is no longer usable",
+            ));
+        }
+        let plan = self.plan(envelope, message)?;
+        self.messages += 1;
+        let count = envelope.recipients().len();
+        let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; count];
+        let mut pending: Vec<usize> = (0..count).collect();
+        let mut transactions = 0;
+        let mut final_reply = None;
+        let mut failure = None;
+        while !pending.is_empty() {
+            transactions += 1;
+            let result = self
+                .transaction(envelope, &pending, message, &plan, &mut outcomes)
+                .await;
+            match result {
+                Ok(end) => {
+                    if end.final_reply.is_some() {
+                        final_reply = end.final_reply;
+                    }
+                    pending = end.deferred;
+                    if !pending.is_empty() && !message.is_replayable() {
+                        // The body was consumed: the deferred recipients
+                        // keep their 452 as the outcome.
+                        break;
+                    }
+                }
+                Err(error) => {
+                    for &index in &pending {
+                        let slot = &mut outcomes[index];
+                        // Rejections decided in this transaction stand; the
+                        // rest (accepted at RCPT, or never answered) failed
+                        // with the transaction.
+                        let keep = slot.as_ref().is_some_and(|outcome| {
+                            outcome
+                                .reply
+                                .as_ref()
+                                .is_some_and(|reply| !reply.is_positive_completion())
+                        });
+                        if !keep {
+                            *slot = Some(RecipientOutcome {
+                                address: envelope.recipients()[index].address().clone(),
+                                accepted: false,
+                                reply: error.reply().cloned(),
+                            });
+                        }
+                    }
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        self.last_used = Instant::now();
+        let recipients: Vec<RecipientOutcome> = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(index, outcome)| {
+                outcome.unwrap_or_else(|| RecipientOutcome {
+                    address: envelope.recipients()[index].address().clone(),
+                    accepted: false,
+                    reply: None,
+                })
+            })
+            .collect();
+        if recipients.iter().any(|outcome| outcome.accepted) {
+            return Ok(SendResult {
+                recipients,
+                reply: final_reply,
+                transactions,
+            });
+        }
+        Err(match failure {
+            Some(error) => error.with_recipients(recipients),
+            None => {
+                let last = recipients
+                    .iter()
+                    .rev()
+                    .find_map(|outcome| outcome.reply.clone());
+                let mut error = Error::new(
+                    ErrorKind::RecipientsRejected,
+                    Step::Rcpt,
+                    "every recipient was rejected",
+                );
+                if let Some(reply) = last {
+                    error = error.with_reply(reply);
+                }
+                error.with_recipients(recipients)
+            }
+        })
+    }
+
+    /// Checks the message against the server's capabilities and chooses the
+    /// parameters, before anything is written.
+    fn plan(&self, envelope: &Envelope, message: &Message) -> Result<Plan, Error> {
+        let caps = &self.capabilities;
+        let unsupported = |text: String| Error::new(ErrorKind::Unsupported, Step::Validate, text);
+        let use_bdat = self.config.inner.chunking && self.extended && caps.chunking;
+        let mut params = MailParameters::default();
+        let mut forbid_eight_bit = false;
+        let mut binary = false;
+        match message.detected_body_type() {
+            Some(BodyType::BinaryMime) => {
+                if !(use_bdat && caps.binary_mime) {
+                    return Err(unsupported(
+                        "the message is BINARYMIME but the server does not offer BINARYMIME with CHUNKING"
+                            .into(),
+                    ));
+                }
+                binary = true;
+                params.body = Some(BodyType::BinaryMime);
+            }
+            Some(BodyType::EightBitMime) => {
+                if !caps.eight_bit_mime {
+                    return Err(unsupported(
+                        "the message has 8-bit content but the server does not offer 8BITMIME"
+                            .into(),
+                    ));
+                }
+                params.body = Some(BodyType::EightBitMime);
+            }
+            Some(BodyType::SevenBit) => {
+                // Declared explicitly: say so when the server knows BODY=.
+                if message.declared_body_type().is_some() && caps.eight_bit_mime {
+                    params.body = Some(BodyType::SevenBit);
+                }
+            }
+            None => {
+                if caps.eight_bit_mime {
+                    params.body = Some(BodyType::EightBitMime);
+                } else {
+                    forbid_eight_bit = true;
+                }
+            }
+        }
+        if envelope.needs_smtputf8() {
+            if !caps.smtputf8 {
+                return Err(unsupported(
+                    "the envelope needs SMTPUTF8 but the server does not offer it".into(),
+                ));
+            }
+            params.smtputf8 = true;
+        }
+        if envelope.requiretls() {
+            if !self.is_encrypted() || !caps.requiretls {
+                return Err(unsupported(
+                    "REQUIRETLS needs a TLS connection to a server offering REQUIRETLS".into(),
+                ));
+            }
+            params.requiretls = true;
+        }
+        // RFC 1870 §6: SIZE 0 (or no number) means no fixed limit.
+        let size_limit = caps.size.filter(|&limit| limit > 0);
+        if let (Some(limit), Some(size)) = (size_limit, message.len())
+            && size > limit
+        {
+            return Err(unsupported(format!(
+                "the message ({size} octets) exceeds the server's SIZE limit of {limit} octets"
+            )));
+        }
+        if caps.size.is_some() {
+            params.size = message.len();
+        }
+        // RFC 3461 §4: DSN parameters only go to a server that offers DSN.
+        let dsn = caps.dsn;
+        if dsn {
+            params.ret = envelope.ret();
+            params.envid = envelope.envid().map(str::to_owned);
+        }
+        Ok(Plan {
+            mail_params: params,
+            use_bdat,
+            binary,
+            pipelining: self.config.inner.pipelining && self.extended && caps.pipelining,
+            dsn,
+            forbid_eight_bit,
+            size_limit,
+        })
+    }
+
+    /// One mail transaction for the `pending` recipients. Fills the
+    /// outcomes it decides; on `Err` the transaction failed as a whole.
+    async fn transaction(
+        &mut self,
+        envelope: &Envelope,
+        pending: &[usize],
+        message: &mut Message,
+        plan: &Plan,
+        outcomes: &mut [Option<RecipientOutcome>],
+    ) -> Result<TransactionEnd, Error> {
+        let timeouts = self.config.inner.timeouts;
+        // Encode everything first, so an invalid value fails before any of
+        // the transaction is written.
+        let mut commands = Vec::with_capacity(pending.len() + 1);
+        commands.push(encode(&Command::Mail {
+            from: envelope.from().cloned(),
+            params: plan.mail_params.clone(),
+        })?);
+        for &index in pending {
+            let recipient = &envelope.recipients()[index];
+            let params = if plan.dsn {
+                RcptParameters {
+                    notify: recipient.notify_value(),
+                    orcpt: recipient.orcpt_value().cloned(),
+                }
+            } else {
+                RcptParameters::default()
+            };
+            commands.push(encode(&Command::Rcpt {
+                to: recipient.address().clone(),
+                params,
+            })?);
+        }
+        let data_command = encode(&Command::Data)?;
+
+        let batch_commands = if plan.pipelining {
+            PIPELINE_BATCH_COMMANDS
+        } else {
+            1
+        };
+        let mut mail_accepted = false;
+        let mut accepted: Vec<usize> = Vec::new();
+        let mut deferred: Vec<usize> = Vec::new();
+        let mut data_reply: Option<Reply> = None;
+        for &index in pending {
+            outcomes[index] = None;
+        }
+        let mut next = 0;
+        while next < commands.len() {
+            let start = next;
+            while next < commands.len()
+                && next - start < batch_commands
+                && (next == start
+                    || self.write_buf.len() + commands[next].len() <= PIPELINE_BATCH_BYTES)
+            {
+                self.queue_encoded(&commands[next]);
+                next += 1;
+            }
+            // RFC 2920 §3.1: DATA ends the last group of commands.
+            let with_data = plan.pipelining && !plan.use_bdat && next == commands.len();
+            if with_data {
+                self.queue_encoded(&data_command);
+            }
+            let step = if start == 0 { Step::Mail } else { Step::Rcpt };
+            self.flush(step, timeouts.mail).await?;
+            for position in start..next {
+                if position == 0 {
+                    let reply = self.read_reply(Step::Mail, timeouts.mail).await?;
+                    mail_accepted = reply.is_positive_completion();
+                    if !mail_accepted {
+                        // Read the replies already asked for (503s) to
+                        // stay in step, then give up on the transaction.
+                        for _ in 1..(next - start) {
+                            self.read_reply(Step::Rcpt, timeouts.rcpt).await?;
+                        }
+                        if with_data {
+                            let reply = self
+                                .read_reply(Step::Data, timeouts.data_initiation)
+                                .await?;
+                            self.end_refused_data(reply).await?;
+                        }
+                        return Err(Error::rejected(Step::Mail, reply));
+                    }
+                    continue;
+                }
+                let index = pending[position - 1];
+                let reply = self.read_reply(Step::Rcpt, timeouts.rcpt).await?;
+                if reply.is_positive_completion() {
+                    accepted.push(index);
+                } else if reply.code() == 452 && !accepted.is_empty() {
+                    // RFC 5321 §4.5.3.1.10: too many recipients for this
+                    // message; they go in another transaction. Only when
+                    // this one delivers to someone, so every transaction
+                    // makes progress.
+                    deferred.push(index);
+                }
+                outcomes[index] = Some(RecipientOutcome {
+                    address: envelope.recipients()[index].address().clone(),
+                    accepted: false,
+                    reply: Some(reply),
+                });
+            }
+            if with_data {
+                data_reply = Some(
+                    self.read_reply(Step::Data, timeouts.data_initiation)
+                        .await?,
+                );
+            }
+            if let Some(&first) = deferred.first()
+                && next < commands.len()
+            {
+                // Stop asking: every recipient not sent yet waits for
+                // the next transaction, with the 452 that stopped us.
+                let reply = outcomes[first]
+                    .as_ref()
+                    .and_then(|outcome| outcome.reply.clone());
+                for &index in &pending[next - 1..] {
+                    deferred.push(index);
+                    outcomes[index] = Some(RecipientOutcome {
+                        address: envelope.recipients()[index].address().clone(),
+                        accepted: false,
+                        reply: reply.clone(),
+                    });
+                }
+                break;
+            }
+        }
+
+        if accepted.is_empty() {
+            if let Some(reply) = data_reply {
+                self.end_refused_data(reply).await?;
+            }
+            if mail_accepted {
+                self.reset_after_failure().await;
+            }
+            return Ok(TransactionEnd {
+                deferred,
+                final_reply: None,
+            });
+        }
+
+        if !plan.use_bdat {
+            let reply = match data_reply {
+                Some(reply) => reply,
+                None => {
+                    self.queue_encoded(&data_command);
+                    self.flush(Step::Data, timeouts.data_initiation).await?;
+                    self.read_reply(Step::Data, timeouts.data_initiation)
+                        .await?
+                }
+            };
+            if reply.code() != 354 {
+                self.reset_after_failure().await;
+                return Err(Error::rejected(Step::Data, reply));
+            }
+            self.write_data_body(message, plan).await?;
+        } else {
+            self.write_bdat_body(message, plan).await?;
+        }
+        let final_reply = self.read_final_replies(&accepted, outcomes).await?;
+        Ok(TransactionEnd {
+            deferred,
+            final_reply,
+        })
+    }
+
+    /// Reads the reply to the end of data: one for SMTP, one per accepted
+    /// recipient for LMTP (RFC 2033 §4.2).
+    async fn read_final_replies(
+        &mut self,
+        accepted: &[usize],
+        outcomes: &mut [Option<RecipientOutcome>],
+    ) -> Result<Option<Reply>, Error> {
+        let timeout = self.config.inner.timeouts.data_termination;
+        match self.config.inner.protocol {
+            Protocol::Smtp => {
+                let reply = self.read_reply(Step::DataEnd, timeout).await?;
+                if !reply.is_positive_completion() {
+                    return Err(Error::rejected(Step::DataEnd, reply));
+                }
+                for &index in accepted {
+                    if let Some(outcome) = outcomes[index].as_mut() {
+                        outcome.accepted = true;
+                        outcome.reply = Some(reply.clone());
+                    }
+                }
+                Ok(Some(reply))
+            }
+            Protocol::Lmtp => {
+                for &index in accepted {
+                    let reply = self.read_reply(Step::DataEnd, timeout).await?;
+                    if let Some(outcome) = outcomes[index].as_mut() {
+                        outcome.accepted = reply.is_positive_completion();
+                        outcome.reply = Some(reply);
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// A pipelined DATA got its reply although no recipient was accepted.
+    /// If the server still said 354, RFC 2920 §3.1 has the client end the
+    /// (empty) message with a lone "." and take whatever reply comes.
+    async fn end_refused_data(&mut self, reply: Reply) -> Result<(), Error> {
+        if reply.code() == 354 {
+            self.write_buf.put_slice(b".\r\n");
+            self.log(Direction::Client, ".");
+            let timeouts = self.config.inner.timeouts;
+            self.flush(Step::DataEnd, timeouts.data_block).await?;
+            self.read_reply(Step::DataEnd, timeouts.data_termination)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// RSET after a transaction that did not complete; a connection whose
+    /// RSET fails is not used again.
+    async fn reset_after_failure(&mut self) {
+        if self.usable && self.rset().await.is_err() {
+            self.usable = false;
+        }
+    }
+
+    /// Streams the body after 354: CRLF-normalised and dot-stuffed on the
+    /// fly, then `<CRLF>.<CRLF>`.
+    async fn write_data_body(&mut self, message: &mut Message, plan: &Plan) -> Result<(), Error> {
+        let block_timeout = self.config.inner.timeouts.data_block;
+        let chunk_size = self.config.inner.chunk_size;
+        let mut encoder = DataEncoder::new();
+        let mut out = BytesMut::with_capacity(chunk_size + chunk_size / 8);
+        let mut offset = 0;
+        let mut total: u64 = 0;
+        loop {
+            let block = self
+                .read_message_block(message, &mut offset, chunk_size)
+                .await?;
+            if block.is_empty() {
+                break;
+            }
+            total += block.len() as u64;
+            self.check_streamed(&block, total, plan)?;
+            encoder.encode(&block, &mut out);
+            self.write_body(&out, block_timeout).await?;
+            out.clear();
+        }
+        encoder.finish(&mut out);
+        self.write_body(&out, block_timeout).await?;
+        self.log(
+            Direction::Client,
+            &format!("[{total} octets of message data]"),
+        );
+        self.log(Direction::Client, ".");
+        Ok(())
+    }
+
+    /// Sends the body as BDAT chunks (RFC 3030); the last carries `LAST`.
+    /// Its reply is read by the caller.
+    async fn write_bdat_body(&mut self, message: &mut Message, plan: &Plan) -> Result<(), Error> {
+        let timeouts = self.config.inner.timeouts;
+        let chunk_size = self.config.inner.chunk_size;
+        let mut encoder = DataEncoder::without_dot_stuffing();
+        let mut chunk = BytesMut::with_capacity(chunk_size + chunk_size / 8);
+        let mut offset = 0;
+        let mut total: u64 = 0;
+        let mut unacknowledged = 0;
+        loop {
+            chunk.clear();
+            let mut last = false;
+            while chunk.len() < chunk_size {
+                let block = self
+                    .read_message_block(message, &mut offset, chunk_size - chunk.len())
+                    .await?;
+                if block.is_empty() {
+                    last = true;
+                    break;
+                }
+                total += block.len() as u64;
+                self.check_streamed(&block, total, plan)?;
+                if plan.binary {
+                    chunk.extend_from_slice(&block);
+                } else {
+                    encoder.encode(&block, &mut chunk);
+                }
+            }
+            if last && !plan.binary {
+                encoder.finish(&mut chunk);
+            }
+            let header = if last {
+                format!("BDAT {} LAST", chunk.len())
+            } else {
+                format!("BDAT {}", chunk.len())
+            };
+            self.log(Direction::Client, &header);
+            self.log(
+                Direction::Client,
+                &format!("[{} octets of message data]", chunk.len()),
+            );
+            self.write_buf.put_slice(header.as_bytes());
+            self.write_buf.put_slice(b"\r\n");
+            self.flush(Step::Body, timeouts.data_block).await?;
+            self.write_body(&chunk, timeouts.data_block).await?;
+            if last {
+                // Replies to earlier chunks come before the reply to LAST,
+                // which the caller reads.
+                while unacknowledged > 0 {
+                    unacknowledged -= 1;
+                    self.bdat_chunk_reply(unacknowledged + 1).await?;
+                }
+                return Ok(());
+            }
+            unacknowledged += 1;
+            // With PIPELINING one chunk may be in flight while the next is
+            // prepared (RFC 3030 §4.2), so a slow link stays busy; without
+            // it every chunk waits for its reply.
+            let window = if plan.pipelining { 1 } else { 0 };
+            if unacknowledged > window {
+                unacknowledged -= 1;
+                self.bdat_chunk_reply(unacknowledged).await?;
+            }
+        }
+    }
+
+    /// Reads the reply to a non-final BDAT chunk. On a failure the replies
+    /// to the `in_flight` chunks sent after it are read too, then RSET
+    /// (RFC 3030 §2: the server discards the transaction's data).
+    async fn bdat_chunk_reply(&mut self, in_flight: usize) -> Result<(), Error> {
+        let timeout = self.config.inner.timeouts.data_initiation;
+        let reply = self.read_reply(Step::Data, timeout).await?;
+        if reply.is_positive_completion() {
+            return Ok(());
+        }
+        for _ in 0..in_flight {
+            self.read_reply(Step::Data, timeout).await?;
+        }
+        self.reset_after_failure().await;
+        Err(Error::rejected(Step::Data, reply))
+    }
+
+    async fn read_message_block(
+        &mut self,
+        message: &mut Message,
+        offset: &mut usize,
+        max: usize,
+    ) -> Result<bytes::Bytes, Error> {
+        message.read_block(offset, max).await.map_err(|error| {
+            // Mid-body there is no way to end the message without
+            // delivering what was sent so far: drop the connection.
+            self.abort();
+            Error::new(ErrorKind::Io, Step::Body, "reading the message failed").with_source(error)
+        })
+    }
+
+    /// Checks what is only known while streaming; on failure the connection
+    /// is closed before the end of data, so nothing is delivered.
+    fn check_streamed(&mut self, block: &[u8], total: u64, plan: &Plan) -> Result<(), Error> {
+        if let Some(limit) = plan.size_limit
+            && total > limit
+        {
+            self.abort();
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                Step::Body,
+                format!(
+                    "the message exceeds the server's SIZE limit of {limit} octets; sending aborted"
+                ),
+            ));
+        }
+        if plan.forbid_eight_bit && block.iter().any(|&byte| byte >= 0x80) {
+            self.abort();
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                Step::Body,
+                "the message has 8-bit content but the server does not offer 8BITMIME; sending aborted",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes the connection unusable and closes it without ending the
+    /// message.
+    fn abort(&mut self) {
+        self.usable = false;
+        self.stream = None;
+    }
+
+    /// `RSET`: abandons the current transaction.
+    pub async fn rset(&mut self) -> Result<(), Error> {
+        let timeout = self.config.inner.timeouts.command;
+        self.queue(&Command::Rset)?;
+        self.flush(Step::Rset, timeout).await?;
+        let reply = self.read_reply(Step::Rset, timeout).await?;
+        if !reply.is_positive_completion() {
+            self.usable = false;
+            return Err(Error::rejected(Step::Rset, reply));
+        }
+        Ok(())
+    }
+
+    /// `NOOP`: checks that the server is still there. A connection whose
+    /// NOOP fails should be dropped.
+    pub async fn noop(&mut self) -> Result<Reply, Error> {
+        let timeout = self.config.inner.timeouts.command;
+        self.queue(&Command::Noop)?;
+        self.flush(Step::Noop, timeout).await?;
+        let reply = self.read_reply(Step::Noop, timeout).await?;
+        if !reply.is_positive_completion() {
+            self.usable = false;
+            return Err(Error::rejected(Step::Noop, reply));
+        }
+        self.last_used = Instant::now();
+        Ok(reply)
+    }
+
+    /// `QUIT`, then closes the connection.
+    pub async fn quit(mut self) -> Result<(), Error> {
+        self.quit_in_place().await
+    }
+
+    /// [`Connection::quit`] for a connection that cannot be moved; leaves
+    /// it unusable.
+    pub(crate) async fn quit_in_place(&mut self) -> Result<(), Error> {
+        if !self.is_usable() {
+            return Ok(());
+        }
+        let timeout = self.config.inner.timeouts.command;
+        self.queue(&Command::Quit)?;
+        self.flush(Step::Quit, timeout).await?;
+        let reply = self.read_reply(Step::Quit, timeout).await;
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = tokio::time::timeout(COURTESY_QUIT_TIMEOUT, stream.shutdown()).await;
+        }
+        self.usable = false;
+        match reply {
+            Ok(reply) if reply.code() == 221 => Ok(()),
+            Ok(reply) => Err(Error::rejected(Step::Quit, reply)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Writes `QUIT` without waiting for the reply, while giving up on a
+    /// connection that is still in step (RFC 5321 §4.1.1.10).
+    async fn courtesy_quit(&mut self) {
+        if !self.usable {
+            return;
+        }
+        if self.queue(&Command::Quit).is_ok() {
+            let _ = self.flush(Step::Quit, COURTESY_QUIT_TIMEOUT).await;
+        }
+        self.usable = false;
+    }
+
+    /// The `220` greeting.
+    pub fn greeting(&self) -> Option<&Reply> {
+        self.greeting.as_ref()
+    }
+
+    /// What the server announced in its last EHLO reply (empty after the
+    /// HELO fallback).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// Whether the server answered EHLO (or LHLO) rather than only HELO.
+    pub fn is_extended(&self) -> bool {
+        self.extended
+    }
+
+    /// Whether the connection uses TLS.
+    pub fn is_encrypted(&self) -> bool {
+        self.stream.as_ref().is_some_and(Stream::is_tls)
+    }
+
+    /// Whether AUTH succeeded.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Whether the connection can send another message: false after an
+    /// I/O error, a timeout, a 421, a protocol error, a failed RSET or an
+    /// aborted body.
+    pub fn is_usable(&self) -> bool {
+        self.usable && self.stream.is_some()
+    }
+
+    /// How many messages were sent (or attempted) on this connection.
+    pub fn messages_sent(&self) -> usize {
+        self.messages
+    }
+
+    /// When the connection was opened.
+    pub fn opened_at(&self) -> Instant {
+        self.opened
+    }
+
+    /// When the connection last finished a send or a NOOP.
+    pub fn last_used_at(&self) -> Instant {
+        self.last_used
+    }
+
+    /// The configuration the connection was opened with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    // ---- framing ----
+
+    /// Encodes `command` into the write buffer and the transcript.
+    fn queue(&mut self, command: &Command) -> Result<(), Error> {
+        let encoded = encode(command)?;
+        self.queue_encoded(&encoded);
+        Ok(())
+    }
+
+    fn queue_encoded(&mut self, encoded: &[u8]) {
+        self.write_buf.put_slice(encoded);
+        if self.has_transcript() {
+            let line = String::from_utf8_lossy(encoded);
+            self.log(Direction::Client, line.trim_end_matches("\r\n"));
+        }
+    }
+
+    /// `AUTH <mechanism> <initial response>`, masked in the transcript.
+    fn queue_auth(&mut self, mechanism: &str, response: &str) -> Result<(), Error> {
+        let encoded = encode(&Command::Auth {
+            mechanism: mechanism.to_owned(),
+            initial_response: Some(response.to_owned()),
+        })?;
+        self.write_buf.put_slice(&encoded);
+        self.log(Direction::Client, &format!("AUTH {mechanism} ****"));
+        Ok(())
+    }
+
+    /// A SASL response line (base64, so never CR or LF), masked in the
+    /// transcript.
+    fn queue_secret_line(&mut self, line: &str) {
+        self.write_buf.put_slice(line.as_bytes());
+        self.write_buf.put_slice(b"\r\n");
+        self.log(Direction::Client, if line.is_empty() { "" } else { "****" });
+    }
+
+    /// Writes the buffered commands.
+    async fn flush(&mut self, step: Step, timeout: Duration) -> Result<(), Error> {
+        let mut buffer = std::mem::take(&mut self.write_buf);
+        let result = self.write_bytes(&buffer, step, timeout).await;
+        buffer.clear();
+        self.write_buf = buffer;
+        result
+    }
+
+    /// Writes message data in full within the data block timeout.
+    async fn write_body(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), Error> {
+        self.write_bytes(bytes, Step::Body, timeout).await
+    }
+
+    /// Writes `bytes` in full within `timeout`.
+    async fn write_bytes(
+        &mut self,
+        bytes: &[u8],
+        step: Step,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            self.usable = false;
+            return Err(Error::closed(step));
+        };
+        let write = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        match run_with_timeout(timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                self.usable = false;
+                Err(Error::io(step, error))
+            }
+            Err(()) => {
+                self.abort();
+                Err(Error::timeout(step))
+            }
+        }
+    }
+
+    /// Reads one complete reply within `timeout`. A 421 (the server is
+    /// closing the connection, RFC 5321 §3.8) is returned as an error.
+    async fn read_reply(&mut self, step: Step, timeout: Duration) -> Result<Reply, Error> {
+        let max_line = self.config.inner.max_reply_line;
+        let Some(stream) = self.stream.as_mut() else {
+            self.usable = false;
+            return Err(Error::closed(step));
+        };
+        let decoder = &mut self.decoder;
+        let read_buf = &mut self.read_buf;
+        let read = async {
+            loop {
+                match decoder.decode(read_buf) {
+                    Ok(Some(reply)) => return Ok(reply),
+                    Ok(None) => {}
+                    Err(error) => {
+                        return Err(Error::new(
+                            ErrorKind::Protocol,
+                            step,
+                            format!("unusable reply during {step}"),
+                        )
+                        .with_source(error));
+                    }
+                }
+                // The decoder keeps at most one partial line in the buffer;
+                // this bound holds even if that ever changed.
+                if read_buf.len() > max_line {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        step,
+                        format!("reply line longer than {max_line} octets"),
+                    ));
+                }
+                read_buf.reserve(4096);
+                match stream.read_buf(read_buf).await {
+                    Ok(0) => return Err(Error::closed(step)),
+                    Ok(_) => {}
+                    Err(error) => return Err(Error::io(step, error)),
+                }
+            }
+        };
+        let reply = match run_with_timeout(timeout, read).await {
+            Err(()) => {
+                self.abort();
+                return Err(Error::timeout(step));
+            }
+            Ok(Err(error)) => {
+                self.usable = false;
+                return Err(error);
+            }
+            Ok(Ok(reply)) => reply,
+        };
+        if self.has_transcript() {
+            let mut wire = BytesMut::new();
+            reply.encode(&mut wire);
+            let wire = String::from_utf8_lossy(&wire).into_owned();
+            for line in wire.split_terminator("\r\n") {
+                self.log(Direction::Server, line);
+            }
+        }
+        if reply.code() == 421 {
+            self.usable = false;
+            return Err(Error::rejected(step, reply));
+        }
+        Ok(reply)
+    }
+
+    fn has_transcript(&self) -> bool {
+        self.config.inner.transcript.is_some()
+            || tracing::enabled!(target: "smtp_client::transcript", tracing::Level::TRACE)
+    }
+
+    fn log(&self, direction: Direction, line: &str) {
+        tracing::trace!(target: "smtp_client::transcript", "{}: {}", direction.prefix(), line);
+        if let Some(transcript) = &self.config.inner.transcript {
+            transcript(direction, line);
+        }
+    }
+}
+
+fn encode(command: &Command) -> Result<BytesMut, Error> {
+    let mut buffer = BytesMut::new();
+    command.encode(&mut buffer).map_err(|error| {
+        Error::invalid(format!("cannot write {}", command.verb())).with_source(error)
+    })?;
+    Ok(buffer)
+}
+
+async fn run_with_timeout<T>(timeout: Duration, future: impl Future<Output = T>) -> Result<T, ()> {
+    tokio::time::timeout(timeout, future).await.map_err(|_| ())
+}
+
+async fn tls_handshake(
+    config: &ClientConfig,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+    let inner = &config.inner;
+    let Some(tls_config) = inner.tls_config.as_ref() else {
+        return Err(Error::new(
+            ErrorKind::Tls,
+            Step::TlsHandshake,
+            "TLS is switched off in this configuration",
+        ));
+    };
+    let name = tls::server_name(&inner.tls_server_name)?;
+    let connector = TlsConnector::from(Arc::clone(tls_config));
+    match run_with_timeout(inner.timeouts.tls_handshake, connector.connect(name, tcp)).await {
+        Err(()) => Err(Error::timeout(Step::TlsHandshake)),
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+            Err(
+                Error::new(ErrorKind::Tls, Step::TlsHandshake, "TLS handshake failed")
+                    .with_source(error),
+            )
+        }
+        Ok(Err(error)) => Err(Error::io(Step::TlsHandshake, error)),
+    }
+}

@@ -1,0 +1,409 @@
+//! The envelope of a message (RFC 5321 §2.3.1: reverse-path, forward-paths
+//! and their parameters) and the per-recipient outcome of a send.
+
+use smtp_proto::Reply;
+use smtp_proto::address::Address;
+use smtp_proto::command::{Notify, OriginalRecipient, Ret};
+
+use crate::config::has_forbidden_byte;
+use crate::error::Error;
+
+/// RFC 3461 §4.4: an `ENVID` is at most 100 characters.
+pub const ENVID_MAX: usize = 100;
+
+/// RFC 3461 §4.2: an `ORCPT` value is at most 500 characters.
+pub const ORCPT_MAX: usize = 500;
+
+/// One recipient with its RFC 3461 DSN parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    address: Address,
+    notify: Option<Notify>,
+    orcpt: Option<OriginalRecipient>,
+}
+
+impl Recipient {
+    /// A recipient without DSN parameters.
+    pub fn new(address: Address) -> Self {
+        Self {
+            address,
+            notify: None,
+            orcpt: None,
+        }
+    }
+
+    /// `NOTIFY=` (RFC 3461 §4.1): when to send delivery status
+    /// notifications. Sent only when the server offers `DSN`.
+    pub fn notify(mut self, notify: Notify) -> Self {
+        self.notify = Some(notify);
+        self
+    }
+
+    /// `ORCPT=` (RFC 3461 §4.2): the original recipient, for example
+    /// `("rfc822", "user@example.com")`. Sent only when the server offers
+    /// `DSN`.
+    pub fn orcpt(mut self, addr_type: impl Into<String>, address: impl Into<String>) -> Self {
+        self.orcpt = Some(OriginalRecipient {
+            addr_type: addr_type.into(),
+            address: address.into(),
+        });
+        self
+    }
+
+    /// The mailbox.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The `NOTIFY` parameter.
+    pub fn notify_value(&self) -> Option<Notify> {
+        self.notify
+    }
+
+    /// The `ORCPT` parameter.
+    pub fn orcpt_value(&self) -> Option<&OriginalRecipient> {
+        self.orcpt.as_ref()
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if let Some(orcpt) = &self.orcpt {
+            let addr_type_ok = !orcpt.addr_type.is_empty()
+                && orcpt
+                    .addr_type
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-');
+            if !addr_type_ok {
+                return Err(Error::invalid(format!(
+                    "invalid ORCPT address type {:?}",
+                    orcpt.addr_type
+                )));
+            }
+            if orcpt.address.is_empty()
+                || has_forbidden_byte(&orcpt.address)
+                || orcpt.address.chars().any(char::is_control)
+            {
+                return Err(Error::invalid(
+                    "CR, LF, NUL or another control character in ORCPT",
+                ));
+            }
+            if orcpt.addr_type.len() + 1 + orcpt.address.len() > ORCPT_MAX {
+                return Err(Error::invalid("ORCPT longer than 500 characters"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<Address> for Recipient {
+    fn from(address: Address) -> Self {
+        Recipient::new(address)
+    }
+}
+
+/// The envelope: sender, recipients and the transaction's parameters.
+///
+/// Built with [`Envelope::new`] or [`Envelope::builder`]; both validate
+/// everything that will be written, so a CR, LF or NUL in a parameter is an
+/// error before a connection is even opened.
+///
+/// ```
+/// use smtp_client::Envelope;
+/// let envelope = Envelope::new(
+///     Some("alice@example.com".parse().unwrap()),
+///     ["bob@example.org".parse().unwrap()],
+/// )
+/// .unwrap();
+/// assert_eq!(envelope.recipients().len(), 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    from: Option<Address>,
+    recipients: Vec<Recipient>,
+    ret: Option<Ret>,
+    envid: Option<String>,
+    smtputf8: bool,
+    requiretls: bool,
+}
+
+impl Envelope {
+    /// An envelope from `from` (`None`: the null reverse-path `<>`, for
+    /// bounces) to `to`, which must not be empty.
+    pub fn new(
+        from: Option<Address>,
+        to: impl IntoIterator<Item = Address>,
+    ) -> Result<Self, Error> {
+        let mut builder = Envelope::builder();
+        builder.from = from;
+        for address in to {
+            builder = builder.to(address);
+        }
+        builder.build()
+    }
+
+    /// A builder for envelopes with DSN or other parameters.
+    pub fn builder() -> EnvelopeBuilder {
+        EnvelopeBuilder::default()
+    }
+
+    /// The reverse-path; `None` is `<>`.
+    pub fn from(&self) -> Option<&Address> {
+        self.from.as_ref()
+    }
+
+    /// The recipients, in the order they are sent.
+    pub fn recipients(&self) -> &[Recipient] {
+        &self.recipients
+    }
+
+    /// `RET=` (RFC 3461 §4.3).
+    pub fn ret(&self) -> Option<Ret> {
+        self.ret
+    }
+
+    /// `ENVID=` (RFC 3461 §4.4), not yet xtext-encoded.
+    pub fn envid(&self) -> Option<&str> {
+        self.envid.as_deref()
+    }
+
+    /// Whether `SMTPUTF8` (RFC 6531) is requested: set explicitly, or
+    /// because an address holds non-ASCII characters.
+    pub fn needs_smtputf8(&self) -> bool {
+        self.smtputf8
+            || self.from.as_ref().is_some_and(Address::is_utf8)
+            || self
+                .recipients
+                .iter()
+                .any(|recipient| recipient.address.is_utf8())
+    }
+
+    /// Whether `REQUIRETLS` (RFC 8689) is requested.
+    pub fn requiretls(&self) -> bool {
+        self.requiretls
+    }
+
+    /// Whether any DSN parameter (RFC 3461) is set.
+    pub fn has_dsn_parameters(&self) -> bool {
+        self.ret.is_some()
+            || self.envid.is_some()
+            || self
+                .recipients
+                .iter()
+                .any(|recipient| recipient.notify.is_some() || recipient.orcpt.is_some())
+    }
+
+    /// Checks every value that will be written.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.recipients.is_empty() {
+            return Err(Error::invalid("the envelope has no recipient"));
+        }
+        if let Some(envid) = &self.envid {
+            // RFC 3461 §4.4: printable US-ASCII, at most 100 characters.
+            if envid.is_empty()
+                || envid.len() > ENVID_MAX
+                || !envid.bytes().all(|byte| (0x20..0x7f).contains(&byte))
+            {
+                return Err(Error::invalid(
+                    "ENVID must be 1 to 100 printable US-ASCII characters",
+                ));
+            }
+        }
+        for recipient in &self.recipients {
+            recipient.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// Builder for [`Envelope`].
+#[derive(Debug, Clone, Default)]
+pub struct EnvelopeBuilder {
+    from: Option<Address>,
+    recipients: Vec<Recipient>,
+    ret: Option<Ret>,
+    envid: Option<String>,
+    smtputf8: bool,
+    requiretls: bool,
+}
+
+impl EnvelopeBuilder {
+    /// The sender. Without it the reverse-path is `<>`.
+    pub fn from(mut self, from: Address) -> Self {
+        self.from = Some(from);
+        self
+    }
+
+    /// Adds a recipient without DSN parameters.
+    pub fn to(mut self, to: Address) -> Self {
+        self.recipients.push(Recipient::new(to));
+        self
+    }
+
+    /// Adds a recipient with its parameters.
+    pub fn recipient(mut self, recipient: Recipient) -> Self {
+        self.recipients.push(recipient);
+        self
+    }
+
+    /// `RET=FULL` or `RET=HDRS` (RFC 3461 §4.3).
+    pub fn ret(mut self, ret: Ret) -> Self {
+        self.ret = Some(ret);
+        self
+    }
+
+    /// `ENVID=` (RFC 3461 §4.4); xtext-encoded when written.
+    pub fn envid(mut self, envid: impl Into<String>) -> Self {
+        self.envid = Some(envid.into());
+        self
+    }
+
+    /// Requests `SMTPUTF8` even when every address is ASCII (for a message
+    /// whose header fields hold UTF-8, RFC 6532).
+    pub fn smtputf8(mut self, smtputf8: bool) -> Self {
+        self.smtputf8 = smtputf8;
+        self
+    }
+
+    /// Requests `REQUIRETLS` (RFC 8689): the message must travel over TLS
+    /// on every hop. The send fails unless the connection uses TLS and the
+    /// server offers `REQUIRETLS`.
+    pub fn requiretls(mut self, requiretls: bool) -> Self {
+        self.requiretls = requiretls;
+        self
+    }
+
+    /// Validates and builds the envelope.
+    pub fn build(self) -> Result<Envelope, Error> {
+        let envelope = Envelope {
+            from: self.from,
+            recipients: self.recipients,
+            ret: self.ret,
+            envid: self.envid,
+            smtputf8: self.smtputf8,
+            requiretls: self.requiretls,
+        };
+        envelope.validate()?;
+        Ok(envelope)
+    }
+}
+
+/// What happened to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientOutcome {
+    /// The recipient.
+    pub address: Address,
+    /// Whether the server took responsibility for delivering the message to
+    /// this recipient.
+    pub accepted: bool,
+    /// The deciding reply: the rejection of `RCPT` (or of `MAIL` or `DATA`
+    /// for its transaction), or the reply to the end of data (the
+    /// recipient's own reply in LMTP). `None` when the connection failed
+    /// before the server answered for this recipient.
+    pub reply: Option<Reply>,
+}
+
+impl RecipientOutcome {
+    /// The deciding reply, if any.
+    pub fn reply(&self) -> Option<&Reply> {
+        self.reply.as_ref()
+    }
+}
+
+/// The result of a send in which at least one recipient accepted the
+/// message. Rejected recipients are listed with the server's reply: a
+/// partial acceptance is a success with rejections, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResult {
+    /// One outcome per envelope recipient, in envelope order.
+    pub recipients: Vec<RecipientOutcome>,
+    /// The reply to the end of data of the last transaction that delivered
+    /// (SMTP); `None` for LMTP, whose replies are per recipient.
+    pub reply: Option<Reply>,
+    /// How many transactions the send took: more than one when the server
+    /// limited the recipients per message (`452`, RFC 5321 §4.5.3.1.10).
+    pub transactions: usize,
+}
+
+impl SendResult {
+    /// The recipients that accepted the message.
+    pub fn accepted(&self) -> impl Iterator<Item = &RecipientOutcome> {
+        self.recipients.iter().filter(|outcome| outcome.accepted)
+    }
+
+    /// The recipients that did not.
+    pub fn rejected(&self) -> impl Iterator<Item = &RecipientOutcome> {
+        self.recipients.iter().filter(|outcome| !outcome.accepted)
+    }
+
+    /// Whether every recipient accepted the message.
+    pub fn is_complete(&self) -> bool {
+        self.recipients.iter().all(|outcome| outcome.accepted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn address(text: &str) -> Address {
+        Address::parse(text, true).unwrap()
+    }
+
+    #[test]
+    fn an_envelope_needs_a_recipient() {
+        let error = Envelope::new(Some(address("a@example.com")), []).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn envid_and_orcpt_are_checked() {
+        let to = address("b@example.com");
+        for envid in ["a\r\nRCPT TO:<x@y>", "", &"x".repeat(101), "caf\u{e9}"] {
+            let error = Envelope::builder()
+                .to(to.clone())
+                .envid(envid)
+                .build()
+                .unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput, "{envid:?}");
+        }
+        assert!(
+            Envelope::builder()
+                .to(to.clone())
+                .envid("id-1 2")
+                .build()
+                .is_ok()
+        );
+        for (addr_type, value) in [
+            ("rfc822", "a\nb"),
+            ("", "a@b"),
+            ("rfc 822", "a@b"),
+            ("rfc822", ""),
+        ] {
+            let error = Envelope::builder()
+                .recipient(Recipient::new(to.clone()).orcpt(addr_type, value))
+                .build()
+                .unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput);
+        }
+        let envelope = Envelope::builder()
+            .recipient(Recipient::new(to).orcpt("rfc822", "b@example.com"))
+            .build()
+            .unwrap();
+        assert!(envelope.has_dsn_parameters());
+    }
+
+    #[test]
+    fn utf8_addresses_need_smtputf8() {
+        let ascii =
+            Envelope::new(Some(address("a@example.com")), [address("b@example.com")]).unwrap();
+        assert!(!ascii.needs_smtputf8());
+        let utf8 = Envelope::new(None, [address("j\u{f6}rg@example.com")]).unwrap();
+        assert!(utf8.needs_smtputf8());
+        let forced = Envelope::builder()
+            .to(address("b@example.com"))
+            .smtputf8(true)
+            .build()
+            .unwrap();
+        assert!(forced.needs_smtputf8());
+    }
+}
