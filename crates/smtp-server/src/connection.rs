@@ -857,6 +857,11 @@ where
         }
         match &self.transaction {
             None => Some(bad_sequence("Need MAIL command")),
+            // RFC 2033 §4.2: in LMTP, DATA without a successful RCPT MUST
+            // fail with 503; SMTP answers 554 (RFC 5321 §3.3).
+            Some(transaction) if transaction.recipients.is_empty() && self.config.lmtp => {
+                Some(bad_sequence("No valid recipients"))
+            }
             Some(transaction) if transaction.recipients.is_empty() => {
                 Some(reply(554, (5, 5, 1), "No valid recipients"))
             }

@@ -344,6 +344,9 @@ impl<B: Backend> ServerBuilder<B> {
         if self.config.auth_policy.require && self.config.authenticator.is_none() {
             return Err(ConfigError::AuthRequiredWithoutAuthenticator);
         }
+        if self.config.extensions.smtputf8 && !self.config.extensions.eight_bit_mime {
+            return Err(ConfigError::Smtputf8WithoutEightBitMime);
+        }
         // The banner is peer-visible text on one line.
         self.config.banner = self
             .config
