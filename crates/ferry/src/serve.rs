@@ -275,6 +275,14 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     if !args.proxy_protocol.is_empty() {
         builder = builder.proxy_protocol(args.proxy_protocol.clone());
     }
+    if args.transcript {
+        // The server masks AUTH payloads and escapes control bytes before
+        // a line reaches this hook.
+        builder = builder.transcript(|line| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "[{}] {line}", line.session_id);
+        });
+    }
     let server = builder.build().map_err(|e| e.to_string())?;
     let listening = server
         .bind()
