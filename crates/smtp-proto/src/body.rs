@@ -21,8 +21,8 @@
 //! [`DataDecoder`] ends DATA at `<CRLF>.<CRLF>` and at nothing else: a bare
 //! CR or a bare LF never ends a line, so a dot after one is plain text. It
 //! reports bare CR and bare LF in [`BodySummary`], so a server can refuse
-//! such messages outright (`550 5.6.11`, as Postfix and Sendmail do), or
-//! accept them knowing that they will be repaired on relay.
+//! such messages outright (smtp-server answers `550 5.5.2`), or accept them
+//! knowing that they will be repaired on relay.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::LazyLock;

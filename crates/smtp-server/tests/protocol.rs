@@ -341,6 +341,11 @@ async fn size_limit_is_enforced_while_streaming_and_the_session_goes_on() {
         client.reply().await,
         "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
     );
+    // Twenty digits past u64::MAX are still a size, just too large.
+    client
+        .send("MAIL FROM:<a@x.test> SIZE=99999999999999999999\r\n")
+        .await;
+    client.expect("552 5.3.4").await;
     client
         .send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n")
         .await;
