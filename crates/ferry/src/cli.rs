@@ -29,7 +29,7 @@ pub enum Command {
 /// What `--bare-lf` allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BareLf {
-    /// Refuse a message with a bare CR or LF (554 5.6.11).
+    /// Refuse a message with a bare CR or LF (550 5.5.2).
     Reject,
     /// Store such a message as it arrived.
     Accept,
@@ -128,6 +128,17 @@ pub enum TlsMode {
     Implicit,
 }
 
+/// `--auth` for `ferry send`: which SASL mechanism carries the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthChoice {
+    /// PLAIN when the server offers it, else LOGIN.
+    Auto,
+    /// PLAIN only (RFC 4616); fail if the server does not offer it.
+    Plain,
+    /// LOGIN only; fail if the server does not offer it.
+    Login,
+}
+
 /// `--pipelining` for `ferry bench`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Pipelining {
@@ -205,9 +216,13 @@ pub struct SendArgs {
     /// line ends are normalised to CRLF and leading dots doubled.
     #[arg(long, value_name = "FILE|-", conflicts_with_all = ["subject", "body", "body_file", "attach", "header"])]
     pub raw: Option<PathBuf>,
-    /// User name for AUTH (PLAIN when the server offers it, else LOGIN).
+    /// User name for AUTH (the mechanism is chosen with --auth).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
+    /// AUTH mechanism: auto takes PLAIN when offered, else LOGIN; plain or
+    /// login use only that one and fail when the server does not offer it.
+    #[arg(long, value_enum, value_name = "MECHANISM", default_value_t = AuthChoice::Auto, requires = "user")]
+    pub auth: AuthChoice,
     /// Password for AUTH.
     #[arg(long, requires = "user", conflicts_with = "password_env")]
     pub password: Option<String>,
@@ -382,6 +397,7 @@ mod tests {
         assert_eq!(send.to.len(), 2);
         assert_eq!(send.bcc, vec!["d@example.com"]);
         assert_eq!(send.password_env.as_deref(), Some("PW"));
+        assert_eq!(send.auth, AuthChoice::Auto);
         assert!(send.json);
         let Command::Send(send) = parse(&["send", "--from", "a@b", "--to", "c@d"])
             .unwrap()
@@ -391,6 +407,62 @@ mod tests {
         };
         assert_eq!(send.connect.tls, TlsMode::Starttls);
         assert_eq!(send.connect.server, "127.0.0.1:2525");
+    }
+
+    #[test]
+    fn send_auth_mechanism() {
+        for (value, expected) in [
+            ("auto", AuthChoice::Auto),
+            ("plain", AuthChoice::Plain),
+            ("login", AuthChoice::Login),
+        ] {
+            let Command::Send(send) = parse(&[
+                "send",
+                "--from",
+                "a@b",
+                "--to",
+                "c@d",
+                "--user",
+                "u",
+                "--password",
+                "p",
+                "--auth",
+                value,
+            ])
+            .unwrap()
+            .command
+            else {
+                panic!()
+            };
+            assert_eq!(send.auth, expected, "{value}");
+        }
+        for args in [
+            &["send", "--from", "a@b", "--to", "c@d", "--auth", "login"][..],
+            &[
+                "send",
+                "--from",
+                "a@b",
+                "--to",
+                "c@d",
+                "--user",
+                "u",
+                "--password",
+                "p",
+                "--auth",
+                "cram-md5",
+            ],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn bare_lf_help_names_the_reply_the_server_sends() {
+        let mut command = Cli::command();
+        let serve = command.find_subcommand_mut("serve").unwrap();
+        let help = serve.render_long_help().to_string();
+        assert!(help.contains("550 5.5.2"), "{help}");
+        assert!(!help.contains("5.6.11"), "{help}");
     }
 
     #[test]

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtp_client::{
-    Address, Client, ClientConfig, Credentials, Direction, Envelope, ErrorKind, Pool, PoolConfig,
-    Step, Timeouts, Tls, TlsConfig,
+    Address, AuthMechanism, Client, ClientConfig, Credentials, Direction, Envelope, ErrorKind,
+    Pool, PoolConfig, Step, Timeouts, Tls, TlsConfig,
 };
 
 use crate::bench;
-use crate::cli::{BenchArgs, ConnectArgs, Pipelining, SendArgs, TlsMode, system_hostname};
+use crate::cli::{
+    AuthChoice, BenchArgs, ConnectArgs, Pipelining, SendArgs, TlsMode, system_hostname,
+};
 use crate::outcome::{Failure, FailureKind, RecipientResult, ReplySummary, SendOutcome};
 use crate::report::BenchReport;
 use crate::send::{self, Prepared};
@@ -32,10 +34,21 @@ pub fn split_server(server: &str) -> Result<(String, u16), Failure> {
     Ok((host.to_owned(), port))
 }
 
-/// Builds the client configuration shared by send and bench.
+/// The mechanism `--auth` pins; `None` lets the client choose.
+pub fn auth_mechanism(choice: AuthChoice) -> Option<AuthMechanism> {
+    match choice {
+        AuthChoice::Auto => None,
+        AuthChoice::Plain => Some(AuthMechanism::Plain),
+        AuthChoice::Login => Some(AuthMechanism::Login),
+    }
+}
+
+/// Builds the client configuration shared by send and bench. `auth` is
+/// only used with `credentials`.
 pub fn client_config(
     connect: &ConnectArgs,
     credentials: Option<(String, String)>,
+    auth: Option<AuthMechanism>,
     allow_plaintext_auth: bool,
     pipelining: bool,
     transcript: bool,
@@ -70,6 +83,9 @@ pub fn client_config(
         )));
     if let Some((user, password)) = credentials {
         builder = builder.credentials(Credentials::password(user, password));
+        if let Some(mechanism) = auth {
+            builder = builder.auth_mechanism(mechanism);
+        }
     }
     if transcript {
         builder = builder.transcript(Arc::new(|direction: Direction, line: &str| {
@@ -133,6 +149,7 @@ pub async fn send_prepared(args: &SendArgs, prepared: Prepared) -> SendOutcome {
     let config = match client_config(
         &args.connect,
         prepared.credentials.clone(),
+        auth_mechanism(args.auth),
         args.allow_insecure_auth,
         true,
         args.transcript,
@@ -225,6 +242,7 @@ pub async fn run_bench(args: BenchArgs) -> i32 {
     };
     let config = match client_config(
         &args.connect,
+        None,
         None,
         false,
         args.pipelining == Pipelining::Auto,
@@ -369,6 +387,45 @@ fn progress_bar(total: Option<u64>, json: bool) -> Option<indicatif::ProgressBar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_choice_pins_the_mechanism() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        for (value, expected) in [
+            ("auto", None),
+            ("plain", Some(AuthMechanism::Plain)),
+            ("login", Some(AuthMechanism::Login)),
+        ] {
+            let argv = [
+                "ferry",
+                "send",
+                "--from",
+                "a@b",
+                "--to",
+                "c@d",
+                "--user",
+                "u",
+                "--password",
+                "p",
+                "--auth",
+                value,
+            ];
+            let Command::Send(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!()
+            };
+            let config = client_config(
+                &args.connect,
+                Some(("u".into(), "p".into())),
+                auth_mechanism(args.auth),
+                false,
+                true,
+                false,
+            )
+            .unwrap();
+            assert_eq!(config.auth_mechanism(), expected, "{value}");
+        }
+    }
 
     #[test]
     fn server_addresses() {

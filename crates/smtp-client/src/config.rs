@@ -186,6 +186,52 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The SASL mechanism `AUTH` uses (RFC 4954), chosen with
+/// [`ClientConfigBuilder::auth_mechanism`].
+///
+/// Without a choice the client takes `PLAIN`, then `LOGIN`, for a password,
+/// and `XOAUTH2` for a token, whichever the server offers first in that
+/// order.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMechanism {
+    /// `PLAIN` (RFC 4616): user name and password in one response.
+    Plain,
+    /// `LOGIN`: user name and password, each answering a challenge. Not
+    /// standardised, but offered by many servers.
+    Login,
+    /// `XOAUTH2`: a user name and an OAuth 2.0 bearer token.
+    XOAuth2,
+}
+
+impl AuthMechanism {
+    /// The mechanism name as the server advertises it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMechanism::Plain => "PLAIN",
+            AuthMechanism::Login => "LOGIN",
+            AuthMechanism::XOAuth2 => "XOAUTH2",
+        }
+    }
+
+    /// Whether `credentials` can be sent with this mechanism.
+    fn fits(self, credentials: &Credentials) -> bool {
+        matches!(
+            (self, credentials),
+            (
+                AuthMechanism::Plain | AuthMechanism::Login,
+                Credentials::Password { .. }
+            ) | (AuthMechanism::XOAuth2, Credentials::OAuth2 { .. })
+        )
+    }
+}
+
+impl fmt::Display for AuthMechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which side wrote a transcript line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -237,6 +283,7 @@ pub(crate) struct ConfigInner {
     pub(crate) hello_name: String,
     pub(crate) protocol: Protocol,
     pub(crate) credentials: Option<Credentials>,
+    pub(crate) auth_mechanism: Option<AuthMechanism>,
     pub(crate) allow_plaintext_auth: bool,
     pub(crate) pipelining: bool,
     pub(crate) chunking: bool,
@@ -258,6 +305,7 @@ impl fmt::Debug for ClientConfig {
             .field("hello_name", &inner.hello_name)
             .field("protocol", &inner.protocol)
             .field("credentials", &inner.credentials)
+            .field("auth_mechanism", &inner.auth_mechanism)
             .field("allow_plaintext_auth", &inner.allow_plaintext_auth)
             .field("pipelining", &inner.pipelining)
             .field("chunking", &inner.chunking)
@@ -282,6 +330,7 @@ impl ClientConfig {
             hello_name: None,
             protocol: Protocol::Smtp,
             credentials: None,
+            auth_mechanism: None,
             allow_plaintext_auth: false,
             pipelining: true,
             chunking: true,
@@ -322,6 +371,12 @@ impl ClientConfig {
     pub fn timeouts(&self) -> &Timeouts {
         &self.inner.timeouts
     }
+
+    /// The `AUTH` mechanism chosen with
+    /// [`ClientConfigBuilder::auth_mechanism`]; `None` lets the client pick.
+    pub fn auth_mechanism(&self) -> Option<AuthMechanism> {
+        self.inner.auth_mechanism
+    }
 }
 
 /// Default size of a `BDAT` chunk, and of the blocks a streamed body is read
@@ -344,6 +399,7 @@ pub struct ClientConfigBuilder {
     hello_name: Option<String>,
     protocol: Protocol,
     credentials: Option<Credentials>,
+    auth_mechanism: Option<AuthMechanism>,
     allow_plaintext_auth: bool,
     pipelining: bool,
     chunking: bool,
@@ -362,6 +418,7 @@ impl fmt::Debug for ClientConfigBuilder {
             .field("tls", &self.tls)
             .field("tls_config", &self.tls_config)
             .field("credentials", &self.credentials)
+            .field("auth_mechanism", &self.auth_mechanism)
             .finish_non_exhaustive()
     }
 }
@@ -402,6 +459,16 @@ impl ClientConfigBuilder {
     /// Authenticates after the greeting (and after TLS).
     pub fn credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = Some(credentials);
+        self
+    }
+
+    /// Authenticates with `mechanism` only. When the server does not offer
+    /// it, connecting fails with [`ErrorKind::Auth`](crate::ErrorKind::Auth)
+    /// rather than trying another mechanism: the caller asked for this one
+    /// (for example to keep a password away from a mechanism it distrusts).
+    /// Needs [`ClientConfigBuilder::credentials`] of the matching kind.
+    pub fn auth_mechanism(mut self, mechanism: AuthMechanism) -> Self {
+        self.auth_mechanism = Some(mechanism);
         self
     }
 
@@ -475,6 +542,22 @@ impl ClientConfigBuilder {
         if let Some(credentials) = &self.credentials {
             credentials.validate()?;
         }
+        if let Some(mechanism) = self.auth_mechanism {
+            match &self.credentials {
+                None => {
+                    return Err(Error::invalid(format!(
+                        "AUTH {mechanism} was chosen but no credentials were given"
+                    )));
+                }
+                Some(credentials) if !mechanism.fits(credentials) => {
+                    return Err(Error::invalid(format!(
+                        "AUTH {mechanism} cannot send these credentials \
+                         (PLAIN and LOGIN take a password, XOAUTH2 a token)"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         let tls_server_name = self
             .tls_config
             .server_name_override()
@@ -501,6 +584,7 @@ impl ClientConfigBuilder {
                 hello_name,
                 protocol: self.protocol,
                 credentials: self.credentials,
+                auth_mechanism: self.auth_mechanism,
                 allow_plaintext_auth: self.allow_plaintext_auth,
                 pipelining: self.pipelining,
                 chunking: self.chunking,
@@ -594,6 +678,40 @@ mod tests {
                 .unwrap_err();
             assert_eq!(error.kind(), ErrorKind::InvalidInput);
         }
+    }
+
+    #[test]
+    fn a_chosen_mechanism_needs_matching_credentials() {
+        let password = Credentials::password("alice", "secret");
+        let token = Credentials::oauth2("alice", "token");
+        for (mechanism, credentials) in [
+            (AuthMechanism::Plain, None),
+            (AuthMechanism::Login, Some(token.clone())),
+            (AuthMechanism::XOAuth2, Some(password.clone())),
+        ] {
+            let mut builder = ClientConfig::builder("h").auth_mechanism(mechanism);
+            if let Some(credentials) = credentials {
+                builder = builder.credentials(credentials);
+            }
+            let error = builder.build().unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput, "{mechanism}");
+        }
+        for (mechanism, credentials) in [
+            (AuthMechanism::Plain, password.clone()),
+            (AuthMechanism::Login, password),
+            (AuthMechanism::XOAuth2, token),
+        ] {
+            let config = ClientConfig::builder("h")
+                .credentials(credentials)
+                .auth_mechanism(mechanism)
+                .build()
+                .unwrap();
+            assert_eq!(config.auth_mechanism(), Some(mechanism));
+        }
+        assert_eq!(
+            ClientConfig::builder("h").build().unwrap().auth_mechanism(),
+            None
+        );
     }
 
     #[test]

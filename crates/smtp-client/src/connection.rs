@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{ClientConfig, Credentials, Direction, Protocol};
+use crate::config::{AuthMechanism, ClientConfig, Credentials, Direction, Protocol};
 use crate::envelope::{Envelope, RecipientOutcome, SendResult};
 use crate::error::{Error, ErrorKind, Step};
 use crate::message::Message;
@@ -296,8 +296,9 @@ impl Connection {
         self.hello().await
     }
 
-    /// AUTH (RFC 4954) with the first of PLAIN, LOGIN (passwords) or
-    /// XOAUTH2 (tokens) that the server offers.
+    /// AUTH (RFC 4954) with the mechanism chosen in the configuration, or
+    /// else the first of PLAIN, LOGIN (passwords) or XOAUTH2 (tokens) that
+    /// the server offers.
     async fn authenticate(&mut self) -> Result<(), Error> {
         let Some(credentials) = self.config.inner.credentials.clone() else {
             return Ok(());
@@ -316,50 +317,89 @@ impl Connection {
                 "the server does not offer AUTH",
             ));
         }
+        let mechanism = self.choose_mechanism(&credentials)?;
         let timeout = self.config.inner.timeouts.command;
-        match &credentials {
-            Credentials::Password {
-                authzid,
-                username,
-                password,
-            } => {
-                if self.capabilities.supports_auth("PLAIN") {
-                    let response = sasl::plain_response(authzid.as_deref(), username, password);
-                    self.queue_auth("PLAIN", &response)?;
-                    self.flush(Step::Auth, timeout).await?;
-                    let reply = self.read_reply(Step::Auth, timeout).await?;
-                    self.auth_outcome(reply).await
-                } else if self.capabilities.supports_auth("LOGIN") {
-                    self.queue(&Command::Auth {
-                        mechanism: "LOGIN".to_owned(),
-                        initial_response: None,
-                    })?;
-                    self.flush(Step::Auth, timeout).await?;
-                    for value in [username.as_str(), password.as_str()] {
-                        let reply = self.read_reply(Step::Auth, timeout).await?;
-                        if reply.code() != 334 {
-                            return self.auth_outcome(reply).await;
-                        }
-                        self.queue_secret_line(&sasl::login_response(value));
-                        self.flush(Step::Auth, timeout).await?;
-                    }
-                    let reply = self.read_reply(Step::Auth, timeout).await?;
-                    self.auth_outcome(reply).await
-                } else {
-                    Err(self.no_common_mechanism("PLAIN or LOGIN"))
-                }
+        match (mechanism, &credentials) {
+            (
+                AuthMechanism::Plain,
+                Credentials::Password {
+                    authzid,
+                    username,
+                    password,
+                },
+            ) => {
+                let response = sasl::plain_response(authzid.as_deref(), username, password);
+                self.queue_auth("PLAIN", &response)?;
+                self.flush(Step::Auth, timeout).await?;
+                let reply = self.read_reply(Step::Auth, timeout).await?;
+                self.auth_outcome(reply).await
             }
-            Credentials::OAuth2 { username, token } => {
-                if !self.capabilities.supports_auth("XOAUTH2") {
-                    return Err(self.no_common_mechanism("XOAUTH2"));
+            (
+                AuthMechanism::Login,
+                Credentials::Password {
+                    username, password, ..
+                },
+            ) => {
+                self.queue(&Command::Auth {
+                    mechanism: "LOGIN".to_owned(),
+                    initial_response: None,
+                })?;
+                self.flush(Step::Auth, timeout).await?;
+                for value in [username.as_str(), password.as_str()] {
+                    let reply = self.read_reply(Step::Auth, timeout).await?;
+                    if reply.code() != 334 {
+                        return self.auth_outcome(reply).await;
+                    }
+                    self.queue_secret_line(&sasl::login_response(value));
+                    self.flush(Step::Auth, timeout).await?;
                 }
+                let reply = self.read_reply(Step::Auth, timeout).await?;
+                self.auth_outcome(reply).await
+            }
+            (AuthMechanism::XOAuth2, Credentials::OAuth2 { username, token }) => {
                 let response = sasl::xoauth2_response(username, token);
                 self.queue_auth("XOAUTH2", &response)?;
                 self.flush(Step::Auth, timeout).await?;
                 let reply = self.read_reply(Step::Auth, timeout).await?;
                 self.auth_outcome(reply).await
             }
+            // The builder refuses a mechanism that cannot carry the
+            // credentials, and the automatic choice never picks one.
+            (mechanism, _) => Err(Error::invalid(format!(
+                "AUTH {mechanism} cannot send these credentials"
+            ))),
         }
+    }
+
+    /// The configured mechanism when the server offers it (never another
+    /// one in its place), or the first the server offers that fits the
+    /// credentials.
+    fn choose_mechanism(&self, credentials: &Credentials) -> Result<AuthMechanism, Error> {
+        if let Some(chosen) = self.config.inner.auth_mechanism {
+            if self.capabilities.supports_auth(chosen.as_str()) {
+                return Ok(chosen);
+            }
+            return Err(Error::new(
+                ErrorKind::Auth,
+                Step::Auth,
+                format!(
+                    "AUTH {chosen} was chosen but the server offers only {}",
+                    self.capabilities.auth.join(" ")
+                ),
+            ));
+        }
+        let candidates: &[AuthMechanism] = match credentials {
+            Credentials::Password { .. } => &[AuthMechanism::Plain, AuthMechanism::Login],
+            Credentials::OAuth2 { .. } => &[AuthMechanism::XOAuth2],
+        };
+        candidates
+            .iter()
+            .copied()
+            .find(|mechanism| self.capabilities.supports_auth(mechanism.as_str()))
+            .ok_or_else(|| {
+                let wanted: Vec<&str> = candidates.iter().map(|m| m.as_str()).collect();
+                self.no_common_mechanism(&wanted.join(" or "))
+            })
     }
 
     fn no_common_mechanism(&self, wanted: &str) -> Error {

@@ -3,7 +3,8 @@
 //!
 //! - [`ClientConfig`] says where and how to connect: TLS mode ([`Tls`]:
 //!   none, opportunistic or required `STARTTLS`, implicit TLS) with
-//!   certificates in [`TlsConfig`], [`Credentials`] for `AUTH`, [`Timeouts`]
+//!   certificates in [`TlsConfig`], [`Credentials`] for `AUTH` (with an
+//!   optional [`AuthMechanism`] to pin the mechanism), [`Timeouts`]
 //!   for every step, SMTP or LMTP ([`Protocol`]), and an optional
 //!   [`Transcript`] of the protocol lines.
 //! - [`Connection`] is one open session: [`Connection::send`] takes an
@@ -53,8 +54,8 @@ mod stream;
 mod tls;
 
 pub use config::{
-    ClientConfig, ClientConfigBuilder, Credentials, DEFAULT_CHUNK_SIZE, Direction, MIN_CHUNK_SIZE,
-    Protocol, Timeouts, Transcript,
+    AuthMechanism, ClientConfig, ClientConfigBuilder, Credentials, DEFAULT_CHUNK_SIZE, Direction,
+    MIN_CHUNK_SIZE, Protocol, Timeouts, Transcript,
 };
 pub use connection::Connection;
 pub use envelope::{
