@@ -773,9 +773,12 @@ where
         parameters: MailParameters,
     ) -> Flow {
         if self.helo.is_none() {
-            return self
-                .protocol_error(bad_sequence("Send HELO/EHLO first"))
-                .await;
+            let greeting_first = if self.config.lmtp {
+                "Send LHLO first"
+            } else {
+                "Send HELO/EHLO first"
+            };
+            return self.protocol_error(bad_sequence(greeting_first)).await;
         }
         if let Some(refusal) = self.access_refusal() {
             return self.protocol_error(refusal).await;

@@ -688,6 +688,8 @@ async fn lmtp_data_without_a_recipient_is_a_bad_sequence() {
     let server = builder(&backend).lmtp(true).build().unwrap();
     let mut client = connect(&server);
     client.expect("220").await;
+    client.send("MAIL FROM:<a@x.test>\r\n").await;
+    assert_eq!(client.reply().await, "503 5.5.1 Send LHLO first\r\n");
     client.send("LHLO c\r\n").await;
     client.expect("250-mx.test").await;
     client.send("MAIL FROM:<a@x.test>\r\nDATA\r\n").await;
