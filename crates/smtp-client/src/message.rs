@@ -19,7 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// ```
 /// use smtp_client::Message;
 /// let message = Message::from("Subject: hi\n\nHello\n");
-/// assert_eq!(message.len(), Some(19));
+/// // 19 octets, three of them bare LFs sent as CRLF.
+/// assert_eq!(message.len(), Some(22));
 /// ```
 pub struct Message {
     source: Source,
@@ -53,16 +54,31 @@ impl fmt::Debug for Message {
     }
 }
 
+/// The size of `bytes` once every bare CR and bare LF is a CRLF and the
+/// last line ends with one, as `DataEncoder` sends it.
+fn normalized_size(bytes: &[u8]) -> u64 {
+    let mut size = bytes.len() as u64;
+    for at in memchr::memchr2_iter(b'\r', b'\n', bytes) {
+        let bare_cr = bytes[at] == b'\r' && bytes.get(at + 1) != Some(&b'\n');
+        let bare_lf = bytes[at] == b'\n' && (at == 0 || bytes[at - 1] != b'\r');
+        if bare_cr || bare_lf {
+            size += 1;
+        }
+    }
+    if !bytes.is_empty() && !matches!(bytes.last(), Some(b'\r' | b'\n')) {
+        size += 2;
+    }
+    size
+}
+
 impl Message {
     /// A message held in memory. Its 8-bit content and size are detected
     /// before `MAIL` is sent.
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
-        let bytes = bytes.into();
-        let size = bytes.len() as u64;
         Self {
-            source: Source::Bytes(bytes),
+            source: Source::Bytes(bytes.into()),
             body_type: None,
-            size: Some(size),
+            size: None,
             started: false,
         }
     }
@@ -113,14 +129,22 @@ impl Message {
         self
     }
 
-    /// The declared or known size.
+    /// The declared or known size: for bytes, the size as it will be
+    /// transferred after line-ending normalisation and the final CRLF, but
+    /// before dot-stuffing, which RFC 1870 §3 does not count.
     pub fn len(&self) -> Option<u64> {
-        self.size
+        self.size.or_else(|| match &self.source {
+            Source::Bytes(bytes) if self.body_type == Some(BodyType::BinaryMime) => {
+                Some(bytes.len() as u64)
+            }
+            Source::Bytes(bytes) => Some(normalized_size(bytes)),
+            _ => None,
+        })
     }
 
     /// Whether the message is known to be empty.
     pub fn is_empty(&self) -> bool {
-        self.size == Some(0)
+        self.len() == Some(0)
     }
 
     /// The declared body type, if any.
@@ -211,5 +235,41 @@ impl From<&'static str> for Message {
 impl From<&'static [u8]> for Message {
     fn from(bytes: &'static [u8]) -> Self {
         Message::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use bytes::BytesMut;
+    use smtp_proto::body::DataEncoder;
+
+    #[test]
+    fn the_declared_size_is_the_normalised_size() {
+        let cases: [&[u8]; 9] = [
+            b"",
+            b"x",
+            b"line\r\n",
+            b"bare lf\nand more\n",
+            b"bare cr\rend",
+            b"trailing cr\r",
+            b"\n\r\r\n\n",
+            b".dot\r\n..two\n",
+            b"no final line end",
+        ];
+        for case in cases {
+            let mut wire = BytesMut::new();
+            let mut encoder = DataEncoder::without_dot_stuffing();
+            encoder.encode(case, &mut wire);
+            encoder.finish(&mut wire);
+            assert_eq!(
+                Message::from_bytes(case.to_vec()).len(),
+                Some(wire.len() as u64),
+                "{case:?}"
+            );
+        }
+        let binary = Message::from_bytes(&b"a\nb"[..]).body_type(BodyType::BinaryMime);
+        assert_eq!(binary.len(), Some(3));
+        assert_eq!(Message::from_bytes(&b"a\n"[..]).size(10).len(), Some(10));
     }
 }

@@ -36,7 +36,8 @@ async fn pipelining_sends_mail_rcpt_and_data_in_one_write() {
         s.greet(PIPELINING).await;
         // All four commands arrive before any reply is sent: if the client
         // waited for the MAIL reply, this would stall and fail.
-        s.expect("MAIL FROM:<alice@example.com> SIZE=33").await;
+        // SIZE counts the message as sent: 33 octets, five line ends made CRLF.
+        s.expect("MAIL FROM:<alice@example.com> SIZE=38").await;
         s.expect("RCPT TO:<bob@example.org>").await;
         s.expect("RCPT TO:<carol@example.org>").await;
         s.expect("DATA").await;
