@@ -240,6 +240,33 @@ def swaks_attachment(ctx):
         check(payload in parts, "the attachment did not arrive byte-exact")
 
 
+@case
+def swaks_implicit_tls(ctx):
+    token = uuid.uuid4().hex
+    tls_port = free_port()
+    with FerryServer(ctx.ferry, ctx.workdir, "--tls-listen", f"127.0.0.1:{tls_port}",
+                     "--tls-cert", str(ctx.cert), "--tls-key", str(ctx.key)) as server:
+        wait_for_port(tls_port)
+        swaks(tls_port, token, "--tls-on-connect")
+        assert_stored(server.only_message(), "alice@example.com", ["bob@example.com"],
+                      f"X-Interop: {token}".encode())
+
+
+@case
+def swaks_lmtp_one_file_per_recipient(ctx):
+    token = uuid.uuid4().hex
+    with FerryServer(ctx.ferry, ctx.workdir, "--lmtp") as server:
+        transcript = swaks(server.port, token, "--protocol", "LMTP",
+                           "--to", "bob@example.com,carol@example.com")
+        check("LHLO" in transcript, "swaks did not speak LMTP")
+        messages = server.messages()
+        check(len(messages) == 2, f"{len(messages)} files for two LMTP recipients")
+        delivered = sorted(m.split(b"\r\nDelivered-To: ")[1].split(b"\r\n")[0] for m in messages)
+        check(delivered == [b"bob@example.com", b"carol@example.com"], f"Delivered-To {delivered}")
+        for stored in messages:
+            check(f"body {token}".encode() in stored, "body missing")
+
+
 # --- Python smtplib → ferry serve ---------------------------------------------
 
 @case

@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// Accept a PROXY protocol header from these trusted sources (repeatable).
     #[arg(long, value_name = "CIDR")]
     pub proxy_protocol: Vec<IpNet>,
+    /// Print the SMTP conversation as `C:`/`S:` lines, each prefixed with
+    /// its session id; AUTH payloads are masked and message bodies shown
+    /// by size only.
+    #[arg(long)]
+    pub transcript: bool,
 }
 
 /// How `ferry send` and `ferry bench` use TLS.

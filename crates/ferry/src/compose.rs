@@ -60,7 +60,7 @@ pub enum ComposeError {
         /// The I/O error.
         source: io::Error,
     },
-    /// `--body-file` is not UTF-8 text.
+    /// `--body-file` is not UTF-8 text, or holds a NUL.
     NotText(PathBuf),
     /// mail-builder failed to write the message.
     Build(io::Error),
@@ -83,7 +83,7 @@ impl fmt::Display for ComposeError {
             ComposeError::Read { path, source } => write!(f, "{}: {source}", path.display()),
             ComposeError::NotText(path) => write!(
                 f,
-                "{}: not UTF-8 text; send it with --attach or --raw",
+                "--body-file {}: not UTF-8 text without NUL; send it with --attach or --raw",
                 path.display()
             ),
             ComposeError::Build(err) => write!(f, "cannot build the message: {err}"),
@@ -206,7 +206,12 @@ pub fn load_body(path: &Path) -> Result<String, ComposeError> {
         path: path.to_owned(),
         source,
     })?;
-    String::from_utf8(bytes).map_err(|_| ComposeError::NotText(path.to_owned()))
+    // A NUL cannot travel in a text part (RFC 5322 §2.3, RFC 2045 §2.7):
+    // such a file belongs in --attach, or --raw if it is a whole message.
+    String::from_utf8(bytes)
+        .ok()
+        .filter(|text| !text.contains('\0'))
+        .ok_or_else(|| ComposeError::NotText(path.to_owned()))
 }
 
 /// Reads `--raw FILE`, or standard input for `-`.
@@ -506,6 +511,9 @@ mod tests {
         let bin = dir.path().join("body.bin");
         std::fs::write(&bin, [0xff, 0xfe]).unwrap();
         assert!(matches!(load_body(&bin), Err(ComposeError::NotText(_))));
+        let nul = dir.path().join("nul.txt");
+        std::fs::write(&nul, b"hello\0world\n").unwrap();
+        assert!(matches!(load_body(&nul), Err(ComposeError::NotText(_))));
         assert_eq!(load_raw(&path).unwrap(), b"%PDF");
         let err = load_attachment(&dir.path().join("missing")).unwrap_err();
         assert!(err.to_string().contains("missing"));

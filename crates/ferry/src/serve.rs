@@ -10,8 +10,9 @@ use futures::StreamExt;
 use smtp_server::smtp_proto::EnhancedCode;
 use smtp_server::smtp_proto::sasl::Credentials;
 use smtp_server::{
-    AuthPolicy, Authenticator, Backend, BareLineEndings, Body, ConnectionInfo, Envelope, Identity,
-    Limits, Server, Session, SmtpError, Timeouts, TlsConfig, invalid_credentials,
+    AuthPolicy, Authenticator, Backend, BareLineEndings, Body, ConnectionInfo, Envelope,
+    Extensions, Identity, Limits, Server, Session, SmtpError, Timeouts, TlsConfig,
+    invalid_credentials,
 };
 
 use crate::certs;
@@ -132,6 +133,15 @@ impl Authenticator for UsersAuthenticator {
         _mechanism: &str,
         credentials: &Credentials,
     ) -> Result<Identity, SmtpError> {
+        // RFC 4616 §2: an authorization identity other than the login
+        // itself asks to act as someone else; ferry grants no such right.
+        if credentials
+            .authzid
+            .as_deref()
+            .is_some_and(|authzid| authzid != credentials.authcid)
+        {
+            return Err(invalid_credentials());
+        }
         let users = Arc::clone(&self.users);
         let name = credentials.authcid.clone();
         let password = credentials.password.clone();
@@ -224,9 +234,15 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         limits.max_connections_per_ip = n;
     }
 
+    // ferry serve is a final destination that cannot send mail, so it cannot
+    // honour NOTIFY=SUCCESS with a delivery report (RFC 3461 §5.2.2):
+    // it does not offer DSN at all rather than promise what it won't do.
+    let mut extensions = Extensions::default();
+    extensions.dsn = false;
     let mut builder = Server::builder(StoreBackend::new(store, &hostname))
         .hostname(hostname.clone())
         .limits(limits)
+        .extensions(extensions)
         .require_tls(args.require_tls)
         .lmtp(args.lmtp)
         .bare_line_endings(match args.bare_lf {
@@ -259,6 +275,14 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     if !args.proxy_protocol.is_empty() {
         builder = builder.proxy_protocol(args.proxy_protocol.clone());
     }
+    if args.transcript {
+        // The server masks AUTH payloads and escapes control bytes before
+        // a line reaches this hook.
+        builder = builder.transcript(|line| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "[{}] {line}", line.session_id);
+        });
+    }
     let server = builder.build().map_err(|e| e.to_string())?;
     let listening = server
         .bind()
@@ -283,4 +307,41 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("server stopped: {e}"))?;
     println!("shut down");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator() -> UsersAuthenticator {
+        let mut users = Users::new();
+        users.add_spec("alice:secret").unwrap();
+        UsersAuthenticator::new(users)
+    }
+
+    fn credentials(authzid: Option<&str>, authcid: &str, password: &str) -> Credentials {
+        Credentials {
+            authzid: authzid.map(str::to_owned),
+            authcid: authcid.to_owned(),
+            password: password.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_credentials_are_checked_including_the_authorization_identity() {
+        let info = ConnectionInfo::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:2525".parse().unwrap(),
+        );
+        let auth = authenticator();
+        let (auth, info) = (&auth, &info);
+        let ok = |c: Credentials| async move { auth.authenticate(info, "PLAIN", &c).await.is_ok() };
+        assert!(ok(credentials(None, "alice", "secret")).await);
+        assert!(ok(credentials(Some("alice"), "alice", "secret")).await);
+        assert!(!ok(credentials(None, "alice", "wrong")).await);
+        assert!(!ok(credentials(None, "bob", "secret")).await);
+        // Asking to act as another identity is refused even with the
+        // right password.
+        assert!(!ok(credentials(Some("admin"), "alice", "secret")).await);
+    }
 }

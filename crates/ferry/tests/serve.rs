@@ -322,3 +322,61 @@ fn bench_against_sink() {
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(!serve.maildir().join("new").exists() || serve.messages().is_empty());
 }
+
+#[test]
+fn transcript_shows_the_conversation_with_auth_masked() {
+    let serve = Serve::start(&["--user", "alice:s3cret", "--transcript"]);
+    let cert = serve.cert();
+    let out = send(
+        &serve,
+        &[
+            "--ca",
+            cert.to_str().unwrap(),
+            "--user",
+            "alice",
+            "--password",
+            "s3cret",
+            "--from",
+            "alice@example.com",
+            "--to",
+            "bob@example.com",
+            "--subject",
+            "Transcript",
+            "--body",
+            "hello",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut transcript = Vec::new();
+    while let Ok(line) = serve.lines.recv_timeout(Duration::from_secs(5)) {
+        let done = line.ends_with("C: QUIT");
+        transcript.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = transcript.join("\n");
+    for expected in [
+        "C: EHLO client.test",
+        "C: STARTTLS",
+        "S: 235 2.7.0",
+        "C: MAIL FROM:<alice@example.com>",
+        "C: RCPT TO:<bob@example.com>",
+        "C: QUIT",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing in\n{text}");
+    }
+    assert!(
+        transcript.iter().all(|line| line.starts_with('[')),
+        "{text}"
+    );
+    // Neither the password nor its base64 forms appear.
+    for secret in ["s3cret", "czNjcmV0", "AGFsaWNlAHMzY3JldA=="] {
+        assert!(!text.contains(secret), "{secret} leaked into\n{text}");
+    }
+}

@@ -197,6 +197,12 @@ pub(crate) fn path_len(s: &str) -> Option<usize> {
     if bytes.first() != Some(&b'<') {
         return None;
     }
+    // Without a quote before it, the first '>' closes the path.
+    match memchr::memchr2(b'>', b'"', bytes) {
+        Some(at) if bytes[at] == b'>' => return Some(at + 1),
+        Some(_) => {}
+        None => return None,
+    }
     let mut in_quotes = false;
     let mut index = 1;
     while index < bytes.len() {
@@ -319,10 +325,70 @@ fn parse_mailbox(mailbox: &str) -> Result<Address, AddressError> {
     })
 }
 
+/// Octet classes of the SMTP grammar, one bit each, so that testing an
+/// octet is one table load instead of a chain of comparisons.
+pub(crate) mod class {
+    /// ASCII `ALPHA / DIGIT`.
+    pub(crate) const ALNUM: u8 = 1 << 0;
+    /// `Let-dig` (RFC 5321 §4.1.2), plus non-ASCII for U-labels (RFC 6531
+    /// §3.3).
+    pub(crate) const LET_DIG: u8 = 1 << 1;
+    /// `Ldh-str` octets: `Let-dig` and `"-"`.
+    pub(crate) const LDH: u8 = 1 << 2;
+    /// RFC 5322 `atext` (ASCII only).
+    pub(crate) const ATOM: u8 = 1 << 3;
+    /// RFC 5322 `atext`, plus non-ASCII (RFC 6531 §3.3).
+    pub(crate) const ATEXT: u8 = 1 << 4;
+    /// `esmtp-keyword` octets (RFC 5321 §4.1.2): `ALPHA / DIGIT / "-"`.
+    pub(crate) const KEYWORD: u8 = 1 << 5;
+    /// RFC 3461 §4 `xchar`: `"!"` to `"~"` except `"+"` and `"="`.
+    pub(crate) const XCHAR: u8 = 1 << 6;
+
+    static TABLE: [u8; 256] = table();
+
+    const fn table() -> [u8; 256] {
+        let specials = b"!#$%&'*+-/=?^_`{|}~";
+        let mut table = [0u8; 256];
+        let mut index = 0;
+        while index < 256 {
+            let byte = index as u8;
+            let mut bits = 0;
+            if byte.is_ascii_alphanumeric() {
+                bits |= ALNUM | LET_DIG | LDH | ATOM | ATEXT | KEYWORD;
+            }
+            if byte >= 0x80 {
+                bits |= LET_DIG | LDH | ATEXT;
+            }
+            if byte == b'-' {
+                bits |= LDH | KEYWORD;
+            }
+            let mut special = 0;
+            while special < specials.len() {
+                if specials[special] == byte {
+                    bits |= ATOM | ATEXT;
+                }
+                special += 1;
+            }
+            if byte >= 33 && byte <= 126 && byte != b'+' && byte != b'=' {
+                bits |= XCHAR;
+            }
+            table[index] = bits;
+            index += 1;
+        }
+        table
+    }
+
+    /// Whether `byte` is in any of the classes in `classes`.
+    #[inline]
+    pub(crate) fn is(byte: u8, classes: u8) -> bool {
+        TABLE[usize::from(byte)] & classes != 0
+    }
+}
+
 /// RFC 5322 `atext`, extended by RFC 6531 §3.3 with every non-ASCII octet
 /// (whether non-ASCII is allowed at all is checked before parsing).
 fn is_atext(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&byte) || byte >= 0x80
+    class::is(byte, class::ATEXT)
 }
 
 /// `Dot-string = Atom *("." Atom)`.
@@ -401,11 +467,10 @@ fn validate_domain(domain: &[u8], underscore: bool) -> Result<(), AddressError> 
         let (Some(&first), Some(&last)) = (label.first(), label.last()) else {
             return Err(AddressError::InvalidDomain);
         };
-        let let_dig = |b: u8| b.is_ascii_alphanumeric() || b >= 0x80;
-        if !let_dig(first) || !let_dig(last) {
+        if !class::is(first, class::LET_DIG) || !class::is(last, class::LET_DIG) {
             return Err(AddressError::InvalidDomain);
         }
-        let ldh = |b: &u8| let_dig(*b) || *b == b'-' || (underscore && *b == b'_');
+        let ldh = |&b: &u8| class::is(b, class::LDH) || (underscore && b == b'_');
         if !label.iter().all(ldh) {
             return Err(AddressError::InvalidDomain);
         }
@@ -473,6 +538,35 @@ mod tests {
 
     fn err(mailbox: &str) -> AddressError {
         Address::parse(mailbox, false).unwrap_err()
+    }
+
+    #[test]
+    fn octet_classes_match_the_grammar() {
+        let specials = b"!#$%&'*+-/=?^_`{|}~";
+        for byte in 0..=u8::MAX {
+            let alnum = byte.is_ascii_alphanumeric();
+            let let_dig = alnum || byte >= 0x80;
+            let atom = alnum || specials.contains(&byte);
+            let expected = [
+                (class::ALNUM, alnum),
+                (class::LET_DIG, let_dig),
+                (class::LDH, let_dig || byte == b'-'),
+                (class::ATOM, atom),
+                (class::ATEXT, atom || byte >= 0x80),
+                (class::KEYWORD, alnum || byte == b'-'),
+                (
+                    class::XCHAR,
+                    (33..=126).contains(&byte) && byte != b'+' && byte != b'=',
+                ),
+            ];
+            for (bits, want) in expected {
+                assert_eq!(
+                    class::is(byte, bits),
+                    want,
+                    "octet {byte:#04x}, class {bits:#x}"
+                );
+            }
+        }
     }
 
     #[test]

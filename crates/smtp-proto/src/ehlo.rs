@@ -64,6 +64,45 @@ pub struct Capabilities {
     pub other: Vec<String>,
 }
 
+/// The EHLO keywords [`Capabilities`] has a field for.
+#[derive(Debug, Clone, Copy)]
+enum Keyword {
+    Pipelining,
+    EightBitMime,
+    BinaryMime,
+    Chunking,
+    SmtpUtf8,
+    StartTls,
+    Dsn,
+    EnhancedStatusCodes,
+    RequireTls,
+    Size,
+    Auth,
+}
+
+impl Keyword {
+    /// The keyword spelled `upper`, which must be in upper case.
+    fn of(upper: &[u8]) -> Option<Keyword> {
+        Some(match upper {
+            b"PIPELINING" => Keyword::Pipelining,
+            b"8BITMIME" => Keyword::EightBitMime,
+            b"BINARYMIME" => Keyword::BinaryMime,
+            b"CHUNKING" => Keyword::Chunking,
+            b"SMTPUTF8" => Keyword::SmtpUtf8,
+            b"STARTTLS" => Keyword::StartTls,
+            b"DSN" => Keyword::Dsn,
+            b"ENHANCEDSTATUSCODES" => Keyword::EnhancedStatusCodes,
+            b"REQUIRETLS" => Keyword::RequireTls,
+            b"SIZE" => Keyword::Size,
+            b"AUTH" => Keyword::Auth,
+            _ => return None,
+        })
+    }
+}
+
+/// Room for the longest keyword matched by name, `ENHANCEDSTATUSCODES`.
+const KEYWORD_MAX: usize = 20;
+
 impl Capabilities {
     /// Reads the capabilities from an EHLO reply.
     ///
@@ -75,8 +114,10 @@ impl Capabilities {
         let mut capabilities = Capabilities::default();
         let mut lines = reply.lines().iter();
         if let Some(first) = lines.next() {
-            match first.split_once(' ') {
-                Some((domain, greeting)) => {
+            match first.as_bytes().iter().position(|&b| b == b' ') {
+                // A space is one byte, so `at` is a character boundary.
+                Some(at) => {
+                    let (domain, greeting) = (&first[..at], &first[at + 1..]);
                     capabilities.domain = domain.to_owned();
                     if !greeting.is_empty() {
                         capabilities.greeting = Some(greeting.to_owned());
@@ -94,37 +135,56 @@ impl Capabilities {
     /// Records one extension line (`ehlo-keyword *(SP ehlo-param)`,
     /// RFC 5321 §4.1.1.1).
     fn add_line(&mut self, line: &str) {
-        let mut words = line.split_ascii_whitespace();
-        let keyword = words.next().unwrap_or_default();
-        let flag = match keyword.to_ascii_uppercase().as_str() {
-            "PIPELINING" => &mut self.pipelining,
-            "8BITMIME" => &mut self.eight_bit_mime,
-            "BINARYMIME" => &mut self.binary_mime,
-            "CHUNKING" => &mut self.chunking,
-            "SMTPUTF8" => &mut self.smtputf8,
-            "STARTTLS" => &mut self.starttls,
-            "DSN" => &mut self.dsn,
-            "ENHANCEDSTATUSCODES" => &mut self.enhanced_status_codes,
-            "REQUIRETLS" => &mut self.requiretls,
-            "SIZE" => {
+        let trimmed = line.trim_ascii_start();
+        let (keyword, params) = match trimmed.bytes().position(|b| b.is_ascii_whitespace()) {
+            // ASCII whitespace is one byte, so `at` is a character boundary.
+            Some(at) => (&trimmed[..at], &trimmed[at..]),
+            None => (trimmed, ""),
+        };
+        let mut words = params.split_ascii_whitespace();
+        // Keywords are case-insensitive (RFC 5321 §2.4). Servers send them
+        // in upper case, so try the keyword as it is first; only then
+        // upper-case it into a small stack buffer (longer keywords are
+        // none we know).
+        let known = Keyword::of(keyword.as_bytes()).or_else(|| {
+            let mut buffer = [0u8; KEYWORD_MAX];
+            let upper = buffer.get_mut(..keyword.len())?;
+            upper.copy_from_slice(keyword.as_bytes());
+            upper.make_ascii_uppercase();
+            Keyword::of(upper)
+        });
+        let flag = match known {
+            Some(Keyword::Pipelining) => &mut self.pipelining,
+            Some(Keyword::EightBitMime) => &mut self.eight_bit_mime,
+            Some(Keyword::BinaryMime) => &mut self.binary_mime,
+            Some(Keyword::Chunking) => &mut self.chunking,
+            Some(Keyword::SmtpUtf8) => &mut self.smtputf8,
+            Some(Keyword::StartTls) => &mut self.starttls,
+            Some(Keyword::Dsn) => &mut self.dsn,
+            Some(Keyword::EnhancedStatusCodes) => &mut self.enhanced_status_codes,
+            Some(Keyword::RequireTls) => &mut self.requiretls,
+            Some(Keyword::Size) => {
                 // RFC 1870 §4: the number is optional, and 0 means no fixed
                 // limit; a number we cannot read still means SIZE works.
                 let limit = words.next().and_then(|word| word.parse().ok());
                 self.size = Some(limit.unwrap_or(0));
                 return;
             }
-            "AUTH" => {
+            Some(Keyword::Auth) => {
                 self.add_mechanisms(words);
                 return;
             }
-            upper if upper.starts_with("AUTH=") => {
+            None if keyword
+                .get(.."AUTH=".len())
+                .is_some_and(|head| head.eq_ignore_ascii_case("AUTH=")) =>
+            {
                 // The pre-standard form: the first mechanism is glued to
                 // the keyword by "=".
                 let first = keyword["AUTH=".len()..].split_ascii_whitespace();
                 self.add_mechanisms(first.chain(words));
                 return;
             }
-            _ => {
+            None => {
                 self.other.push(line.to_owned());
                 return;
             }
@@ -134,9 +194,12 @@ impl Capabilities {
 
     fn add_mechanisms<'a>(&mut self, mechanisms: impl Iterator<Item = &'a str>) {
         for mechanism in mechanisms {
-            let mechanism = mechanism.to_ascii_uppercase();
-            if !self.auth.contains(&mechanism) {
-                self.auth.push(mechanism);
+            if !self
+                .auth
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(mechanism))
+            {
+                self.auth.push(mechanism.to_ascii_uppercase());
             }
         }
     }

@@ -332,6 +332,9 @@ pub struct ReplyDecoder {
     lines: Vec<Cow<'static, str>>,
 }
 
+/// Lines reserved at once for a multi-line reply.
+const MULTILINE_CAPACITY: usize = 16;
+
 impl Default for ReplyDecoder {
     fn default() -> Self {
         Self::new()
@@ -400,17 +403,26 @@ impl ReplyDecoder {
 
     fn decode_lines(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, ReplyError> {
         // Each turn consumes one line; the line-count cap bounds the loop.
-        loop {
-            let Some(len) = self.find_line_end(src)? else {
-                return Ok(None);
+        // The lines taken are removed from `src` once, when the loop ends.
+        let mut taken = 0;
+        let result = loop {
+            let rest = &src[taken..];
+            let len = match self.find_line_end(rest) {
+                Ok(Some(len)) => len,
+                Ok(None) => break Ok(None),
+                Err(error) => break Err(error),
             };
-            let reply = self.take_line(&src[..len]);
-            src.advance(len + 2);
+            let reply = self.take_line(&rest[..len]);
+            taken += len + 2;
             self.scanned = 0;
-            if let Some(reply) = reply? {
-                return Ok(Some(reply));
+            match reply {
+                Ok(None) => {}
+                Ok(Some(reply)) => break Ok(Some(reply)),
+                Err(error) => break Err(error),
             }
-        }
+        };
+        src.advance(taken);
+        result
     }
 
     /// Finds the CRLF that ends the line at the front of `src` and returns
@@ -463,19 +475,24 @@ impl ReplyDecoder {
         if self.lines.is_empty() {
             self.code = code;
             self.enhanced = None;
+            if !last {
+                // A multi-line reply (EHLO above all) has about a dozen
+                // lines: grow once instead of line by line.
+                self.lines.reserve(MULTILINE_CAPACITY.min(self.max_lines));
+            }
             if let Some((enhanced, rest)) = split_enhanced(code, text) {
                 self.enhanced = Some(enhanced);
                 text = rest;
             }
         } else if code != self.code {
             return Err(ReplyError::InconsistentCode);
-        } else if let Some((enhanced, rest)) = split_enhanced(code, text)
+        } else if self.enhanced.is_some()
+            && let Some((enhanced, rest)) = split_enhanced(code, text)
             && self.enhanced == Some(enhanced)
         {
             text = rest;
         }
-        self.lines
-            .push(Cow::Owned(String::from_utf8_lossy(text).into_owned()));
+        self.lines.push(line_text(text));
         if !last {
             return Ok(None);
         }
@@ -493,6 +510,34 @@ impl ReplyDecoder {
         self.enhanced = None;
         self.lines = Vec::new();
     }
+}
+
+/// The text of one reply line as the [`Reply`] keeps it.
+///
+/// The extension keywords that make up most of every EHLO reply are
+/// shared statics, so they cost no allocation; other text is copied once
+/// (invalid UTF-8 is replaced, as the text is for people and logs).
+fn line_text(text: &[u8]) -> Cow<'static, str> {
+    let known: &'static str = match text {
+        b"PIPELINING" => "PIPELINING",
+        b"8BITMIME" => "8BITMIME",
+        b"BINARYMIME" => "BINARYMIME",
+        b"CHUNKING" => "CHUNKING",
+        b"SMTPUTF8" => "SMTPUTF8",
+        b"ENHANCEDSTATUSCODES" => "ENHANCEDSTATUSCODES",
+        b"DSN" => "DSN",
+        b"STARTTLS" => "STARTTLS",
+        b"REQUIRETLS" => "REQUIRETLS",
+        b"SIZE" => "SIZE",
+        b"OK" => "OK",
+        _ => {
+            return Cow::Owned(match std::str::from_utf8(text) {
+                Ok(text) => text.to_owned(),
+                Err(_) => String::from_utf8_lossy(text).into_owned(),
+            });
+        }
+    };
+    Cow::Borrowed(known)
 }
 
 /// The three-digit code at the start of a reply line (RFC 5321 §4.2:

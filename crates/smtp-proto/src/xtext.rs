@@ -21,7 +21,7 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// True for the octets that stand for themselves in xtext (RFC 3461 §4).
 fn is_xchar(byte: u8) -> bool {
-    (33..=126).contains(&byte) && byte != b'+' && byte != b'='
+    crate::address::class::is(byte, crate::address::class::XCHAR)
 }
 
 /// Encodes `value` as xtext: every octet outside `xchar` (including each
@@ -52,6 +52,10 @@ pub fn encode(value: &str) -> String {
 /// that is not UTF-8.
 pub fn decode(xtext: &str) -> Result<String, XtextError> {
     let bytes = xtext.as_bytes();
+    // Most values (ENVIDs, plain addresses) encode nothing: copy them once.
+    if bytes.iter().all(|&b| is_xchar(b)) {
+        return Ok(xtext.to_owned());
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {

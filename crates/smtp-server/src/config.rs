@@ -173,6 +173,13 @@ pub struct Extensions {
     /// RFC 3030 `BINARYMIME`; offered only together with `chunking`.
     pub binary_mime: bool,
     /// RFC 3461 `DSN` parameters (`RET`, `ENVID`, `NOTIFY`, `ORCPT`).
+    ///
+    /// The library parses the parameters and hands them to the
+    /// [`Session`](crate::Session) in the [`Envelope`](crate::Envelope);
+    /// producing delivery status notifications (for example a "delivered"
+    /// report for `NOTIFY=SUCCESS` at final delivery, RFC 3461 §5.2.2) is
+    /// the application's job. Turn this off if the application cannot
+    /// honour them.
     pub dsn: bool,
     /// RFC 8689 `REQUIRETLS`; offered only over TLS.
     pub requiretls: bool,

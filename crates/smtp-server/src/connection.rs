@@ -4,12 +4,13 @@ use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use smtp_proto::address::Address;
 use smtp_proto::body::{BodyCheck, BodySummary};
-use smtp_proto::codec::{ServerCodec, ServerFrame};
+use smtp_proto::codec::ServerFrame;
 use smtp_proto::command::{BodyType, Command, MailParameters, RcptParameters};
 use smtp_proto::ehlo::Capabilities;
 use smtp_proto::sasl::{self, Credentials, SaslError};
@@ -28,6 +29,7 @@ use crate::session::{
     Backend, Body, BodyError, BodyMessage, ConnectionInfo, Envelope, Identity, Recipient, Session,
     TlsInfo,
 };
+use crate::transcript::{RecordingCodec, Transcript};
 use crate::transport::Transport;
 
 /// Chunks queued between the connection and a slow message handler.
@@ -208,7 +210,14 @@ where
         Transport::Plain(stream)
     };
     info.tls = transport.tls_info();
-    let framed = Framed::new(transport, ServerCodec::new(config.limits.max_line));
+    let transcript = config
+        .transcript
+        .as_ref()
+        .map(|hook| Transcript::new(Arc::clone(hook), info.id.clone()));
+    let framed = Framed::new(
+        transport,
+        RecordingCodec::new(config.limits.max_line, transcript.is_some()),
+    );
     let mut connection = Connection {
         config,
         framed,
@@ -222,6 +231,7 @@ where
         auth_failures: 0,
         shutdown,
         deadline,
+        transcript,
     };
     connection.serve(backend).await;
     Ok(())
@@ -249,7 +259,7 @@ where
 
 struct Connection<'c, S> {
     config: &'c Config,
-    framed: Framed<Transport<S>, ServerCodec>,
+    framed: Framed<Transport<S>, RecordingCodec>,
     info: ConnectionInfo,
     tls: Option<TlsInfo>,
     helo: Option<String>,
@@ -260,6 +270,7 @@ struct Connection<'c, S> {
     auth_failures: u32,
     shutdown: watch::Receiver<RunState>,
     deadline: Instant,
+    transcript: Option<Transcript>,
 }
 
 impl<'c, S> Connection<'c, S>
@@ -305,7 +316,7 @@ where
         }
         // RFC 5321 §3.1 and §4.3.1: the client waits for the greeting. One
         // that talks first is not a conforming client; refuse it.
-        if self.framed.next().now_or_never().is_some() || !self.framed.read_buffer().is_empty() {
+        if self.talked_early() {
             tracing::info!("client talked before the greeting");
             let _ = self
                 .send_now(reply(
@@ -366,7 +377,11 @@ where
     /// it, at once.
     async fn queue(&mut self, reply: Reply) -> Flow {
         tracing::trace!(code = reply.code(), "reply");
+        let start = self.framed.write_buffer().len();
         reply.encode(self.framed.write_buffer_mut());
+        if let Some(transcript) = &mut self.transcript {
+            transcript.server(&self.framed.write_buffer()[start..]);
+        }
         if !self.config.extensions.pipelining
             || self.framed.write_buffer().len() >= WRITE_HIGH_WATER
         {
@@ -493,9 +508,33 @@ where
         }
     }
 
+    /// True when the client sent something the protocol says it must wait
+    /// to send; the frame, if whole, goes to the transcript.
+    fn talked_early(&mut self) -> bool {
+        match self.framed.next().now_or_never() {
+            Some(Some(Ok(frame))) => {
+                self.note(&frame);
+                true
+            }
+            Some(_) => true,
+            None => !self.framed.read_buffer().is_empty(),
+        }
+    }
+
+    /// Reports a frame from the client to the transcript.
+    fn note(&mut self, frame: &ServerFrame) {
+        if let Some(transcript) = &mut self.transcript {
+            let line = self.framed.codec_mut().take_line();
+            transcript.client(frame, line.as_deref());
+        }
+    }
+
     async fn frame(&mut self, item: Option<io::Result<ServerFrame>>) -> Flow<ServerFrame> {
         match item {
-            Some(Ok(frame)) => Ok(frame),
+            Some(Ok(frame)) => {
+                self.note(&frame);
+                Ok(frame)
+            }
             Some(Err(error)) => {
                 tracing::debug!(%error, "read failed");
                 Err(Ended::Closed)
@@ -734,9 +773,12 @@ where
         parameters: MailParameters,
     ) -> Flow {
         if self.helo.is_none() {
-            return self
-                .protocol_error(bad_sequence("Send HELO/EHLO first"))
-                .await;
+            let greeting_first = if self.config.lmtp {
+                "Send LHLO first"
+            } else {
+                "Send HELO/EHLO first"
+            };
+            return self.protocol_error(bad_sequence(greeting_first)).await;
         }
         if let Some(refusal) = self.access_refusal() {
             return self.protocol_error(refusal).await;
@@ -818,6 +860,11 @@ where
         }
         match &self.transaction {
             None => Some(bad_sequence("Need MAIL command")),
+            // RFC 2033 §4.2: in LMTP, DATA without a successful RCPT MUST
+            // fail with 503; SMTP answers 554 (RFC 5321 §3.3).
+            Some(transaction) if transaction.recipients.is_empty() && self.config.lmtp => {
+                Some(bad_sequence("No valid recipients"))
+            }
             Some(transaction) if transaction.recipients.is_empty() => {
                 Some(reply(554, (5, 5, 1), "No valid recipients"))
             }
@@ -841,7 +888,7 @@ where
         }
         // RFC 2920 §3.1: DATA ends a pipelined group; the client waits for
         // 354. Message bytes already here were sent blind: refuse them.
-        if self.framed.next().now_or_never().is_some() || !self.framed.read_buffer().is_empty() {
+        if self.talked_early() {
             tracing::info!("message data before the 354 reply");
             return self
                 .close_with(reply(
@@ -1263,7 +1310,7 @@ where
     async fn start_tls<T: Session>(&mut self, session: &mut T) -> Flow {
         let detached = Framed::new(
             Transport::Detached,
-            ServerCodec::new(self.config.limits.max_line),
+            RecordingCodec::new(self.config.limits.max_line, false),
         );
         let parts = std::mem::replace(&mut self.framed, detached).into_parts();
         // RFC 3207 §4.2, CVE-2011-0411: anything the client sent after
@@ -1273,6 +1320,12 @@ where
                 octets = parts.read_buf.len(),
                 "discarding plaintext sent after STARTTLS"
             );
+            if let Some(transcript) = &mut self.transcript {
+                transcript.client_summary(&format!(
+                    "<discarded {} octets sent after STARTTLS>",
+                    parts.read_buf.len()
+                ));
+            }
         }
         let Transport::Plain(stream) = parts.io else {
             return Err(Ended::Closed);
@@ -1281,7 +1334,10 @@ where
             return Err(Ended::Closed);
         };
         self.tls = transport.tls_info();
-        self.framed = Framed::new(transport, ServerCodec::new(self.config.limits.max_line));
+        self.framed = Framed::new(
+            transport,
+            RecordingCodec::new(self.config.limits.max_line, self.transcript.is_some()),
+        );
         // RFC 3207 §4.2: forget everything learned before TLS.
         self.helo = None;
         self.extended = false;

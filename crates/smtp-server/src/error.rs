@@ -125,6 +125,9 @@ pub enum ConfigError {
     TlsRequiredWithoutTls,
     /// The hostname is empty or contains characters a domain cannot hold.
     InvalidHostname,
+    /// `SMTPUTF8` was turned on without `8BITMIME`, which RFC 6531 §3.1
+    /// requires alongside it.
+    Smtputf8WithoutEightBitMime,
 }
 
 impl fmt::Display for ConfigError {
@@ -136,6 +139,7 @@ impl fmt::Display for ConfigError {
             }
             Self::TlsRequiredWithoutTls => "requiring TLS needs a TLS configuration",
             Self::InvalidHostname => "the hostname is not a valid domain",
+            Self::Smtputf8WithoutEightBitMime => "SMTPUTF8 needs 8BITMIME (RFC 6531 §3.1)",
         })
     }
 }

@@ -64,6 +64,7 @@ mod received;
 mod server;
 mod session;
 mod tls;
+mod transcript;
 mod transport;
 
 pub use auth::{Authenticator, SaslStep, invalid_credentials, unsupported_mechanism};
@@ -82,6 +83,7 @@ pub use session::{
     Session, TlsInfo,
 };
 pub use tls::{TlsConfig, TlsError};
+pub use transcript::{Direction, LineKind, TranscriptLine};
 
 /// Network ranges for [`ServerBuilder::proxy_protocol`].
 pub use ipnet::IpNet;

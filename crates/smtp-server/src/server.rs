@@ -26,6 +26,7 @@ use crate::limiter::ConnectionLimiter;
 use crate::proxy::{self, ProxyHeader};
 use crate::session::{Backend, ConnectionInfo};
 use crate::tls::TlsConfig;
+use crate::transcript::{Transcript, TranscriptHook, TranscriptLine};
 
 /// Time connections get to write their `421` and close once the shutdown
 /// deadline has passed, before their tasks are aborted.
@@ -49,6 +50,7 @@ pub(crate) struct Config {
     pub(crate) proxy_trusted: Vec<IpNet>,
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) transcript: Option<TranscriptHook>,
 }
 
 struct Shared<B> {
@@ -124,6 +126,7 @@ impl<B: Backend> Server<B> {
                 proxy_trusted: Vec::new(),
                 tls: None,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                transcript: None,
             },
             listeners: Vec::new(),
         }
@@ -283,6 +286,43 @@ impl<B: Backend> ServerBuilder<B> {
         self
     }
 
+    /// Calls `hook` with every line of every session's conversation:
+    /// commands and replies, one line per call, with message bodies
+    /// summarised and AUTH payloads replaced by `***` (see
+    /// [`TranscriptLine`]). For debugging and test servers; off by default.
+    ///
+    /// The hook runs on the connection's task between protocol steps: keep
+    /// it short (print, or send to a channel). A panic in it is caught and
+    /// logged.
+    ///
+    /// ```
+    /// # use smtp_server::{Backend, Body, ConnectionInfo, Envelope, Server, Session, SmtpError};
+    /// # struct Sink;
+    /// # struct SinkSession;
+    /// # impl Session for SinkSession {
+    /// #     async fn data(&mut self, _: &Envelope, _: Body) -> Result<(), SmtpError> {
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// # impl Backend for Sink {
+    /// #     type Session = SinkSession;
+    /// #     async fn new_session(&self, _: &ConnectionInfo) -> Result<SinkSession, SmtpError> {
+    /// #         Ok(SinkSession)
+    /// #     }
+    /// # }
+    /// let server = Server::builder(Sink)
+    ///     .transcript(|line| println!("[{}] {line}", line.session_id))
+    ///     .build()?;
+    /// # Ok::<(), smtp_server::ConfigError>(())
+    /// ```
+    pub fn transcript(
+        mut self,
+        hook: impl Fn(&TranscriptLine<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.transcript = Some(Arc::new(hook));
+        self
+    }
+
     /// Checks the configuration and builds the server.
     pub fn build(mut self) -> Result<Server<B>, ConfigError> {
         let hostname = &self.config.hostname;
@@ -303,6 +343,9 @@ impl<B: Backend> ServerBuilder<B> {
         }
         if self.config.auth_policy.require && self.config.authenticator.is_none() {
             return Err(ConfigError::AuthRequiredWithoutAuthenticator);
+        }
+        if self.config.extensions.smtputf8 && !self.config.extensions.eight_bit_mime {
+            return Err(ConfigError::Smtputf8WithoutEightBitMime);
         }
         // The banner is peer-visible text on one line.
         self.config.banner = self
@@ -462,7 +505,13 @@ async fn accepted_connection<B: Backend>(
         let config = &shared.config;
         if !under_total_limit {
             tracing::warn!("connection limit reached");
-            refuse(&mut stream, "Too many connections, try again later").await;
+            refuse(
+                &mut stream,
+                config,
+                &info,
+                "Too many connections, try again later",
+            )
+            .await;
             return;
         }
         if config
@@ -493,7 +542,13 @@ async fn accepted_connection<B: Backend>(
         }
         let Some(_per_ip) = limiter.acquire_ip(info.client_addr().ip()) else {
             tracing::warn!(client = %info.client_addr(), "per-address connection limit reached");
-            refuse(&mut stream, "Too many connections from your address").await;
+            refuse(
+                &mut stream,
+                config,
+                &info,
+                "Too many connections from your address",
+            )
+            .await;
             return;
         };
         if let Err(error) = connection::run(
@@ -514,9 +569,12 @@ async fn accepted_connection<B: Backend>(
 }
 
 /// Sends `421 4.7.0` and closes, for connections over a limit.
-async fn refuse(stream: &mut TcpStream, text: &'static str) {
+async fn refuse(stream: &mut TcpStream, config: &Config, info: &ConnectionInfo, text: &str) {
     let mut out = BytesMut::new();
-    Reply::new(421, EnhancedCode::new(4, 7, 0), text).encode(&mut out);
+    Reply::new(421, EnhancedCode::new(4, 7, 0), text.to_owned()).encode(&mut out);
+    if let Some(hook) = &config.transcript {
+        Transcript::new(Arc::clone(hook), info.id.clone()).server(&out);
+    }
     let write = async {
         stream.write_all(&out).await?;
         stream.shutdown().await

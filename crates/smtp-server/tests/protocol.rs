@@ -6,7 +6,7 @@ mod common;
 
 use common::{Behavior, TestBackend, builder, connect};
 use smtp_server::smtp_proto::EnhancedCode;
-use smtp_server::{BareLineEndings, BodyError, Extensions, Limits, SmtpError};
+use smtp_server::{BareLineEndings, BodyError, ConfigError, Extensions, Limits, SmtpError};
 
 #[tokio::test]
 async fn whole_transaction_with_exact_replies_and_stored_message() {
@@ -341,6 +341,11 @@ async fn size_limit_is_enforced_while_streaming_and_the_session_goes_on() {
         client.reply().await,
         "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
     );
+    // Twenty digits past u64::MAX are still a size, just too large.
+    client
+        .send("MAIL FROM:<a@x.test> SIZE=99999999999999999999\r\n")
+        .await;
+    client.expect("552 5.3.4").await;
     client
         .send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n")
         .await;
@@ -674,6 +679,36 @@ async fn bdat_rules() {
     client.expect("503 5.5.1").await;
     let aborted = backend.messages().pop().unwrap();
     assert_eq!(aborted.error, Some(BodyError::Aborted));
+}
+
+#[tokio::test]
+async fn lmtp_data_without_a_recipient_is_a_bad_sequence() {
+    // RFC 2033 §4.2: 503, where SMTP says 554.
+    let backend = TestBackend::new();
+    let server = builder(&backend).lmtp(true).build().unwrap();
+    let mut client = connect(&server);
+    client.expect("220").await;
+    client.send("MAIL FROM:<a@x.test>\r\n").await;
+    assert_eq!(client.reply().await, "503 5.5.1 Send LHLO first\r\n");
+    client.send("LHLO c\r\n").await;
+    client.expect("250-mx.test").await;
+    client.send("MAIL FROM:<a@x.test>\r\nDATA\r\n").await;
+    client.expect("250 2.1.0").await;
+    client.expect("503 5.5.1").await;
+    client.send("BDAT 2 LAST\r\nhi").await;
+    client.expect("503 5.5.1").await;
+    assert!(backend.messages().is_empty());
+}
+
+#[test]
+fn smtputf8_without_8bitmime_is_a_configuration_error() {
+    let backend = TestBackend::new();
+    let mut extensions = Extensions::default();
+    extensions.eight_bit_mime = false;
+    assert!(matches!(
+        builder(&backend).extensions(extensions).build(),
+        Err(ConfigError::Smtputf8WithoutEightBitMime)
+    ));
 }
 
 #[tokio::test]

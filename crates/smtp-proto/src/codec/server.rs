@@ -3,7 +3,7 @@
 
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::Reply;
@@ -129,10 +129,18 @@ impl ServerCodec {
 
     /// Finds the next `<CRLF>`-terminated line of at most `max` octets.
     ///
-    /// `Some(Ok(line))` carries the line without its `<CRLF>`;
+    /// `Some(Ok(f(line)))` is `f` applied to the line without its `<CRLF>`;
     /// `Some(Err(()))` says a line passed the limit and has now been
     /// dropped whole.
-    fn next_line(&mut self, src: &mut BytesMut, max: usize) -> Option<Result<BytesMut, ()>> {
+    ///
+    /// The line is handed to `f` in place, so reading a command costs no
+    /// buffer split.
+    fn next_line<T>(
+        &mut self,
+        src: &mut BytesMut,
+        max: usize,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Option<Result<T, ()>> {
         {
             // Resume one byte early: a CR at the end of the last read may
             // pair with an LF at the start of this one.
@@ -140,13 +148,14 @@ impl ServerCodec {
             let found = find_crlf(&src[from..]).map(|at| from + at);
             match found {
                 Some(cr) => {
-                    let mut line = src.split_to(cr + 2);
                     self.scanned = 0;
-                    if self.discarding || line.len() > max {
+                    if self.discarding || cr + 2 > max {
+                        src.advance(cr + 2);
                         self.discarding = false;
                         return Some(Err(()));
                     }
-                    line.truncate(cr);
+                    let line = f(&src[..cr]);
+                    src.advance(cr + 2);
                     Some(Ok(line))
                 }
                 None if self.discarding || src.len() > max => {
@@ -168,8 +177,18 @@ impl ServerCodec {
     }
 }
 
+/// Position of the first `<CRLF>` in `haystack`. Jumps from LF to LF,
+/// which is cheaper for short lines than building a substring searcher.
 fn find_crlf(haystack: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, b"\r\n")
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\n', &haystack[from..]) {
+        let lf = from + at;
+        if lf > 0 && haystack[lf - 1] == b'\r' {
+            return Some(lf - 1);
+        }
+        from = lf + 1;
+    }
+    None
 }
 
 impl Decoder for ServerCodec {
@@ -180,20 +199,22 @@ impl Decoder for ServerCodec {
         let frame = match &mut self.mode {
             Mode::Command => {
                 let max = self.max_line;
-                self.next_line(src, max).map(|line| {
+                self.next_line(src, max, Command::parse).map(|line| {
                     ServerFrame::Command(match line {
-                        Ok(line) => Command::parse(&line),
+                        Ok(command) => command,
                         Err(()) => Err(CommandError::LineTooLong),
                     })
                 })
             }
             Mode::AuthResponse => {
-                let frame = self.next_line(src, limits::SASL_LINE_MAX).map(|line| {
-                    ServerFrame::AuthResponse(match line {
-                        Ok(line) => sasl::decode_response(&line),
-                        Err(()) => Err(SaslError::TooLong),
-                    })
-                });
+                let frame = self
+                    .next_line(src, limits::SASL_LINE_MAX, sasl::decode_response)
+                    .map(|line| {
+                        ServerFrame::AuthResponse(match line {
+                            Ok(response) => response,
+                            Err(()) => Err(SaslError::TooLong),
+                        })
+                    });
                 if frame.is_some() {
                     self.expect_command();
                 }
