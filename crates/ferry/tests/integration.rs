@@ -1143,9 +1143,13 @@ async fn eight_bit_content_goes_with_8bitmime() {
     );
     server.stop().await;
 
-    // Without 8BITMIME the client refuses before MAIL.
+    // Without 8BITMIME the client refuses before MAIL. (SMTPUTF8 goes too:
+    // RFC 6531 §3.1 makes 8BITMIME its prerequisite.)
     let mut server = TestServer::start(Options::with(|builder, _| {
-        builder.extensions(extensions(|e| e.eight_bit_mime = false))
+        builder.extensions(extensions(|e| {
+            e.eight_bit_mime = false;
+            e.smtputf8 = false;
+        }))
     }))
     .await;
     let config = client(server.addr, Tls::None).build().unwrap();
