@@ -85,19 +85,20 @@ pub struct ServeArgs {
     #[arg(long)]
     pub allow_insecure_auth: bool,
     /// Largest message accepted, in octets (announced with SIZE).
-    #[arg(long, value_name = "BYTES", default_value_t = 26_214_400)]
+    #[arg(long, value_name = "BYTES", default_value_t = 26_214_400, value_parser = at_least::<1>)]
     pub max_message_size: u64,
-    /// Most recipients per message.
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub max_recipients: usize,
-    /// Most connections at once.
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Most connections at once from one IP address.
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_ip: Option<usize>,
+    /// Most recipients per message; at least 100, the minimum RFC 5321
+    /// §4.5.3.1.8 asks a server to accept.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = at_least::<100>)]
+    pub max_recipients: u64,
+    /// Most connections at once [default: 1000].
+    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
+    pub max_connections: Option<u64>,
+    /// Most connections at once from one IP address [default: 20].
+    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
+    pub max_connections_per_ip: Option<u64>,
     /// Idle timeout per command, in seconds [default: the RFC 5321 §4.5.3.2 values].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = at_least::<1>)]
     pub timeout: Option<u64>,
     /// What to do with a bare CR or LF in a message.
     #[arg(long, value_enum, default_value_t = BareLf::Reject)]
@@ -164,7 +165,7 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "PEM")]
     pub ca: Option<PathBuf>,
     /// Time limit for each network step, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = at_least::<1>)]
     pub timeout: u64,
     /// Name to give in EHLO [default: the system host name].
     #[arg(long, value_name = "NAME")]
@@ -282,6 +283,18 @@ pub fn system_hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Parses a whole number no smaller than `MIN`, for flags where a smaller
+/// value would make the program useless or break an RFC minimum.
+fn at_least<const MIN: u64>(text: &str) -> Result<u64, String> {
+    let value: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    if value < MIN {
+        return Err(format!("must be at least {MIN}"));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -516,5 +529,28 @@ mod tests {
         let name = system_hostname();
         assert!(!name.is_empty());
         assert!(!name.contains(char::is_whitespace));
+    }
+
+    #[test]
+    fn limits_below_their_floor_are_usage_errors() {
+        for args in [
+            &["ferry", "serve", "--max-recipients", "99"][..],
+            &["ferry", "serve", "--timeout", "0"],
+            &["ferry", "serve", "--max-message-size", "0"],
+            &["ferry", "serve", "--max-connections", "0"],
+            &[
+                "ferry",
+                "send",
+                "--timeout",
+                "0",
+                "--from",
+                "a@b.c",
+                "--to",
+                "d@e.f",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
+        }
+        assert!(Cli::try_parse_from(["ferry", "serve", "--max-recipients", "100"]).is_ok());
     }
 }

@@ -116,11 +116,35 @@ pub fn failure_of(err: &smtp_client::Error, server: &str) -> Failure {
             }
         }
         ErrorKind::Io | ErrorKind::Closed => (FailureKind::ConnectionLost, text.clone()),
+        ErrorKind::Tls if lower.contains("causedasendentity") => (
+            FailureKind::Certificate,
+            format!(
+                "certificate not trusted: {server} presented a CA certificate \
+                 (basicConstraints CA:TRUE) as its own; a server needs an end-entity \
+                 certificate ({text})"
+            ),
+        ),
         ErrorKind::Tls if lower.contains("certificate") => (
             FailureKind::Certificate,
             format!("certificate not trusted: {text}"),
         ),
+        ErrorKind::Tls if lower.contains("corrupt message") => (
+            FailureKind::Tls,
+            format!(
+                "TLS handshake failed: {server} does not seem to speak TLS on this port \
+                 (try --tls starttls for port 25 or 587, --tls implicit for 465): {text}"
+            ),
+        ),
         ErrorKind::Tls | ErrorKind::TlsUnavailable => (FailureKind::Tls, text.clone()),
+        ErrorKind::Auth if lower.contains("without tls") => (
+            FailureKind::Auth,
+            "not sending the password over an unencrypted connection: \
+             use --tls starttls or --tls implicit, or allow it with --allow-insecure-auth"
+                .to_owned(),
+        ),
+        ErrorKind::Auth if lower.starts_with("authentication failed") => {
+            (FailureKind::Auth, text.clone())
+        }
         ErrorKind::Auth => (FailureKind::Auth, format!("authentication failed: {text}")),
         ErrorKind::Protocol | ErrorKind::Unsupported => (FailureKind::Protocol, text.clone()),
         _ => (FailureKind::Rejected, text.clone()),
@@ -177,7 +201,11 @@ pub async fn send_prepared(args: &SendArgs, prepared: Prepared) -> SendOutcome {
         },
         Err(err) => SendOutcome {
             recipients: recipient_results(err.recipients()),
-            reply: None,
+            // A refusal at the end of data is the transaction's final reply.
+            reply: err
+                .reply()
+                .filter(|_| err.step() == Step::DataEnd)
+                .map(ReplySummary::from),
             error: Some(failure_of(&err, &args.connect.server)),
         },
     }
@@ -197,6 +225,16 @@ pub async fn run_send(args: SendArgs) -> i32 {
         for line in outcome.problems() {
             eprintln!("ferry send: {line}");
         }
+    }
+    let delivered: Vec<&str> = outcome
+        .recipients
+        .iter()
+        .filter(|r| r.reply.code < 400 && outcome.reply.as_ref().is_some_and(|f| f.code < 400))
+        .map(|r| r.address.as_str())
+        .collect();
+    if !args.json && outcome.exit_code() != 0 && !delivered.is_empty() {
+        // A partial failure still delivered to some: say to whom.
+        println!("delivered to {}", delivered.join(", "));
     }
     if !args.json && outcome.exit_code() == 0 {
         let accepted = outcome.recipients.len();

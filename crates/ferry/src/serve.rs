@@ -197,6 +197,15 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     if args.require_auth && users.is_empty() {
         return Err("--require-auth needs --user or --users-file".to_owned());
     }
+    // AUTH is only offered over TLS unless allowed in plaintext: without
+    // TLS, --require-auth would refuse every message forever.
+    if args.require_auth && args.no_tls && args.tls_listen.is_empty() && !args.allow_insecure_auth {
+        return Err(
+            "--require-auth with --no-tls: no client could authenticate; \
+             add --allow-insecure-auth or drop --no-tls"
+                .to_owned(),
+        );
+    }
     let store = if args.sink {
         Store::Sink
     } else {
@@ -226,12 +235,13 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
 
     let mut limits = Limits::default();
     limits.max_message_size = args.max_message_size;
-    limits.max_recipients = args.max_recipients;
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    limits.max_recipients = count(args.max_recipients);
     if let Some(n) = args.max_connections {
-        limits.max_connections = n;
+        limits.max_connections = count(n);
     }
     if let Some(n) = args.max_connections_per_ip {
-        limits.max_connections_per_ip = n;
+        limits.max_connections_per_ip = count(n);
     }
 
     // ferry serve is a final destination that cannot send mail, so it cannot

@@ -58,7 +58,11 @@ fn serve_one(stream: TcpStream) -> Vec<u8> {
                 }
                 data.extend_from_slice(&body_line);
             }
-            b"250 2.0.0 queued as 1\r\n"
+            if data.windows(13).any(|w| w == b"REJECT-AT-END") {
+                b"554 5.6.0 content refused\r\n"
+            } else {
+                b"250 2.0.0 queued as 1\r\n"
+            }
         } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
             b"250 2.0.0 ok\r\n"
         } else if upper.starts_with("QUIT") {
@@ -179,6 +183,34 @@ fn transient_rejection_is_exit_75_with_one_clear_line() {
         stderr.contains("recipient temp@example.com rejected: 450 4.2.1 try later"),
         "{stderr}"
     );
+    // The recipient that did get the message is named.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout, "delivered to b@example.com\n");
+    server.join().unwrap();
+}
+
+#[test]
+fn a_refusal_at_the_end_of_data_is_the_final_reply() {
+    let (addr, server) = scripted_server();
+    let out = ferry(&[
+        "send",
+        "--server",
+        &addr,
+        "--tls",
+        "none",
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.com",
+        "--body",
+        "REJECT-AT-END",
+        "--json",
+    ]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(report["reply"]["code"], 554, "{report}");
+    assert_eq!(report["reply"]["enhanced"], "5.6.0");
+    assert_eq!(report["error"]["kind"], "rejected");
     server.join().unwrap();
 }
 
