@@ -329,10 +329,7 @@ impl Connection {
                 },
             ) => {
                 let response = sasl::plain_response(authzid.as_deref(), username, password);
-                self.queue_auth("PLAIN", &response)?;
-                self.flush(Step::Auth, timeout).await?;
-                let reply = self.read_reply(Step::Auth, timeout).await?;
-                self.auth_outcome(reply).await
+                self.auth_with_response("PLAIN", &response).await
             }
             (
                 AuthMechanism::Login,
@@ -358,10 +355,7 @@ impl Connection {
             }
             (AuthMechanism::XOAuth2, Credentials::OAuth2 { username, token }) => {
                 let response = sasl::xoauth2_response(username, token);
-                self.queue_auth("XOAUTH2", &response)?;
-                self.flush(Step::Auth, timeout).await?;
-                let reply = self.read_reply(Step::Auth, timeout).await?;
-                self.auth_outcome(reply).await
+                self.auth_with_response("XOAUTH2", &response).await
             }
             // The builder refuses a mechanism that cannot carry the
             // credentials, and the automatic choice never picks one.
@@ -369,6 +363,35 @@ impl Connection {
                 "AUTH {mechanism} cannot send these credentials"
             ))),
         }
+    }
+
+    /// Runs a one-response mechanism. The response goes on the AUTH line
+    /// when the line fits in 512 octets; otherwise it waits for the
+    /// server's empty `334` challenge (RFC 4954 §4: a client MUST NOT send
+    /// an initial response that would make the command line too long).
+    async fn auth_with_response(&mut self, mechanism: &str, response: &str) -> Result<(), Error> {
+        let timeout = self.config.inner.timeouts.command;
+        // "AUTH " + mechanism + " " + response + CRLF.
+        let line_length = 5 + mechanism.len() + 1 + response.len() + 2;
+        if line_length <= smtp_proto::limits::COMMAND_LINE_MIN {
+            self.queue_auth(mechanism, response)?;
+            self.flush(Step::Auth, timeout).await?;
+            let reply = self.read_reply(Step::Auth, timeout).await?;
+            return self.auth_outcome(reply).await;
+        }
+        self.queue(&Command::Auth {
+            mechanism: mechanism.to_owned(),
+            initial_response: None,
+        })?;
+        self.flush(Step::Auth, timeout).await?;
+        let reply = self.read_reply(Step::Auth, timeout).await?;
+        if reply.code() != 334 {
+            return self.auth_outcome(reply).await;
+        }
+        self.queue_secret_line(response);
+        self.flush(Step::Auth, timeout).await?;
+        let reply = self.read_reply(Step::Auth, timeout).await?;
+        self.auth_outcome(reply).await
     }
 
     /// The configured mechanism when the server offers it (never another

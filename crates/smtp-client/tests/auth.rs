@@ -148,3 +148,29 @@ async fn a_chosen_mechanism_still_needs_tls_or_explicit_permission() {
     assert!(error.to_string().contains("without TLS"), "{error}");
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_long_initial_response_waits_for_the_334_challenge() {
+    // RFC 4954 §4: an initial response that would make the AUTH line
+    // longer than 512 octets is sent after an empty 334 instead.
+    let token = "t".repeat(600);
+    let expected = sasl::xoauth2_response("alice@example.com", &token);
+    let (addr, server) = serve(move |mut s: Script| async move {
+        s.greet(&["AUTH XOAUTH2"]).await;
+        s.expect("AUTH XOAUTH2").await;
+        s.send("334 ").await;
+        s.expect(&expected).await;
+        s.send("235 2.7.0 Authentication successful").await;
+        s.quit().await;
+    })
+    .await;
+    let config = config(addr)
+        .credentials(Credentials::oauth2("alice@example.com", token))
+        .allow_plaintext_auth(true)
+        .build()
+        .unwrap();
+    let connection = Connection::connect(&config).await.unwrap();
+    assert!(connection.is_authenticated());
+    connection.quit().await.unwrap();
+    server.await.unwrap();
+}
