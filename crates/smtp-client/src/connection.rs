@@ -753,7 +753,7 @@ impl Connection {
                 let reply = self.read_reply(Step::Rcpt, timeouts.rcpt).await?;
                 if reply.is_positive_completion() {
                     accepted.push(index);
-                } else if reply.code() == 452 && !accepted.is_empty() {
+                } else if is_too_many_recipients(&reply) && !accepted.is_empty() {
                     // RFC 5321 §4.5.3.1.10: too many recipients for this
                     // message; they go in another transaction. Only when
                     // this one delivers to someone, so every transaction
@@ -1366,5 +1366,19 @@ async fn tls_handshake(
             )
         }
         Ok(Err(error)) => Err(Error::io(Step::TlsHandshake, error)),
+    }
+}
+
+/// A reply to RCPT that means "too many recipients for this message": 452,
+/// or the older 552 that RFC 5321 §4.5.3.1.10 asks clients to treat the
+/// same way (unless its enhanced code says something else, such as 5.2.2
+/// mailbox full).
+fn is_too_many_recipients(reply: &Reply) -> bool {
+    match reply.code() {
+        452 => true,
+        552 => reply
+            .enhanced()
+            .is_none_or(|code| (code.subject, code.detail) == (5, 3)),
+        _ => false,
     }
 }

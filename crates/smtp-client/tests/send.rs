@@ -388,6 +388,49 @@ async fn without_pipelining_a_452_stops_the_rcpts_until_the_next_transaction() {
 }
 
 #[tokio::test]
+async fn an_old_style_552_too_many_recipients_is_deferred_like_452() {
+    // RFC 5321 §4.5.3.1.10: clients treat 552 to RCPT as "too many", but
+    // 552 5.2.2 (mailbox full) stays a rejection.
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.greet(&[]).await;
+        s.expect("MAIL FROM:<alice@example.com>").await;
+        s.send("250 ok").await;
+        s.expect("RCPT TO:<a@example.org>").await;
+        s.send("250 ok").await;
+        s.expect("RCPT TO:<full@example.org>").await;
+        s.send("552 5.2.2 mailbox full").await;
+        s.expect("RCPT TO:<b@example.org>").await;
+        s.send("552 too many recipients").await;
+        s.expect("DATA").await;
+        s.send("354 go").await;
+        s.read_data().await;
+        s.send("250 one").await;
+        s.expect("MAIL FROM:<alice@example.com>").await;
+        s.send("250 ok").await;
+        s.expect("RCPT TO:<b@example.org>").await;
+        s.send("250 ok").await;
+        s.expect("DATA").await;
+        s.send("354 go").await;
+        s.read_data().await;
+        s.send("250 two").await;
+        s.quit().await;
+    })
+    .await;
+    let client = Client::new(config(addr).build().unwrap());
+    let result = client
+        .send(
+            &envelope(&["a@example.org", "full@example.org", "b@example.org"]),
+            "x",
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.transactions, 2);
+    let accepted: Vec<bool> = result.recipients.iter().map(|r| r.accepted).collect();
+    assert_eq!(accepted, [true, false, true]);
+    server.await.unwrap();
+}
+
+#[tokio::test]
 async fn mail_rejection_and_data_end_rejection_are_errors() {
     let (addr, server) = serve(|mut s: Script| async move {
         s.greet(PIPELINING).await;
