@@ -83,6 +83,7 @@ impl Session for StoreSession {
             helo: &envelope.helo,
             peer,
             extended: envelope.extended,
+            smtputf8: envelope.mail_parameters.smtputf8,
             tls: envelope.tls.is_some(),
             authenticated: envelope.identity.is_some(),
             lmtp: envelope.lmtp,

@@ -31,6 +31,8 @@ pub struct Envelope<'a> {
     pub peer: IpAddr,
     /// True after EHLO or LHLO (ESMTP), false after HELO.
     pub extended: bool,
+    /// True when the transaction asked for SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
     /// True when the connection is encrypted.
     pub tls: bool,
     /// True when the client authenticated.
@@ -48,9 +50,11 @@ pub fn copies(envelope: &Envelope<'_>, by: &str, date: &str) -> Vec<Vec<u8>> {
     let with = maildir::protocol(
         envelope.lmtp,
         envelope.extended,
+        envelope.smtputf8,
         envelope.tls,
         envelope.authenticated,
     );
+    let with = with.as_str();
     let copy = |recipients: &[String]| {
         let received = Received {
             helo: envelope.helo,
@@ -137,6 +141,7 @@ mod tests {
             helo: "client.example",
             peer: "127.0.0.1".parse().unwrap(),
             extended: true,
+            smtputf8: false,
             tls: false,
             authenticated: false,
             lmtp,

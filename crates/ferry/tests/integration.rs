@@ -491,16 +491,17 @@ fn check_stored(stored: &[u8], expected: &Expected<'_>) -> String {
     id
 }
 
-/// The `'static` protocol name [`Received`] wants, checked against the
-/// names ferry writes.
-fn maildir_protocol(with: &str) -> &'static str {
-    for lmtp in [false, true] {
-        for extended in [false, true] {
-            for tls in [false, true] {
-                for auth in [false, true] {
-                    let name = maildir::protocol(lmtp, extended, tls, auth);
-                    if name == with {
-                        return name;
+/// `with`, checked to be a protocol name ferry writes.
+fn maildir_protocol(with: &str) -> &str {
+    let flags = [false, true];
+    for lmtp in flags {
+        for extended in flags {
+            for smtputf8 in flags {
+                for tls in flags {
+                    for auth in flags {
+                        if maildir::protocol(lmtp, extended, smtputf8, tls, auth) == with {
+                            return with;
+                        }
                     }
                 }
             }
@@ -1180,7 +1181,7 @@ async fn smtputf8_addresses_are_delivered() {
         &Expected {
             from: Some(from),
             recipients: &[to],
-            with: "ESMTP",
+            with: "UTF8SMTP",
             body: &body,
         },
     );
