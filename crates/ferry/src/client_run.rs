@@ -339,7 +339,15 @@ pub async fn run_bench(args: BenchArgs) -> i32 {
                             .unwrap_or_else(|| "rejected".to_owned());
                         report.failed(cause);
                     }
-                    Err(err) => report.failed(error_cause(&err)),
+                    Err(err) => {
+                        report.failed(error_cause(&err));
+                        // A server that cannot be reached at all would
+                        // otherwise be hammered with connects as fast as
+                        // they fail; back off briefly before the next try.
+                        if err.step() == Step::Connect {
+                            tokio::time::sleep(CONNECT_RETRY_DELAY).await;
+                        }
+                    }
                 }
                 if let Some(bar) = &progress {
                     bar.inc(1);
@@ -372,6 +380,9 @@ pub async fn run_bench(args: BenchArgs) -> i32 {
     if report.failed == 0 { 0 } else { 1 }
 }
 
+/// How long a bench worker waits after failing to connect.
+const CONNECT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, Copy)]
 enum Limit {
     Count(u64),
@@ -392,12 +403,18 @@ fn error_cause(err: &smtp_client::Error) -> String {
     if let Some(reply) = err.recipients().iter().find_map(|o| o.reply()) {
         return reply_cause(reply);
     }
+    let text = err.to_string();
     match err.kind() {
-        ErrorKind::Timeout => "timeout".to_owned(),
+        ErrorKind::Timeout => format!("timeout during {}", err.step().as_str()),
+        ErrorKind::Io | ErrorKind::Closed
+            if err.step() == Step::Connect && text.to_ascii_lowercase().contains("refused") =>
+        {
+            "connection refused".to_owned()
+        }
         ErrorKind::Io | ErrorKind::Closed => {
             format!("connection error during {}", err.step().as_str())
         }
-        ErrorKind::Tls | ErrorKind::TlsUnavailable => "tls".to_owned(),
+        ErrorKind::Tls | ErrorKind::TlsUnavailable => format!("tls: {text}"),
         _ => err.to_string(),
     }
 }

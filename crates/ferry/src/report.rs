@@ -256,7 +256,7 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "messages:    {} sent, {} delivered, {} failed, concurrency {}",
+            "messages:    {} attempted, {} delivered, {} failed, concurrency {}",
             self.messages(),
             self.delivered,
             self.failed,
@@ -430,7 +430,10 @@ mod tests {
         assert_eq!(json["errors"]["451 4.3.0"], 2);
         assert_eq!(json["errors"]["timeout"], 1);
         let text = r.to_text();
-        assert!(text.contains("13 sent, 10 delivered, 3 failed"), "{text}");
+        assert!(
+            text.contains("13 attempted, 10 delivered, 3 failed"),
+            "{text}"
+        );
         assert!(text.contains("5.0 messages/s, 5.00 MB/s"), "{text}");
         assert!(text.contains("p50 2.0ms"), "{text}");
         assert!(text.contains("       2  451 4.3.0"), "{text}");

@@ -295,10 +295,15 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         });
     }
     let server = builder.build().map_err(|e| e.to_string())?;
-    let listening = server
-        .bind()
-        .await
-        .map_err(|e| format!("cannot listen: {e}"))?;
+    let listening = server.bind().await.map_err(|e| {
+        let addrs: Vec<String> = args
+            .listen
+            .iter()
+            .chain(&args.tls_listen)
+            .map(ToString::to_string)
+            .collect();
+        format!("cannot listen on {}: {e}", addrs.join(", "))
+    })?;
     let addrs = listening.local_addrs();
     {
         let mut out = std::io::stdout().lock();
