@@ -378,6 +378,28 @@ enum DataState {
     Done,
 }
 
+/// Where [`DataDecoder::decode`] stands in its input buffer.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// Octets examined.
+    pos: usize,
+    /// Octets of body text at the front of the buffer, not yet handed
+    /// out; `pos - kept` stuffing dots have been removed in place.
+    kept: usize,
+}
+
+impl Cursor {
+    /// Accepts the `n` examined octets at `pos` as body text, moving them
+    /// down over the gap left by removed dots, if there is one.
+    fn keep(&mut self, src: &mut [u8], n: usize) {
+        if self.kept != self.pos {
+            src.copy_within(self.pos..self.pos + n, self.kept);
+        }
+        self.pos += n;
+        self.kept += n;
+    }
+}
+
 /// One step of [`DataDecoder::decode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyEvent {
@@ -456,64 +478,81 @@ impl DataDecoder {
     /// pipelined command) are still in `src`, and further calls return
     /// `None` without touching `src`.
     pub fn decode(&mut self, src: &mut BytesMut) -> Option<BodyEvent> {
-        // `src[..pos]` is body text that was examined but not yet handed
-        // out. Dropped octets (dots, the CR of a possible terminator) are
-        // always at `src[0]` when they are dropped, because a chunk is cut
-        // just before them.
-        let mut pos = 0;
+        // `src[..pos]` has been examined. Of that, `src[..kept]` is body
+        // text not yet handed out, and `src[kept..pos]` is the gap left by
+        // stuffing dots removed in place: text after a removed dot is moved
+        // down over the gap as it is scanned (one copy of the line, cheaper
+        // than cutting a chunk per dot-stuffed line). Octets whose fate
+        // depends on bytes not yet read (the dot and CR of a possible
+        // terminator) are dropped at `src[0]`, after the chunk before them
+        // has been cut.
+        let mut cursor = Cursor { pos: 0, kept: 0 };
         loop {
             match self.state {
                 DataState::Done => return None,
                 DataState::Text if !self.scanner.after_cr => {
                     // Clean text in bulk; anything else line by line.
-                    let mut n = self.scanner.scan_clean_run(&src[pos..], true);
+                    let rest = &src[cursor.pos..];
+                    let mut n = self.scanner.scan_clean_run(rest, true);
                     if n == 0 {
-                        n = self.scanner.scan_lines(&src[pos..], true);
+                        n = self.scanner.scan_lines(rest, true);
                     }
                     if n > 0 {
-                        pos += n;
+                        cursor.keep(src, n);
                         self.state = DataState::LineStart;
                         continue;
                     }
-                    match self.scanner.scan(&src[pos..]) {
+                    match self.scanner.scan(&src[cursor.pos..]) {
                         Some(n) => {
-                            pos += n;
+                            cursor.keep(src, n);
                             self.state = DataState::LineStart;
                         }
                         None => {
-                            let len = src.len();
-                            return self.take(src, len).map(BodyEvent::Chunk);
+                            let n = src.len() - cursor.pos;
+                            cursor.keep(src, n);
+                            return self.take(src, cursor).map(BodyEvent::Chunk);
                         }
                     }
                 }
-                DataState::Text => match self.scanner.scan(&src[pos..]) {
+                DataState::Text => match self.scanner.scan(&src[cursor.pos..]) {
                     Some(n) => {
-                        pos += n;
+                        cursor.keep(src, n);
                         self.state = DataState::LineStart;
                     }
                     None => {
-                        let len = src.len();
-                        return self.take(src, len).map(BodyEvent::Chunk);
+                        let n = src.len() - cursor.pos;
+                        cursor.keep(src, n);
+                        return self.take(src, cursor).map(BodyEvent::Chunk);
                     }
                 },
                 DataState::LineStart => {
-                    let Some(&first) = src.get(pos) else {
-                        return self.take(src, pos).map(BodyEvent::Chunk);
+                    let Some(&first) = src.get(cursor.pos) else {
+                        return self.take(src, cursor).map(BodyEvent::Chunk);
                     };
                     if first != b'.' {
                         self.state = DataState::Text;
                         continue;
                     }
-                    let chunk = self.take(src, pos);
+                    match src.get(cursor.pos + 1) {
+                        Some(&next) if next != b'\r' => {
+                            // A stuffing dot (the terminator needs a CR
+                            // next): drop it in place, the line goes on.
+                            cursor.pos += 1;
+                            self.state = DataState::Text;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let chunk = self.take(src, cursor);
                     src.advance(1);
-                    pos = 0;
+                    cursor = Cursor { pos: 0, kept: 0 };
                     self.state = DataState::Dot;
                     if let Some(chunk) = chunk {
                         return Some(BodyEvent::Chunk(chunk));
                     }
                 }
                 DataState::Dot => {
-                    debug_assert_eq!(pos, 0);
+                    debug_assert_eq!(cursor.pos, 0);
                     let &next = src.first()?;
                     if next == b'\r' {
                         src.advance(1);
@@ -524,7 +563,7 @@ impl DataDecoder {
                     }
                 }
                 DataState::DotCr => {
-                    debug_assert_eq!(pos, 0);
+                    debug_assert_eq!(cursor.pos, 0);
                     let &next = src.first()?;
                     if next == b'\n' {
                         src.advance(1);
@@ -543,10 +582,14 @@ impl DataDecoder {
         }
     }
 
-    /// Hands out the first `n` octets of `src`, which are body text, as far
-    /// as the size limit allows; the rest of them are discarded.
-    fn take(&mut self, src: &mut BytesMut, n: usize) -> Option<Bytes> {
+    /// Hands out the body text `src[..cursor.kept]` as far as the size
+    /// limit allows, and drops the rest of it and the gap after it, so
+    /// that `src` starts at the first octet not yet examined.
+    fn take(&mut self, src: &mut BytesMut, cursor: Cursor) -> Option<Bytes> {
+        let n = cursor.kept;
+        let gap = cursor.pos - cursor.kept;
         if n == 0 {
+            src.advance(gap);
             return None;
         }
         let n64 = n as u64;
@@ -554,12 +597,14 @@ impl DataDecoder {
         let room = self.max_size - self.yielded;
         if n64 <= room {
             self.yielded += n64;
-            return Some(src.split_to(n).freeze());
+            let chunk = src.split_to(n).freeze();
+            src.advance(gap);
+            return Some(chunk);
         }
         // `room < n`, so it fits in usize.
         let keep = room as usize;
         let chunk = (keep > 0).then(|| src.split_to(keep).freeze());
-        src.advance(n - keep);
+        src.advance(n - keep + gap);
         self.yielded += room;
         chunk
     }
@@ -1339,6 +1384,27 @@ mod tests {
         // No line starts with a dot, so the whole body is a single chunk.
         assert!(matches!(first, Some(BodyEvent::Chunk(ref c)) if c.len() == body_len));
         assert!(matches!(decoder.decode(&mut src), Some(BodyEvent::End(_))));
+    }
+
+    #[test]
+    fn stuffed_lines_are_unstuffed_in_place_into_one_chunk() {
+        let mut input = Vec::new();
+        let mut body = Vec::new();
+        for i in 0..200 {
+            input.extend_from_slice(format!("..dot {i}\r\nline {i}\r\n").as_bytes());
+            body.extend_from_slice(format!(".dot {i}\r\nline {i}\r\n").as_bytes());
+        }
+        input.extend_from_slice(b".\r\nQUIT\r\n");
+        let mut decoder = DataDecoder::new(u64::MAX);
+        let mut src = BytesMut::from(&input[..]);
+        // Every stuffing dot is followed by more text in the buffer, so
+        // none of them cuts the body into pieces.
+        let first = decoder.decode(&mut src);
+        assert!(matches!(first, Some(BodyEvent::Chunk(ref c)) if c[..] == body[..]));
+        assert!(
+            matches!(decoder.decode(&mut src), Some(BodyEvent::End(s)) if s.size == body.len() as u64)
+        );
+        assert_eq!(&src[..], b"QUIT\r\n");
     }
 
     #[test]
