@@ -135,6 +135,12 @@ impl Capabilities {
     /// Records one extension line (`ehlo-keyword *(SP ehlo-param)`,
     /// RFC 5321 §4.1.1.1).
     fn add_line(&mut self, line: &str) {
+        // Most lines are a bare keyword as servers send it: upper case,
+        // nothing around it. Those need no splitting into words.
+        if let Some(flag) = Keyword::of(line.as_bytes()).and_then(|known| self.flag(known)) {
+            *flag = true;
+            return;
+        }
         let trimmed = line.trim_ascii_start();
         let (keyword, params) = match trimmed.bytes().position(|b| b.is_ascii_whitespace()) {
             // ASCII whitespace is one byte, so `at` is a character boundary.
@@ -153,26 +159,15 @@ impl Capabilities {
             upper.make_ascii_uppercase();
             Keyword::of(upper)
         });
-        let flag = match known {
-            Some(Keyword::Pipelining) => &mut self.pipelining,
-            Some(Keyword::EightBitMime) => &mut self.eight_bit_mime,
-            Some(Keyword::BinaryMime) => &mut self.binary_mime,
-            Some(Keyword::Chunking) => &mut self.chunking,
-            Some(Keyword::SmtpUtf8) => &mut self.smtputf8,
-            Some(Keyword::StartTls) => &mut self.starttls,
-            Some(Keyword::Dsn) => &mut self.dsn,
-            Some(Keyword::EnhancedStatusCodes) => &mut self.enhanced_status_codes,
-            Some(Keyword::RequireTls) => &mut self.requiretls,
+        match known {
             Some(Keyword::Size) => {
                 // RFC 1870 §4: the number is optional, and 0 means no fixed
                 // limit; a number we cannot read still means SIZE works.
                 let limit = words.next().and_then(|word| word.parse().ok());
                 self.size = Some(limit.unwrap_or(0));
-                return;
             }
             Some(Keyword::Auth) => {
                 self.add_mechanisms(words);
-                return;
             }
             None if keyword
                 .get(.."AUTH=".len())
@@ -182,14 +177,31 @@ impl Capabilities {
                 // the keyword by "=".
                 let first = keyword["AUTH=".len()..].split_ascii_whitespace();
                 self.add_mechanisms(first.chain(words));
-                return;
             }
-            None => {
-                self.other.push(line.to_owned());
-                return;
+            None => self.other.push(line.to_owned()),
+            Some(known) => {
+                if let Some(flag) = self.flag(known) {
+                    *flag = true;
+                }
             }
-        };
-        *flag = true;
+        }
+    }
+
+    /// The flag a keyword without parameters sets; `None` for the
+    /// keywords that carry parameters.
+    fn flag(&mut self, keyword: Keyword) -> Option<&mut bool> {
+        Some(match keyword {
+            Keyword::Pipelining => &mut self.pipelining,
+            Keyword::EightBitMime => &mut self.eight_bit_mime,
+            Keyword::BinaryMime => &mut self.binary_mime,
+            Keyword::Chunking => &mut self.chunking,
+            Keyword::SmtpUtf8 => &mut self.smtputf8,
+            Keyword::StartTls => &mut self.starttls,
+            Keyword::Dsn => &mut self.dsn,
+            Keyword::EnhancedStatusCodes => &mut self.enhanced_status_codes,
+            Keyword::RequireTls => &mut self.requiretls,
+            Keyword::Size | Keyword::Auth => return None,
+        })
     }
 
     fn add_mechanisms<'a>(&mut self, mechanisms: impl Iterator<Item = &'a str>) {
