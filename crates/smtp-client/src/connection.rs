@@ -82,6 +82,10 @@ pub struct Connection {
     extended: bool,
     authenticated: bool,
     usable: bool,
+    /// Set while a send is in progress. A send whose future is dropped
+    /// part-way leaves it set, so the connection, whose replies are now
+    /// out of step, is never used again.
+    in_transaction: bool,
     messages: usize,
     opened: Instant,
     last_used: Instant,
@@ -152,6 +156,7 @@ impl Connection {
             extended: false,
             authenticated: false,
             usable: true,
+            in_transaction: false,
             messages: 0,
             opened: now,
             last_used: now,
@@ -480,14 +485,32 @@ impl Connection {
         message: &mut Message,
     ) -> Result<SendResult, Error> {
         envelope.validate()?;
-        if !self.usable {
+        if !self.is_usable() {
             return Err(Error::new(
                 ErrorKind::Closed,
                 Step::Mail,
                 "the connection is no longer usable",
             ));
         }
+        if !self.read_buf.is_empty() || self.decoder.is_partial() {
+            // Bytes nobody asked for would be read as the replies to this
+            // transaction: the connection is out of step. Usually it is a
+            // 421 from a server closing an idle connection, which a pool
+            // answers by sending on a fresh one.
+            let unsolicited = self.decoder.decode(&mut self.read_buf).ok().flatten();
+            self.abort();
+            let error = Error::new(
+                ErrorKind::Closed,
+                Step::Mail,
+                "the server spoke before the transaction began; the connection is closed",
+            );
+            return Err(match unsolicited {
+                Some(reply) => error.with_reply(reply),
+                None => error,
+            });
+        }
         let plan = self.plan(envelope, message)?;
+        self.in_transaction = true;
         self.messages += 1;
         let count = envelope.recipients().len();
         let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; count];
@@ -518,11 +541,15 @@ impl Connection {
                         // Rejections decided in this transaction stand; the
                         // rest (accepted at RCPT, or never answered) failed
                         // with the transaction.
+                        // So do deliveries already confirmed (an LMTP
+                        // recipient's own 250 before the connection failed):
+                        // reporting them failed would invite a duplicate.
                         let keep = slot.as_ref().is_some_and(|outcome| {
-                            outcome
-                                .reply
-                                .as_ref()
-                                .is_some_and(|reply| !reply.is_positive_completion())
+                            outcome.accepted
+                                || outcome
+                                    .reply
+                                    .as_ref()
+                                    .is_some_and(|reply| !reply.is_positive_completion())
                         });
                         if !keep {
                             *slot = Some(RecipientOutcome {
@@ -537,6 +564,7 @@ impl Connection {
                 }
             }
         }
+        self.in_transaction = false;
         self.last_used = Instant::now();
         let recipients: Vec<RecipientOutcome> = outcomes
             .into_iter()
@@ -883,7 +911,7 @@ impl Connection {
     /// RSET after a transaction that did not complete; a connection whose
     /// RSET fails is not used again.
     async fn reset_after_failure(&mut self) {
-        if self.usable && self.rset().await.is_err() {
+        if self.usable && self.reset_transaction().await.is_err() {
             self.usable = false;
         }
     }
@@ -1052,6 +1080,12 @@ impl Connection {
 
     /// `RSET`: abandons the current transaction.
     pub async fn rset(&mut self) -> Result<(), Error> {
+        self.check_in_step(Step::Rset)?;
+        self.reset_transaction().await
+    }
+
+    /// RSET from inside a send, where the transaction flag is set.
+    async fn reset_transaction(&mut self) -> Result<(), Error> {
         let timeout = self.config.inner.timeouts.command;
         self.queue(&Command::Rset)?;
         self.flush(Step::Rset, timeout).await?;
@@ -1066,7 +1100,13 @@ impl Connection {
     /// `NOOP`: checks that the server is still there. A connection whose
     /// NOOP fails should be dropped.
     pub async fn noop(&mut self) -> Result<Reply, Error> {
-        let timeout = self.config.inner.timeouts.command;
+        self.noop_within(self.config.inner.timeouts.command).await
+    }
+
+    /// [`Connection::noop`] with its own time limit, for liveness checks
+    /// that must not wait a whole command timeout on a dead peer.
+    pub(crate) async fn noop_within(&mut self, timeout: Duration) -> Result<Reply, Error> {
+        self.check_in_step(Step::Noop)?;
         self.queue(&Command::Noop)?;
         self.flush(Step::Noop, timeout).await?;
         let reply = self.read_reply(Step::Noop, timeout).await?;
@@ -1076,6 +1116,18 @@ impl Connection {
         }
         self.last_used = Instant::now();
         Ok(reply)
+    }
+
+    /// Refuses to talk on a connection whose last send never finished.
+    fn check_in_step(&self, step: Step) -> Result<(), Error> {
+        if self.in_transaction {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                step,
+                "the previous send did not finish; the connection is out of step",
+            ));
+        }
+        Ok(())
     }
 
     /// `QUIT`, then closes the connection.
@@ -1089,7 +1141,14 @@ impl Connection {
         if !self.is_usable() {
             return Ok(());
         }
-        let timeout = self.config.inner.timeouts.command;
+        // Nothing depends on the reply to QUIT: a server slow to give it
+        // must not hold the caller (or a pool slot) for a command timeout.
+        let timeout = self
+            .config
+            .inner
+            .timeouts
+            .command
+            .min(COURTESY_QUIT_TIMEOUT);
         self.queue(&Command::Quit)?;
         self.flush(Step::Quit, timeout).await?;
         let reply = self.read_reply(Step::Quit, timeout).await;
@@ -1146,7 +1205,7 @@ impl Connection {
     /// I/O error, a timeout, a 421, a protocol error, a failed RSET or an
     /// aborted body.
     pub fn is_usable(&self) -> bool {
-        self.usable && self.stream.is_some()
+        self.usable && self.stream.is_some() && !self.in_transaction
     }
 
     /// How many messages were sent (or attempted) on this connection.

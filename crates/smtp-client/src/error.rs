@@ -244,10 +244,10 @@ impl Error {
                         .iter()
                         .all(|outcome| outcome.reply().is_some_and(Reply::is_transient))
             }
-            ErrorKind::InvalidInput
-            | ErrorKind::Protocol
-            | ErrorKind::Tls
-            | ErrorKind::Unsupported => false,
+            // A garbled reply to the end of data may hide an acceptance:
+            // RFC 5321 §6.1 prefers a duplicate to a lost message.
+            ErrorKind::Protocol => self.step == Step::DataEnd,
+            ErrorKind::InvalidInput | ErrorKind::Tls | ErrorKind::Unsupported => false,
         }
     }
 

@@ -13,6 +13,11 @@ use crate::envelope::{Envelope, SendResult};
 use crate::error::{Error, ErrorKind, Step};
 use crate::message::Message;
 
+/// How long the NOOP check of an idle connection may take. A silently
+/// dead peer (a NAT that dropped the flow) never answers; waiting a whole
+/// command timeout per idle connection would stall a send for minutes.
+const NOOP_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Limits of a [`Pool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -207,7 +212,11 @@ impl Pool {
             }
             let idle_for = pooled.connection.last_used_at().elapsed();
             if idle_for >= self.inner.settings.check_after_idle
-                && pooled.connection.noop().await.is_err()
+                && pooled
+                    .connection
+                    .noop_within(NOOP_CHECK_TIMEOUT)
+                    .await
+                    .is_err()
             {
                 continue;
             }
