@@ -423,7 +423,11 @@ pub enum BodyEvent {
 /// again by a later call. It holds no bytes of its own: a terminator split across reads is
 /// remembered as a state, and the `<CRLF>` that might start it is already
 /// body text, so it is yielded at once. Chunks are split off the input
-/// buffer without copying.
+/// buffer, not copied out of it: a stuffing dot is removed by moving the
+/// rest of its line down over it inside the buffer, so a buffer of
+/// dot-stuffed lines still comes out as one chunk (a dot at the end of
+/// the buffer, or before a CR, ends the chunk, as it may start the
+/// terminator).
 ///
 /// The body handed out stops at `max_size` octets; past that the decoder
 /// keeps reading to the terminator without yielding, and sets
