@@ -85,7 +85,7 @@ pub struct Received<'a> {
     pub peer: std::net::IpAddr,
     /// This server's host name.
     pub by: &'a str,
-    /// The protocol type, from [`protocol`].
+    /// The protocol type (RFC 3848, RFC 6531 §3.7.3), for example `ESMTPS`.
     pub with: &'a str,
     /// The transaction id.
     pub id: &'a str,
@@ -121,28 +121,6 @@ impl Received<'_> {
         out.push_str(self.date);
         out
     }
-}
-
-/// The RFC 3848 protocol type for the `with` clause: SMTP or ESMTP (or
-/// LMTP), with `S` when TLS was in force and `A` after authentication;
-/// `UTF8SMTP`/`UTF8LMTP` in their place for an SMTPUTF8 transaction
-/// (RFC 6531 §3.7.3).
-pub fn protocol(lmtp: bool, extended: bool, smtputf8: bool, tls: bool, auth: bool) -> String {
-    let base = match (lmtp, extended, smtputf8) {
-        (true, _, true) => "UTF8LMTP",
-        (true, _, false) => "LMTP",
-        (false, false, _) => return "SMTP".to_owned(),
-        (false, true, true) => "UTF8SMTP",
-        (false, true, false) => "ESMTP",
-    };
-    let mut name = base.to_owned();
-    if tls {
-        name.push('S');
-    }
-    if auth {
-        name.push('A');
-    }
-    name
 }
 
 /// The current date-time in RFC 5322 §3.3 form.
@@ -424,7 +402,7 @@ mod tests {
             helo: "client.example",
             peer: "127.0.0.1".parse().unwrap(),
             by: "mx.example",
-            with: &protocol(false, true, false, true, false),
+            with: "ESMTPS",
             id: "abc123",
             for_rcpt: Some("bob@example.com"),
             date: "Thu, 1 Jan 1970 00:00:00 +0000",
@@ -437,17 +415,13 @@ mod tests {
             helo: "evil) (x;",
             peer: "::1".parse().unwrap(),
             for_rcpt: None,
-            with: &protocol(true, true, false, false, true),
+            with: "LMTPA",
             ..r
         };
         assert_eq!(
             r.value(),
             "from evil x ([IPv6:::1])\r\n\tby mx.example (ferry) with LMTPA id abc123; Thu, 1 Jan 1970 00:00:00 +0000"
         );
-        assert_eq!(protocol(false, false, false, true, true), "SMTP");
-        assert_eq!(protocol(false, true, false, true, true), "ESMTPSA");
-        assert_eq!(protocol(false, true, true, true, false), "UTF8SMTPS");
-        assert_eq!(protocol(true, true, true, false, true), "UTF8LMTPA");
         assert!(rfc5322_now().contains(':'));
     }
 

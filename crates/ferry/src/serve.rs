@@ -77,15 +77,13 @@ impl Session for StoreSession {
             .client_addr
             .map(|a| a.ip())
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let protocol = envelope.protocol();
         let info = store::Envelope {
             sender: envelope.from.as_ref().map(|a| a.as_str()),
             recipients: &recipients,
             helo: &envelope.helo,
             peer,
-            extended: envelope.extended,
-            smtputf8: envelope.mail_parameters.smtputf8,
-            tls: envelope.tls.is_some(),
-            authenticated: envelope.identity.is_some(),
+            protocol: &protocol,
             lmtp: envelope.lmtp,
             id: &envelope.session_id,
         };

@@ -29,14 +29,9 @@ pub struct Envelope<'a> {
     pub helo: &'a str,
     /// The client's address.
     pub peer: IpAddr,
-    /// True after EHLO or LHLO (ESMTP), false after HELO.
-    pub extended: bool,
-    /// True when the transaction asked for SMTPUTF8 (RFC 6531).
-    pub smtputf8: bool,
-    /// True when the connection is encrypted.
-    pub tls: bool,
-    /// True when the client authenticated.
-    pub authenticated: bool,
+    /// The protocol type for the Received field's `with` clause (RFC 3848,
+    /// RFC 6531 §3.7.3), as `smtp_server::Envelope::protocol` names it.
+    pub protocol: &'a str,
     /// True in `--lmtp` mode: one copy per recipient.
     pub lmtp: bool,
     /// The transaction id for the Received field.
@@ -47,14 +42,7 @@ pub struct Envelope<'a> {
 /// recipient for LMTP (RFC 2033 §4.2: each recipient gets its own
 /// delivery and reply).
 pub fn copies(envelope: &Envelope<'_>, by: &str, date: &str) -> Vec<Vec<u8>> {
-    let with = maildir::protocol(
-        envelope.lmtp,
-        envelope.extended,
-        envelope.smtputf8,
-        envelope.tls,
-        envelope.authenticated,
-    );
-    let with = with.as_str();
+    let with = envelope.protocol;
     let copy = |recipients: &[String]| {
         let received = Received {
             helo: envelope.helo,
@@ -140,10 +128,7 @@ mod tests {
             recipients,
             helo: "client.example",
             peer: "127.0.0.1".parse().unwrap(),
-            extended: true,
-            smtputf8: false,
-            tls: false,
-            authenticated: false,
+            protocol: if lmtp { "LMTP" } else { "ESMTP" },
             lmtp,
             id: "id1",
         }
