@@ -1,0 +1,1 @@
+//! MX resolution per RFC 5321 §5.1.

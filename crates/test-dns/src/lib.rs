@@ -1,0 +1,1 @@
+//! An in-process DNS server on loopback that serves test zones.
