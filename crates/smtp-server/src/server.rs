@@ -18,11 +18,11 @@ use tracing::Instrument;
 
 use crate::auth::{Authenticator, DynAuthenticator};
 use crate::config::{
-    AuthPolicy, BareLineEndings, DEFAULT_SHUTDOWN_TIMEOUT, Extensions, Limits, Timeouts,
+    AuthPolicy, BareLineEndings, DEFAULT_SHUTDOWN_TIMEOUT, Extensions, Limits, Stress, Timeouts,
 };
 use crate::connection::{self, RunState};
 use crate::error::ConfigError;
-use crate::limiter::ConnectionLimiter;
+use crate::limiter::{ConnectionLimiter, Load};
 use crate::proxy::{self, ProxyHeader};
 use crate::session::{Backend, ConnectionInfo};
 use crate::tls::TlsConfig;
@@ -31,9 +31,14 @@ use crate::transcript::{Transcript, TranscriptHook, TranscriptLine};
 /// Time connections get to write their `421` and close once the shutdown
 /// deadline has passed, before their tasks are aborted.
 const SHUTDOWN_FINAL_GRACE: Duration = Duration::from_secs(5);
-/// Pause after a failed `accept` (for example when out of file
-/// descriptors), so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// First pause after a failed `accept` (for example when out of file
+/// descriptors); it doubles while accept keeps failing, up to
+/// [`ACCEPT_ERROR_PAUSE_MAX`], so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// Longest pause between two failed `accept` calls.
+const ACCEPT_ERROR_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// While accept keeps failing, at most one warning per this interval.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything a connection needs to know, shared by all of them.
 pub(crate) struct Config {
@@ -51,6 +56,10 @@ pub(crate) struct Config {
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) transcript: Option<TranscriptHook>,
+    pub(crate) stress: Stress,
+    /// Connections being served by [`Listening::serve`], against the
+    /// stress high-water mark.
+    pub(crate) load: Load,
 }
 
 struct Shared<B> {
@@ -127,6 +136,8 @@ impl<B: Backend> Server<B> {
                 tls: None,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 transcript: None,
+                stress: Stress::default(),
+                load: Load::default(),
             },
             listeners: Vec::new(),
         }
@@ -235,6 +246,12 @@ impl<B: Backend> ServerBuilder<B> {
     /// Timeouts (see [`Timeouts`]).
     pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
         self.config.timeouts = timeouts;
+        self
+    }
+
+    /// Load-adaptive limits (see [`Stress`]). On by default.
+    pub fn stress(mut self, stress: Stress) -> Self {
+        self.config.stress = stress;
         self
     }
 
@@ -356,6 +373,12 @@ impl<B: Backend> ServerBuilder<B> {
             .collect();
         self.config.limits = self.config.limits.normalized();
         self.config.timeouts = self.config.timeouts.normalized();
+        self.config.stress = self.config.stress.clone().normalized();
+        self.config.load = Load::new(
+            self.config
+                .stress
+                .threshold(self.config.limits.max_connections),
+        );
         Ok(Server {
             shared: Arc::new(Shared {
                 backend: self.backend,
@@ -409,6 +432,7 @@ impl<B: Backend> Listening<B> {
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let listeners = self.listeners;
+        let mut accept_errors = AcceptErrors::default();
         loop {
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
@@ -417,7 +441,19 @@ impl<B: Backend> Listening<B> {
             };
             match accepted {
                 Ok((stream, peer, implicit_tls)) => {
+                    accept_errors.succeeded();
                     let permit = limiter.acquire_total();
+                    // Refused connections are not load: they end at once.
+                    let load = permit.as_ref().map(|_| {
+                        let (guard, began) = shared.config.load.enter();
+                        if began {
+                            tracing::warn!(
+                                connections = shared.config.load.open(),
+                                "under stress: shorter timeouts and error limits"
+                            );
+                        }
+                        guard
+                    });
                     let shared = Arc::clone(&shared);
                     let limiter = limiter.clone();
                     let state_rx = state_rx.clone();
@@ -433,12 +469,18 @@ impl<B: Backend> Listening<B> {
                             state_rx,
                         )
                         .await;
+                        drop(load);
                         drop(total);
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    let Some(pause) = accept_errors.failed(&error) else {
+                        continue;
+                    };
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                 }
             }
         }
@@ -461,6 +503,59 @@ impl<B: Backend> Listening<B> {
             }
         }
         Ok(())
+    }
+}
+
+/// Failed `accept` calls in a row: how long to pause and when to log.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    /// Failures since the last success.
+    streak: u64,
+    pause: Duration,
+    /// When the last warning was logged, and the streak then.
+    logged: Option<(tokio::time::Instant, u64)>,
+}
+
+impl AcceptErrors {
+    fn succeeded(&mut self) {
+        if self.streak > 0 {
+            tracing::info!(failures = self.streak, "accept works again");
+        }
+        *self = Self::default();
+    }
+
+    /// Records a failure; returns how long to pause before the next
+    /// accept, or `None` when the error concerned only that one connection.
+    fn failed(&mut self, error: &io::Error) -> Option<Duration> {
+        if matches!(
+            error.kind(),
+            io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::Interrupted
+        ) {
+            tracing::debug!(%error, "accept: connection lost before it was accepted");
+            return None;
+        }
+        self.streak += 1;
+        let now = tokio::time::Instant::now();
+        let due = self
+            .logged
+            .is_none_or(|(at, _)| now.duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL);
+        if due {
+            match self.logged {
+                None => tracing::warn!(%error, "accept failed; backing off until it works again"),
+                Some((_, before)) => {
+                    tracing::warn!(%error, failures = self.streak - before, "accept still failing");
+                }
+            }
+            self.logged = Some((now, self.streak));
+        }
+        self.pause = if self.pause.is_zero() {
+            ACCEPT_ERROR_PAUSE
+        } else {
+            (self.pause * 2).min(ACCEPT_ERROR_PAUSE_MAX)
+        };
+        Some(self.pause)
     }
 }
 
@@ -514,10 +609,13 @@ async fn accepted_connection<B: Backend>(
             .await;
             return;
         }
+        // A dual-stack listener sees an IPv4 peer as `::ffff:a.b.c.d`:
+        // match it against IPv4 networks too.
+        let (ip, canonical) = (peer.ip(), peer.ip().to_canonical());
         if config
             .proxy_trusted
             .iter()
-            .any(|net| net.contains(&peer.ip()))
+            .any(|net| net.contains(&ip) || net.contains(&canonical))
         {
             let header = tokio::time::timeout(
                 config.timeouts.proxy_header,
