@@ -8,16 +8,19 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use smtp_server::smtp_proto::EnhancedCode;
+use smtp_server::smtp_proto::address::Address;
+use smtp_server::smtp_proto::command::MailParameters;
 use smtp_server::smtp_proto::sasl::Credentials;
 use smtp_server::{
     AuthPolicy, Authenticator, Backend, BareLineEndings, Body, ConnectionInfo, Envelope,
-    Extensions, Identity, Limits, Server, Session, SmtpError, Timeouts, TlsConfig,
+    Extensions, Identity, IpNet, Limits, Server, Session, SmtpError, Stress, Timeouts, TlsConfig,
     invalid_credentials,
 };
 
 use crate::certs;
 use crate::cli::{BareLf, ServeArgs, system_hostname};
-use crate::maildir::Maildir;
+use crate::fd_limit;
+use crate::maildir::{self, Maildir};
 use crate::store::{self, Store};
 use crate::users::Users;
 
@@ -26,6 +29,7 @@ use crate::users::Users;
 pub struct StoreBackend {
     store: Store,
     hostname: Arc<str>,
+    min_free_space: u64,
 }
 
 impl StoreBackend {
@@ -35,8 +39,27 @@ impl StoreBackend {
         StoreBackend {
             store,
             hostname: hostname.into(),
+            min_free_space: 0,
         }
     }
+
+    /// Refuse `MAIL` with `452 4.3.1` while the Maildir's file system has
+    /// less than `octets` free (plus the size the client declared with
+    /// `SIZE=`), like Postfix's `queue_minfree`. 0 (the default here) turns
+    /// the check off.
+    pub fn min_free_space(mut self, octets: u64) -> Self {
+        self.min_free_space = octets;
+        self
+    }
+}
+
+/// `452 4.3.1` (RFC 3463 §3.4, mail system full).
+fn insufficient_storage() -> SmtpError {
+    SmtpError::new(
+        452,
+        EnhancedCode::new(4, 3, 1),
+        "Insufficient system storage, try again later",
+    )
 }
 
 /// One connection's session: it only acts on the message.
@@ -67,6 +90,34 @@ fn storage_error(err: &std::io::Error) -> SmtpError {
 }
 
 impl Session for StoreSession {
+    async fn mail(
+        &mut self,
+        _from: Option<&Address>,
+        parameters: &MailParameters,
+    ) -> Result<(), SmtpError> {
+        let Store::Maildir(maildir) = &self.backend.store else {
+            return Ok(());
+        };
+        if self.backend.min_free_space == 0 {
+            return Ok(());
+        }
+        let needed = self
+            .backend
+            .min_free_space
+            .saturating_add(parameters.size.unwrap_or(0));
+        match maildir.free_space() {
+            Ok(free) if free < needed => {
+                tracing::warn!(free, needed, "too little free space: refusing mail");
+                Err(insufficient_storage())
+            }
+            Ok(_) => Ok(()),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the free space of the Maildir");
+                Ok(())
+            }
+        }
+    }
+
     async fn data(&mut self, envelope: &Envelope, mut body: Body) -> Result<(), SmtpError> {
         let recipients: Vec<String> = envelope
             .recipients
@@ -156,6 +207,91 @@ impl Authenticator for UsersAuthenticator {
     }
 }
 
+/// Warnings about `--proxy-protocol` networks: one that trusts every
+/// source (any client may then forge its address), and one with host bits
+/// set (it trusts the whole network, which may not be what was meant).
+pub fn proxy_warnings(trusted: &[IpNet]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for net in trusted {
+        if net.prefix_len() == 0 {
+            warnings.push(format!(
+                "--proxy-protocol {net} trusts every source: any client can forge its                  address with a PROXY header"
+            ));
+        } else if net.addr() != net.network() {
+            warnings.push(format!(
+                "--proxy-protocol {net} has host bits set: it trusts all of {}",
+                net.trunc()
+            ));
+        }
+    }
+    warnings
+}
+
+fn warn(message: &str) {
+    eprintln!("ferry serve: warning: {message}");
+}
+
+fn seconds(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+/// The server's limits from the flags.
+fn limits_from(args: &ServeArgs, max_connections: u64) -> Limits {
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let mut limits = Limits::default();
+    limits.max_message_size = args.max_message_size;
+    limits.max_recipients = count(args.max_recipients);
+    limits.max_connections = count(max_connections);
+    if let Some(n) = args.max_connections_per_ip {
+        limits.max_connections_per_ip = count(n);
+    }
+    limits.max_line = count(args.max_line_length);
+    limits.max_errors = args.max_errors;
+    limits.max_auth_failures = args.max_auth_failures;
+    limits.max_junk_commands = args.max_junk_commands;
+    limits.min_data_rate = args.min_data_rate;
+    limits.proxy_header_max = count(args.proxy_header_max);
+    limits
+}
+
+/// The server's timeouts from the flags: a specific flag wins over
+/// `--timeout`, which wins over the default.
+fn timeouts_from(args: &ServeArgs) -> Timeouts {
+    let mut timeouts = Timeouts::default();
+    let pick = |specific: Option<u64>, default: Duration| {
+        specific.or(args.timeout).map_or(default, seconds)
+    };
+    timeouts.command = pick(args.command_timeout, timeouts.command);
+    timeouts.data_block = pick(args.data_timeout, timeouts.data_block);
+    timeouts.data_termination = pick(args.data_termination_timeout, timeouts.data_termination);
+    timeouts.session = seconds(args.session_timeout);
+    timeouts.tls_handshake = seconds(args.tls_handshake_timeout);
+    timeouts.proxy_header = seconds(args.proxy_header_timeout);
+    timeouts.greeting_delay = seconds(args.greeting_delay);
+    timeouts
+}
+
+fn stress_from(args: &ServeArgs) -> Stress {
+    let mut stress = Stress::default();
+    stress.enabled = !args.no_stress;
+    stress.high_water = args
+        .stress_connections
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    stress.timeout = seconds(args.stress_timeout);
+    stress
+}
+
+/// How often `tmp/` is swept for crash leftovers while serving.
+const TMP_CLEAN_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+fn clean_tmp(maildir: &Maildir) {
+    match maildir.clean_tmp(maildir::TMP_MAX_AGE) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed leftovers older than 36 hours from tmp/"),
+        Err(err) => tracing::warn!(error = %err, "cannot clean tmp/"),
+    }
+}
+
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
@@ -210,15 +346,46 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     } else {
         let maildir = Maildir::open(&args.maildir, &hostname)
             .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
+        clean_tmp(&maildir);
+        let sweeper = maildir.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(TMP_CLEAN_INTERVAL);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let maildir = sweeper.clone();
+                let _ = tokio::task::spawn_blocking(move || clean_tmp(&maildir)).await;
+            }
+        });
         Store::Maildir(maildir)
     };
+    for warning in proxy_warnings(&args.proxy_protocol) {
+        warn(&warning);
+    }
+    let soft = fd_limit::raise_nofile();
+    let (max_connections, fd_warning) = fd_limit::fit_connections(
+        args.max_connections
+            .unwrap_or(smtp_server::DEFAULT_MAX_CONNECTIONS as u64),
+        args.max_connections.is_some(),
+        soft,
+    )?;
+    if let Some(warning) = fd_warning {
+        warn(&warning);
+    }
 
     let tls = if args.no_tls {
         None
     } else {
         let identity = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => {
-                certs::load_identity(cert, key).map_err(|e| e.to_string())?
+                let identity = certs::load_identity(cert, key).map_err(|e| e.to_string())?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                if let Some(warning) = certs::validity_warning(&identity.chain, now) {
+                    warn(&format!("--tls-cert {}: {warning}", cert.display()));
+                }
+                identity
             }
             _ => {
                 let (identity, pem) = certs::self_signed(&hostname).map_err(|e| e.to_string())?;
@@ -232,25 +399,25 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         Some(TlsConfig::new(config))
     };
 
-    let mut limits = Limits::default();
-    limits.max_message_size = args.max_message_size;
-    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    limits.max_recipients = count(args.max_recipients);
-    if let Some(n) = args.max_connections {
-        limits.max_connections = count(n);
-    }
-    if let Some(n) = args.max_connections_per_ip {
-        limits.max_connections_per_ip = count(n);
-    }
+    let limits = limits_from(&args, max_connections);
+    // Postfix's default: 1.5 times the message size limit must be free.
+    let min_free_space = args.min_free_space.unwrap_or(
+        args.max_message_size
+            .saturating_add(args.max_message_size / 2),
+    );
 
     // ferry serve is a final destination that cannot send mail, so it cannot
     // honour NOTIFY=SUCCESS with a delivery report (RFC 3461 §5.2.2):
     // it does not offer DSN at all rather than promise what it won't do.
     let mut extensions = Extensions::default();
     extensions.dsn = false;
-    let mut builder = Server::builder(StoreBackend::new(store, &hostname))
+    let backend = StoreBackend::new(store, &hostname).min_free_space(min_free_space);
+    let mut builder = Server::builder(backend)
         .hostname(hostname.clone())
         .limits(limits)
+        .timeouts(timeouts_from(&args))
+        .stress(stress_from(&args))
+        .shutdown_timeout(seconds(args.shutdown_timeout))
         .extensions(extensions)
         .require_tls(args.require_tls)
         .lmtp(args.lmtp)
@@ -258,14 +425,6 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             BareLf::Reject => BareLineEndings::Reject,
             BareLf::Accept => BareLineEndings::Accept,
         });
-    if let Some(secs) = args.timeout {
-        let d = Duration::from_secs(secs);
-        let mut timeouts = Timeouts::default();
-        timeouts.command = d;
-        timeouts.data_block = d;
-        timeouts.data_termination = d;
-        builder = builder.timeouts(timeouts);
-    }
     for addr in &args.listen {
         builder = builder.listen(*addr);
     }
@@ -339,6 +498,104 @@ mod tests {
             authcid: authcid.to_owned(),
             password: password.to_owned(),
         }
+    }
+
+    #[test]
+    fn proxy_networks_that_trust_too_much_are_warned_about() {
+        let nets: Vec<IpNet> = [
+            "0.0.0.0/0",
+            "::/0",
+            "10.1.2.3/8",
+            "127.0.0.1/32",
+            "fd00::/8",
+        ]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+        let warnings = proxy_warnings(&nets);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("0.0.0.0/0 trusts every source"));
+        assert!(warnings[1].contains("::/0 trusts every source"));
+        assert!(warnings[2].contains("10.1.2.3/8 has host bits set: it trusts all of 10.0.0.0/8"));
+    }
+
+    #[test]
+    fn flags_reach_the_server_configuration() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let argv = ["ferry", "serve"].iter().chain(args).copied();
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Serve(serve) => serve,
+                _ => panic!(),
+            }
+        };
+        let args = parse(&[
+            "--timeout",
+            "30",
+            "--data-timeout",
+            "40",
+            "--session-timeout",
+            "600",
+            "--max-errors",
+            "5",
+            "--max-junk-commands",
+            "7",
+            "--min-data-rate",
+            "0",
+            "--max-line-length",
+            "1000",
+            "--stress-connections",
+            "50",
+            "--stress-timeout",
+            "3",
+        ]);
+        let timeouts = timeouts_from(&args);
+        assert_eq!(timeouts.command, seconds(30));
+        assert_eq!(timeouts.data_block, seconds(40));
+        assert_eq!(timeouts.data_termination, seconds(30));
+        assert_eq!(timeouts.session, seconds(600));
+        let limits = limits_from(&args, 100);
+        assert_eq!(
+            (
+                limits.max_errors,
+                limits.max_junk_commands,
+                limits.min_data_rate,
+                limits.max_line
+            ),
+            (5, 7, 0, 1000)
+        );
+        let stress = stress_from(&args);
+        assert_eq!((stress.high_water, stress.timeout), (Some(50), seconds(3)));
+        assert!(!stress_from(&parse(&["--no-stress"])).enabled);
+        assert_eq!(timeouts_from(&parse(&[])), Timeouts::default());
+    }
+
+    #[tokio::test]
+    #[allow(clippy::field_reassign_with_default)]
+    async fn mail_is_refused_with_452_when_free_space_is_below_the_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::open(dir.path(), "mx").unwrap();
+        let free = maildir.free_space().unwrap();
+        let info = ConnectionInfo::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:2525".parse().unwrap(),
+        );
+        let params = MailParameters::default();
+        // More than the file system has free: refused.
+        let backend =
+            StoreBackend::new(Store::Maildir(maildir.clone()), "mx").min_free_space(free * 2);
+        let mut session = backend.new_session(&info).await.unwrap();
+        let err = session.mail(None, &params).await.unwrap_err();
+        let reply = err.as_reply().unwrap().to_string();
+        assert!(reply.starts_with("452 4.3.1"), "{reply}");
+        // A small threshold passes, unless the declared size does not fit.
+        let backend = StoreBackend::new(Store::Maildir(maildir), "mx").min_free_space(1);
+        let mut session = backend.new_session(&info).await.unwrap();
+        session.mail(None, &params).await.unwrap();
+        let mut big = MailParameters::default();
+        big.size = Some(free.saturating_mul(2));
+        assert!(session.mail(None, &big).await.is_err());
     }
 
     #[tokio::test]
