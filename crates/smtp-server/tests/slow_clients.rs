@@ -220,10 +220,10 @@ async fn greeted(addr: SocketAddr) -> Client<TcpStream> {
 async fn under_stress_idle_connections_give_their_slots_up() {
     let backend = TestBackend::new();
     let mut limits = Limits::default();
-    limits.max_connections = 12;
+    limits.max_connections = 100;
     limits.max_connections_per_ip = 100;
+    // The default mark: three quarters of the slots.
     let mut stress = Stress::default();
-    stress.high_water = Some(8);
     stress.timeout = Duration::from_millis(300);
     // The normal command timeout would hold every idle slot for a minute.
     let mut timeouts = Timeouts::default();
@@ -241,7 +241,7 @@ async fn under_stress_idle_connections_give_their_slots_up() {
 
     // Below the mark, idle sessions keep the normal timeout.
     let mut calm = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..74 {
         calm.push(greeted(addr).await);
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -251,7 +251,7 @@ async fn under_stress_idle_connections_give_their_slots_up() {
     }
     // Fill every slot with idle connections: the server is under stress.
     let mut idle = calm;
-    for _ in 0..5 {
+    for _ in 0..26 {
         idle.push(greeted(addr).await);
     }
     let start = std::time::Instant::now();
