@@ -630,6 +630,7 @@ where
                 self.close_with(reply(421, (4, 4, 2), "Timeout, closing connection"))
                     .await
             }
+            // The loop above only ends on another event than `Stress`.
             Event::Shutdown | Event::Stress => {
                 tracing::info!("closing for shutdown");
                 self.close_with(reply(421, (4, 3, 2), "Server shutting down"))
