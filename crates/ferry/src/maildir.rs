@@ -43,6 +43,7 @@ struct Inner {
     root: PathBuf,
     host: String,
     sequence: AtomicU64,
+    min_free_space: AtomicU64,
 }
 
 /// The trace fields written in front of every stored message.
@@ -152,6 +153,7 @@ impl Maildir {
                 root,
                 host: escape_host(host),
                 sequence: AtomicU64::new(0),
+                min_free_space: AtomicU64::new(0),
             }),
         })
     }
@@ -159,6 +161,18 @@ impl Maildir {
     /// The Maildir's root directory.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// Sets the free space, in octets, below which the server refuses new
+    /// mail (`452 4.3.1`); 0, the default, turns the check off. Shared by
+    /// every clone.
+    pub fn set_min_free_space(&self, octets: u64) {
+        self.inner.min_free_space.store(octets, Ordering::Relaxed);
+    }
+
+    /// The threshold set with [`Maildir::set_min_free_space`].
+    pub fn min_free_space(&self) -> u64 {
+        self.inner.min_free_space.load(Ordering::Relaxed)
     }
 
     /// Octets free for an unprivileged user on the Maildir's file system.

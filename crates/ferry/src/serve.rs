@@ -29,7 +29,6 @@ use crate::users::Users;
 pub struct StoreBackend {
     store: Store,
     hostname: Arc<str>,
-    min_free_space: u64,
 }
 
 impl StoreBackend {
@@ -39,17 +38,7 @@ impl StoreBackend {
         StoreBackend {
             store,
             hostname: hostname.into(),
-            min_free_space: 0,
         }
-    }
-
-    /// Refuse `MAIL` with `452 4.3.1` while the Maildir's file system has
-    /// less than `octets` free (plus the size the client declared with
-    /// `SIZE=`), like Postfix's `queue_minfree`. 0 (the default here) turns
-    /// the check off.
-    pub fn min_free_space(mut self, octets: u64) -> Self {
-        self.min_free_space = octets;
-        self
     }
 }
 
@@ -90,6 +79,10 @@ fn storage_error(err: &std::io::Error) -> SmtpError {
 }
 
 impl Session for StoreSession {
+    /// `452 4.3.1` while the Maildir's file system has less free space
+    /// than [`Maildir::min_free_space`] plus the declared `SIZE=`, like
+    /// Postfix's `queue_minfree`: a full disk is found before the body is
+    /// read.
     async fn mail(
         &mut self,
         _from: Option<&Address>,
@@ -98,13 +91,11 @@ impl Session for StoreSession {
         let Store::Maildir(maildir) = &self.backend.store else {
             return Ok(());
         };
-        if self.backend.min_free_space == 0 {
+        let threshold = maildir.min_free_space();
+        if threshold == 0 {
             return Ok(());
         }
-        let needed = self
-            .backend
-            .min_free_space
-            .saturating_add(parameters.size.unwrap_or(0));
+        let needed = threshold.saturating_add(parameters.size.unwrap_or(0));
         match maildir.free_space() {
             Ok(free) if free < needed => {
                 tracing::warn!(free, needed, "too little free space: refusing mail");
@@ -235,23 +226,18 @@ fn seconds(secs: u64) -> Duration {
     Duration::from_secs(secs)
 }
 
-/// The server's limits from the flags.
-fn limits_from(args: &ServeArgs, max_connections: u64) -> Limits {
+/// Sets the limits from the flags beyond size, recipients and
+/// connections per address; `max_connections` is what fits in the file
+/// descriptor limit.
+fn apply_limit_flags(limits: &mut Limits, args: &ServeArgs, max_connections: u64) {
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    let mut limits = Limits::default();
-    limits.max_message_size = args.max_message_size;
-    limits.max_recipients = count(args.max_recipients);
     limits.max_connections = count(max_connections);
-    if let Some(n) = args.max_connections_per_ip {
-        limits.max_connections_per_ip = count(n);
-    }
     limits.max_line = count(args.max_line_length);
     limits.max_errors = args.max_errors;
     limits.max_auth_failures = args.max_auth_failures;
     limits.max_junk_commands = args.max_junk_commands;
     limits.min_data_rate = args.min_data_rate;
     limits.proxy_header_max = count(args.proxy_header_max);
-    limits
 }
 
 /// The server's timeouts from the flags: a specific flag wins over
@@ -347,6 +333,13 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         let maildir = Maildir::open(&args.maildir, &hostname)
             .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
         clean_tmp(&maildir);
+        // Postfix's default: 1.5 times the message size limit must be free.
+        maildir.set_min_free_space(
+            args.min_free_space.unwrap_or(
+                args.max_message_size
+                    .saturating_add(args.max_message_size / 2),
+            ),
+        );
         let sweeper = maildir.clone();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(TMP_CLEAN_INTERVAL);
@@ -399,20 +392,24 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         Some(TlsConfig::new(config))
     };
 
-    let limits = limits_from(&args, max_connections);
-    // Postfix's default: 1.5 times the message size limit must be free.
-    let min_free_space = args.min_free_space.unwrap_or(
-        args.max_message_size
-            .saturating_add(args.max_message_size / 2),
-    );
+    let mut limits = Limits::default();
+    limits.max_message_size = args.max_message_size;
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    limits.max_recipients = count(args.max_recipients);
+    if let Some(n) = args.max_connections {
+        limits.max_connections = count(n);
+    }
+    if let Some(n) = args.max_connections_per_ip {
+        limits.max_connections_per_ip = count(n);
+    }
+    apply_limit_flags(&mut limits, &args, max_connections);
 
     // ferry serve is a final destination that cannot send mail, so it cannot
     // honour NOTIFY=SUCCESS with a delivery report (RFC 3461 §5.2.2):
     // it does not offer DSN at all rather than promise what it won't do.
     let mut extensions = Extensions::default();
     extensions.dsn = false;
-    let backend = StoreBackend::new(store, &hostname).min_free_space(min_free_space);
-    let mut builder = Server::builder(backend)
+    let mut builder = Server::builder(StoreBackend::new(store, &hostname))
         .hostname(hostname.clone())
         .limits(limits)
         .timeouts(timeouts_from(&args))
@@ -555,7 +552,8 @@ mod tests {
         assert_eq!(timeouts.data_block, seconds(40));
         assert_eq!(timeouts.data_termination, seconds(30));
         assert_eq!(timeouts.session, seconds(600));
-        let limits = limits_from(&args, 100);
+        let mut limits = Limits::default();
+        apply_limit_flags(&mut limits, &args, 100);
         assert_eq!(
             (
                 limits.max_errors,
@@ -582,16 +580,17 @@ mod tests {
             "127.0.0.1:2525".parse().unwrap(),
         );
         let params = MailParameters::default();
-        // More than the file system has free: refused.
-        let backend =
-            StoreBackend::new(Store::Maildir(maildir.clone()), "mx").min_free_space(free * 2);
+        let backend = StoreBackend::new(Store::Maildir(maildir.clone()), "mx");
         let mut session = backend.new_session(&info).await.unwrap();
+        // Off by default in the library type.
+        session.mail(None, &params).await.unwrap();
+        // More than the file system has free: refused.
+        maildir.set_min_free_space(free * 2);
         let err = session.mail(None, &params).await.unwrap_err();
         let reply = err.as_reply().unwrap().to_string();
         assert!(reply.starts_with("452 4.3.1"), "{reply}");
         // A small threshold passes, unless the declared size does not fit.
-        let backend = StoreBackend::new(Store::Maildir(maildir), "mx").min_free_space(1);
-        let mut session = backend.new_session(&info).await.unwrap();
+        maildir.set_min_free_space(1);
         session.mail(None, &params).await.unwrap();
         let mut big = MailParameters::default();
         big.size = Some(free.saturating_mul(2));

@@ -128,8 +128,7 @@ impl Limits {
 }
 
 /// Timeouts. When one expires the server sends `421 4.4.2` and closes.
-/// Each is raised to at least [`TIMEOUT_MIN`] and lowered to at most
-/// [`TIMEOUT_MAX`].
+/// Each is raised to at least [`TIMEOUT_MIN`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {

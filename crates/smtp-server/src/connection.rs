@@ -1160,12 +1160,12 @@ where
             (feed, handled)
         };
         self.transaction = None;
+        let closed = matches!(feed, Feed::Closed(_));
         self.data_deadline = None;
         if matches!(feed, Feed::Complete { .. }) {
             // Postfix resets its junk command count after each message.
             self.junk = 0;
         }
-        let closed = matches!(feed, Feed::Closed(_));
         let output = match handled {
             None => {
                 tracing::warn!("message handler timed out");

@@ -1,10 +1,12 @@
-//! Connection counting: a total cap, a cap per client IP address, and the
-//! load that stress mode watches.
+//! Connection counting: a total cap, a cap per client IP address, the
+//! load that stress mode watches, and the back-off of a failing accept.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -197,6 +199,68 @@ impl Drop for Permit {
                 }
             }
         }
+    }
+}
+
+/// First pause after a failed `accept` (for example when out of file
+/// descriptors); it doubles while accept keeps failing, up to
+/// [`ACCEPT_ERROR_PAUSE_MAX`], so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// Longest pause between two failed `accept` calls.
+const ACCEPT_ERROR_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// While accept keeps failing, at most one warning per this interval.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Failed `accept` calls in a row: how long to pause and when to log.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptErrors {
+    /// Failures since the last success.
+    streak: u64,
+    pause: Duration,
+    /// When the last warning was logged, and the streak then.
+    logged: Option<(tokio::time::Instant, u64)>,
+}
+
+impl AcceptErrors {
+    pub(crate) fn succeeded(&mut self) {
+        if self.streak > 0 {
+            tracing::info!(failures = self.streak, "accept works again");
+        }
+        *self = Self::default();
+    }
+
+    /// Records a failure; returns how long to pause before the next
+    /// accept, or `None` when the error concerned only that one connection.
+    pub(crate) fn failed(&mut self, error: &io::Error) -> Option<Duration> {
+        if matches!(
+            error.kind(),
+            io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::Interrupted
+        ) {
+            tracing::debug!(%error, "accept: connection lost before it was accepted");
+            return None;
+        }
+        self.streak += 1;
+        let now = tokio::time::Instant::now();
+        let due = self
+            .logged
+            .is_none_or(|(at, _)| now.duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL);
+        if due {
+            match self.logged {
+                None => tracing::warn!(%error, "accept failed; backing off until it works again"),
+                Some((_, before)) => {
+                    tracing::warn!(%error, failures = self.streak - before, "accept still failing");
+                }
+            }
+            self.logged = Some((now, self.streak));
+        }
+        self.pause = if self.pause.is_zero() {
+            ACCEPT_ERROR_PAUSE
+        } else {
+            (self.pause * 2).min(ACCEPT_ERROR_PAUSE_MAX)
+        };
+        Some(self.pause)
     }
 }
 

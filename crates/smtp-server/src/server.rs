@@ -22,7 +22,7 @@ use crate::config::{
 };
 use crate::connection::{self, RunState};
 use crate::error::ConfigError;
-use crate::limiter::{ConnectionLimiter, Load};
+use crate::limiter::{AcceptErrors, ConnectionLimiter, Load};
 use crate::proxy::{self, ProxyHeader};
 use crate::session::{Backend, ConnectionInfo};
 use crate::tls::TlsConfig;
@@ -31,14 +31,6 @@ use crate::transcript::{Transcript, TranscriptHook, TranscriptLine};
 /// Time connections get to write their `421` and close once the shutdown
 /// deadline has passed, before their tasks are aborted.
 const SHUTDOWN_FINAL_GRACE: Duration = Duration::from_secs(5);
-/// First pause after a failed `accept` (for example when out of file
-/// descriptors); it doubles while accept keeps failing, up to
-/// [`ACCEPT_ERROR_PAUSE_MAX`], so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
-/// Longest pause between two failed `accept` calls.
-const ACCEPT_ERROR_PAUSE_MAX: Duration = Duration::from_secs(1);
-/// While accept keeps failing, at most one warning per this interval.
-const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything a connection needs to know, shared by all of them.
 pub(crate) struct Config {
@@ -503,59 +495,6 @@ impl<B: Backend> Listening<B> {
             }
         }
         Ok(())
-    }
-}
-
-/// Failed `accept` calls in a row: how long to pause and when to log.
-#[derive(Debug, Default)]
-struct AcceptErrors {
-    /// Failures since the last success.
-    streak: u64,
-    pause: Duration,
-    /// When the last warning was logged, and the streak then.
-    logged: Option<(tokio::time::Instant, u64)>,
-}
-
-impl AcceptErrors {
-    fn succeeded(&mut self) {
-        if self.streak > 0 {
-            tracing::info!(failures = self.streak, "accept works again");
-        }
-        *self = Self::default();
-    }
-
-    /// Records a failure; returns how long to pause before the next
-    /// accept, or `None` when the error concerned only that one connection.
-    fn failed(&mut self, error: &io::Error) -> Option<Duration> {
-        if matches!(
-            error.kind(),
-            io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::Interrupted
-        ) {
-            tracing::debug!(%error, "accept: connection lost before it was accepted");
-            return None;
-        }
-        self.streak += 1;
-        let now = tokio::time::Instant::now();
-        let due = self
-            .logged
-            .is_none_or(|(at, _)| now.duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL);
-        if due {
-            match self.logged {
-                None => tracing::warn!(%error, "accept failed; backing off until it works again"),
-                Some((_, before)) => {
-                    tracing::warn!(%error, failures = self.streak - before, "accept still failing");
-                }
-            }
-            self.logged = Some((now, self.streak));
-        }
-        self.pause = if self.pause.is_zero() {
-            ACCEPT_ERROR_PAUSE
-        } else {
-            (self.pause * 2).min(ACCEPT_ERROR_PAUSE_MAX)
-        };
-        Some(self.pause)
     }
 }
 
