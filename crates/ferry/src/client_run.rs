@@ -365,11 +365,7 @@ pub async fn run_bench(args: BenchArgs) -> i32 {
                         // otherwise be hammered with connects as fast as
                         // they fail; back off briefly before the next try.
                         if err.step() == Step::Connect {
-                            let mut until = Instant::now() + CONNECT_RETRY_DELAY;
-                            if let Limit::Until(deadline) = limit {
-                                until = until.min(deadline);
-                            }
-                            tokio::time::sleep_until(until.into()).await;
+                            tokio::time::sleep(CONNECT_RETRY_DELAY).await;
                         }
                     }
                 }
@@ -411,9 +407,6 @@ pub async fn run_bench(args: BenchArgs) -> i32 {
     }
 }
 
-/// How long `ferry bench` waits for the pool's QUITs at the end.
-const POOL_CLOSE_LIMIT: Duration = Duration::from_secs(2);
-
 /// How long a bench worker waits after failing to connect.
 const CONNECT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
@@ -422,6 +415,9 @@ enum Limit {
     Count(u64),
     Until(Instant),
 }
+
+/// How long `ferry bench` waits for the pool's QUITs at the end.
+const POOL_CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 fn reply_cause(reply: &smtp_client::Reply) -> String {
     match reply.enhanced() {
