@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use smtp_server::smtp_proto::EnhancedCode;
-use smtp_server::smtp_proto::address::Address;
-use smtp_server::smtp_proto::command::MailParameters;
 use smtp_server::smtp_proto::sasl::Credentials;
 use smtp_server::{
     AuthPolicy, Authenticator, Backend, BareLineEndings, Body, ConnectionInfo, Envelope,
-    Extensions, Identity, IpNet, Limits, Server, Session, SmtpError, Stress, Timeouts, TlsConfig,
+    Extensions, Identity, Limits, Server, Session, SmtpError, Timeouts, TlsConfig,
     invalid_credentials,
 };
 
@@ -85,8 +83,8 @@ impl Session for StoreSession {
     /// read.
     async fn mail(
         &mut self,
-        _from: Option<&Address>,
-        parameters: &MailParameters,
+        _from: Option<&smtp_server::smtp_proto::address::Address>,
+        parameters: &smtp_server::smtp_proto::command::MailParameters,
     ) -> Result<(), SmtpError> {
         let Store::Maildir(maildir) = &self.backend.store else {
             return Ok(());
@@ -195,86 +193,6 @@ impl Authenticator for UsersAuthenticator {
         } else {
             Err(invalid_credentials())
         }
-    }
-}
-
-/// Warnings about `--proxy-protocol` networks: one that trusts every
-/// source (any client may then forge its address), and one with host bits
-/// set (it trusts the whole network, which may not be what was meant).
-pub fn proxy_warnings(trusted: &[IpNet]) -> Vec<String> {
-    let mut warnings = Vec::new();
-    for net in trusted {
-        if net.prefix_len() == 0 {
-            warnings.push(format!(
-                "--proxy-protocol {net} trusts every source: any client can forge its                  address with a PROXY header"
-            ));
-        } else if net.addr() != net.network() {
-            warnings.push(format!(
-                "--proxy-protocol {net} has host bits set: it trusts all of {}",
-                net.trunc()
-            ));
-        }
-    }
-    warnings
-}
-
-fn warn(message: &str) {
-    eprintln!("ferry serve: warning: {message}");
-}
-
-fn seconds(secs: u64) -> Duration {
-    Duration::from_secs(secs)
-}
-
-/// Sets the limits from the flags beyond size, recipients and
-/// connections per address; `max_connections` is what fits in the file
-/// descriptor limit.
-fn apply_limit_flags(limits: &mut Limits, args: &ServeArgs, max_connections: u64) {
-    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    limits.max_connections = count(max_connections);
-    limits.max_line = count(args.max_line_length);
-    limits.max_errors = args.max_errors;
-    limits.max_auth_failures = args.max_auth_failures;
-    limits.max_junk_commands = args.max_junk_commands;
-    limits.min_data_rate = args.min_data_rate;
-    limits.proxy_header_max = count(args.proxy_header_max);
-}
-
-/// The server's timeouts from the flags: a specific flag wins over
-/// `--timeout`, which wins over the default.
-fn timeouts_from(args: &ServeArgs) -> Timeouts {
-    let mut timeouts = Timeouts::default();
-    let pick = |specific: Option<u64>, default: Duration| {
-        specific.or(args.timeout).map_or(default, seconds)
-    };
-    timeouts.command = pick(args.command_timeout, timeouts.command);
-    timeouts.data_block = pick(args.data_timeout, timeouts.data_block);
-    timeouts.data_termination = pick(args.data_termination_timeout, timeouts.data_termination);
-    timeouts.session = seconds(args.session_timeout);
-    timeouts.tls_handshake = seconds(args.tls_handshake_timeout);
-    timeouts.proxy_header = seconds(args.proxy_header_timeout);
-    timeouts.greeting_delay = seconds(args.greeting_delay);
-    timeouts
-}
-
-fn stress_from(args: &ServeArgs) -> Stress {
-    let mut stress = Stress::default();
-    stress.enabled = !args.no_stress;
-    stress.high_water = args
-        .stress_connections
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    stress.timeout = seconds(args.stress_timeout);
-    stress
-}
-
-/// How often `tmp/` is swept for crash leftovers while serving.
-const TMP_CLEAN_INTERVAL: Duration = Duration::from_secs(60 * 60);
-
-fn clean_tmp(maildir: &Maildir) {
-    match maildir.clean_tmp(maildir::TMP_MAX_AGE) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(files = n, "removed leftovers older than 36 hours from tmp/"),
-        Err(err) => tracing::warn!(error = %err, "cannot clean tmp/"),
     }
 }
 
@@ -479,9 +397,91 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Warnings about `--proxy-protocol` networks: one that trusts every
+/// source (any client may then forge its address), and one with host bits
+/// set (it trusts the whole network, which may not be what was meant).
+pub fn proxy_warnings(trusted: &[smtp_server::IpNet]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for net in trusted {
+        if net.prefix_len() == 0 {
+            warnings.push(format!(
+                "--proxy-protocol {net} trusts every source: any client can forge its                  address with a PROXY header"
+            ));
+        } else if net.addr() != net.network() {
+            warnings.push(format!(
+                "--proxy-protocol {net} has host bits set: it trusts all of {}",
+                net.trunc()
+            ));
+        }
+    }
+    warnings
+}
+
+fn warn(message: &str) {
+    eprintln!("ferry serve: warning: {message}");
+}
+
+fn seconds(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+/// Sets the limits from the flags beyond size, recipients and
+/// connections per address; `max_connections` is what fits in the file
+/// descriptor limit.
+fn apply_limit_flags(limits: &mut Limits, args: &ServeArgs, max_connections: u64) {
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    limits.max_connections = count(max_connections);
+    limits.max_line = count(args.max_line_length);
+    limits.max_errors = args.max_errors;
+    limits.max_auth_failures = args.max_auth_failures;
+    limits.max_junk_commands = args.max_junk_commands;
+    limits.min_data_rate = args.min_data_rate;
+    limits.proxy_header_max = count(args.proxy_header_max);
+}
+
+/// The server's timeouts from the flags: a specific flag wins over
+/// `--timeout`, which wins over the default.
+fn timeouts_from(args: &ServeArgs) -> Timeouts {
+    let mut timeouts = Timeouts::default();
+    let pick = |specific: Option<u64>, default: Duration| {
+        specific.or(args.timeout).map_or(default, seconds)
+    };
+    timeouts.command = pick(args.command_timeout, timeouts.command);
+    timeouts.data_block = pick(args.data_timeout, timeouts.data_block);
+    timeouts.data_termination = pick(args.data_termination_timeout, timeouts.data_termination);
+    timeouts.session = seconds(args.session_timeout);
+    timeouts.tls_handshake = seconds(args.tls_handshake_timeout);
+    timeouts.proxy_header = seconds(args.proxy_header_timeout);
+    timeouts.greeting_delay = seconds(args.greeting_delay);
+    timeouts
+}
+
+fn stress_from(args: &ServeArgs) -> smtp_server::Stress {
+    let mut stress = smtp_server::Stress::default();
+    stress.enabled = !args.no_stress;
+    stress.high_water = args
+        .stress_connections
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    stress.timeout = seconds(args.stress_timeout);
+    stress
+}
+
+/// How often `tmp/` is swept for crash leftovers while serving.
+const TMP_CLEAN_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+fn clean_tmp(maildir: &Maildir) {
+    match maildir.clean_tmp(maildir::TMP_MAX_AGE) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed leftovers older than 36 hours from tmp/"),
+        Err(err) => tracing::warn!(error = %err, "cannot clean tmp/"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smtp_server::IpNet;
+    use smtp_server::smtp_proto::command::MailParameters;
 
     fn authenticator() -> UsersAuthenticator {
         let mut users = Users::new();

@@ -38,6 +38,10 @@ pub(crate) struct Config {
     pub(crate) banner: String,
     pub(crate) limits: Limits,
     pub(crate) timeouts: Timeouts,
+    pub(crate) stress: Stress,
+    /// Connections being served by [`Listening::serve`], against the
+    /// stress high-water mark.
+    pub(crate) load: Load,
     pub(crate) extensions: Extensions,
     pub(crate) authenticator: Option<Arc<dyn DynAuthenticator>>,
     pub(crate) auth_policy: AuthPolicy,
@@ -48,10 +52,6 @@ pub(crate) struct Config {
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) transcript: Option<TranscriptHook>,
-    pub(crate) stress: Stress,
-    /// Connections being served by [`Listening::serve`], against the
-    /// stress high-water mark.
-    pub(crate) load: Load,
 }
 
 struct Shared<B> {
@@ -118,6 +118,8 @@ impl<B: Backend> Server<B> {
                 banner: "ready".to_owned(),
                 limits: Limits::default(),
                 timeouts: Timeouts::default(),
+                stress: Stress::default(),
+                load: Load::default(),
                 extensions: Extensions::default(),
                 authenticator: None,
                 auth_policy: AuthPolicy::default(),
@@ -128,8 +130,6 @@ impl<B: Backend> Server<B> {
                 tls: None,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 transcript: None,
-                stress: Stress::default(),
-                load: Load::default(),
             },
             listeners: Vec::new(),
         }
