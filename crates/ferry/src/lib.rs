@@ -16,5 +16,6 @@ pub mod outcome;
 pub mod report;
 pub mod send;
 pub mod serve;
+mod serve_config;
 pub mod store;
 pub mod users;

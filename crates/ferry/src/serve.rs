@@ -18,7 +18,8 @@ use smtp_server::{
 use crate::certs;
 use crate::cli::{BareLf, ServeArgs, system_hostname};
 use crate::fd_limit;
-use crate::maildir::{self, Maildir};
+use crate::maildir::Maildir;
+use crate::serve_config as config;
 use crate::store::{self, Store};
 use crate::users::Users;
 
@@ -250,7 +251,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     } else {
         let maildir = Maildir::open(&args.maildir, &hostname)
             .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
-        clean_tmp(&maildir);
+        config::clean_tmp(&maildir);
         // Postfix's default: 1.5 times the message size limit must be free.
         maildir.set_min_free_space(
             args.min_free_space.unwrap_or(
@@ -260,18 +261,18 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         );
         let sweeper = maildir.clone();
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(TMP_CLEAN_INTERVAL);
+            let mut ticks = tokio::time::interval(config::TMP_CLEAN_INTERVAL);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
                 let maildir = sweeper.clone();
-                let _ = tokio::task::spawn_blocking(move || clean_tmp(&maildir)).await;
+                let _ = tokio::task::spawn_blocking(move || config::clean_tmp(&maildir)).await;
             }
         });
         Store::Maildir(maildir)
     };
-    for warning in proxy_warnings(&args.proxy_protocol) {
-        warn(&warning);
+    for warning in config::proxy_warnings(&args.proxy_protocol) {
+        config::warn(&warning);
     }
     let soft = fd_limit::raise_nofile();
     let (max_connections, fd_warning) = fd_limit::fit_connections(
@@ -281,7 +282,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         soft,
     )?;
     if let Some(warning) = fd_warning {
-        warn(&warning);
+        config::warn(&warning);
     }
 
     let tls = if args.no_tls {
@@ -294,7 +295,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
                 if let Some(warning) = certs::validity_warning(&identity.chain, now) {
-                    warn(&format!("--tls-cert {}: {warning}", cert.display()));
+                    config::warn(&format!("--tls-cert {}: {warning}", cert.display()));
                 }
                 identity
             }
@@ -320,19 +321,20 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     if let Some(n) = args.max_connections_per_ip {
         limits.max_connections_per_ip = count(n);
     }
-    apply_limit_flags(&mut limits, &args, max_connections);
+    config::apply_limit_flags(&mut limits, &args, max_connections);
 
     // ferry serve is a final destination that cannot send mail, so it cannot
     // honour NOTIFY=SUCCESS with a delivery report (RFC 3461 §5.2.2):
     // it does not offer DSN at all rather than promise what it won't do.
     let mut extensions = Extensions::default();
     extensions.dsn = false;
+    let timeouts: Timeouts = config::timeouts_from(&args);
     let mut builder = Server::builder(StoreBackend::new(store, &hostname))
         .hostname(hostname.clone())
         .limits(limits)
-        .timeouts(timeouts_from(&args))
-        .stress(stress_from(&args))
-        .shutdown_timeout(seconds(args.shutdown_timeout))
+        .timeouts(timeouts)
+        .stress(config::stress_from(&args))
+        .shutdown_timeout(Duration::from_secs(args.shutdown_timeout))
         .extensions(extensions)
         .require_tls(args.require_tls)
         .lmtp(args.lmtp)
@@ -397,90 +399,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Warnings about `--proxy-protocol` networks: one that trusts every
-/// source (any client may then forge its address), and one with host bits
-/// set (it trusts the whole network, which may not be what was meant).
-pub fn proxy_warnings(trusted: &[smtp_server::IpNet]) -> Vec<String> {
-    let mut warnings = Vec::new();
-    for net in trusted {
-        if net.prefix_len() == 0 {
-            warnings.push(format!(
-                "--proxy-protocol {net} trusts every source: any client can forge its                  address with a PROXY header"
-            ));
-        } else if net.addr() != net.network() {
-            warnings.push(format!(
-                "--proxy-protocol {net} has host bits set: it trusts all of {}",
-                net.trunc()
-            ));
-        }
-    }
-    warnings
-}
-
-fn warn(message: &str) {
-    eprintln!("ferry serve: warning: {message}");
-}
-
-fn seconds(secs: u64) -> Duration {
-    Duration::from_secs(secs)
-}
-
-/// Sets the limits from the flags beyond size, recipients and
-/// connections per address; `max_connections` is what fits in the file
-/// descriptor limit.
-fn apply_limit_flags(limits: &mut Limits, args: &ServeArgs, max_connections: u64) {
-    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    limits.max_connections = count(max_connections);
-    limits.max_line = count(args.max_line_length);
-    limits.max_errors = args.max_errors;
-    limits.max_auth_failures = args.max_auth_failures;
-    limits.max_junk_commands = args.max_junk_commands;
-    limits.min_data_rate = args.min_data_rate;
-    limits.proxy_header_max = count(args.proxy_header_max);
-}
-
-/// The server's timeouts from the flags: a specific flag wins over
-/// `--timeout`, which wins over the default.
-fn timeouts_from(args: &ServeArgs) -> Timeouts {
-    let mut timeouts = Timeouts::default();
-    let pick = |specific: Option<u64>, default: Duration| {
-        specific.or(args.timeout).map_or(default, seconds)
-    };
-    timeouts.command = pick(args.command_timeout, timeouts.command);
-    timeouts.data_block = pick(args.data_timeout, timeouts.data_block);
-    timeouts.data_termination = pick(args.data_termination_timeout, timeouts.data_termination);
-    timeouts.session = seconds(args.session_timeout);
-    timeouts.tls_handshake = seconds(args.tls_handshake_timeout);
-    timeouts.proxy_header = seconds(args.proxy_header_timeout);
-    timeouts.greeting_delay = seconds(args.greeting_delay);
-    timeouts
-}
-
-fn stress_from(args: &ServeArgs) -> smtp_server::Stress {
-    let mut stress = smtp_server::Stress::default();
-    stress.enabled = !args.no_stress;
-    stress.high_water = args
-        .stress_connections
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    stress.timeout = seconds(args.stress_timeout);
-    stress
-}
-
-/// How often `tmp/` is swept for crash leftovers while serving.
-const TMP_CLEAN_INTERVAL: Duration = Duration::from_secs(60 * 60);
-
-fn clean_tmp(maildir: &Maildir) {
-    match maildir.clean_tmp(maildir::TMP_MAX_AGE) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(files = n, "removed leftovers older than 36 hours from tmp/"),
-        Err(err) => tracing::warn!(error = %err, "cannot clean tmp/"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smtp_server::IpNet;
     use smtp_server::smtp_proto::command::MailParameters;
 
     fn authenticator() -> UsersAuthenticator {
@@ -495,78 +416,6 @@ mod tests {
             authcid: authcid.to_owned(),
             password: password.to_owned(),
         }
-    }
-
-    #[test]
-    fn proxy_networks_that_trust_too_much_are_warned_about() {
-        let nets: Vec<IpNet> = [
-            "0.0.0.0/0",
-            "::/0",
-            "10.1.2.3/8",
-            "127.0.0.1/32",
-            "fd00::/8",
-        ]
-        .iter()
-        .map(|n| n.parse().unwrap())
-        .collect();
-        let warnings = proxy_warnings(&nets);
-        assert_eq!(warnings.len(), 3, "{warnings:?}");
-        assert!(warnings[0].contains("0.0.0.0/0 trusts every source"));
-        assert!(warnings[1].contains("::/0 trusts every source"));
-        assert!(warnings[2].contains("10.1.2.3/8 has host bits set: it trusts all of 10.0.0.0/8"));
-    }
-
-    #[test]
-    fn flags_reach_the_server_configuration() {
-        use crate::cli::{Cli, Command};
-        use clap::Parser;
-        let parse = |args: &[&str]| {
-            let argv = ["ferry", "serve"].iter().chain(args).copied();
-            match Cli::try_parse_from(argv).unwrap().command {
-                Command::Serve(serve) => serve,
-                _ => panic!(),
-            }
-        };
-        let args = parse(&[
-            "--timeout",
-            "30",
-            "--data-timeout",
-            "40",
-            "--session-timeout",
-            "600",
-            "--max-errors",
-            "5",
-            "--max-junk-commands",
-            "7",
-            "--min-data-rate",
-            "0",
-            "--max-line-length",
-            "1000",
-            "--stress-connections",
-            "50",
-            "--stress-timeout",
-            "3",
-        ]);
-        let timeouts = timeouts_from(&args);
-        assert_eq!(timeouts.command, seconds(30));
-        assert_eq!(timeouts.data_block, seconds(40));
-        assert_eq!(timeouts.data_termination, seconds(30));
-        assert_eq!(timeouts.session, seconds(600));
-        let mut limits = Limits::default();
-        apply_limit_flags(&mut limits, &args, 100);
-        assert_eq!(
-            (
-                limits.max_errors,
-                limits.max_junk_commands,
-                limits.min_data_rate,
-                limits.max_line
-            ),
-            (5, 7, 0, 1000)
-        );
-        let stress = stress_from(&args);
-        assert_eq!((stress.high_water, stress.timeout), (Some(50), seconds(3)));
-        assert!(!stress_from(&parse(&["--no-stress"])).enabled);
-        assert_eq!(timeouts_from(&parse(&[])), Timeouts::default());
     }
 
     #[tokio::test]
