@@ -284,6 +284,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     if let Some(warning) = fd_warning {
         config::warn(&warning);
     }
+    let timeouts: Timeouts = config::timeouts_from(&args);
 
     let tls = if args.no_tls {
         None
@@ -328,7 +329,6 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     // it does not offer DSN at all rather than promise what it won't do.
     let mut extensions = Extensions::default();
     extensions.dsn = false;
-    let timeouts: Timeouts = config::timeouts_from(&args);
     let mut builder = Server::builder(StoreBackend::new(store, &hostname))
         .hostname(hostname.clone())
         .limits(limits)
@@ -402,7 +402,6 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smtp_server::smtp_proto::command::MailParameters;
 
     fn authenticator() -> UsersAuthenticator {
         let mut users = Users::new();
@@ -416,34 +415,6 @@ mod tests {
             authcid: authcid.to_owned(),
             password: password.to_owned(),
         }
-    }
-
-    #[tokio::test]
-    #[allow(clippy::field_reassign_with_default)]
-    async fn mail_is_refused_with_452_when_free_space_is_below_the_threshold() {
-        let dir = tempfile::tempdir().unwrap();
-        let maildir = Maildir::open(dir.path(), "mx").unwrap();
-        let free = maildir.free_space().unwrap();
-        let info = ConnectionInfo::new(
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:2525".parse().unwrap(),
-        );
-        let params = MailParameters::default();
-        let backend = StoreBackend::new(Store::Maildir(maildir.clone()), "mx");
-        let mut session = backend.new_session(&info).await.unwrap();
-        // Off by default in the library type.
-        session.mail(None, &params).await.unwrap();
-        // More than the file system has free: refused.
-        maildir.set_min_free_space(free * 2);
-        let err = session.mail(None, &params).await.unwrap_err();
-        let reply = err.as_reply().unwrap().to_string();
-        assert!(reply.starts_with("452 4.3.1"), "{reply}");
-        // A small threshold passes, unless the declared size does not fit.
-        maildir.set_min_free_space(1);
-        session.mail(None, &params).await.unwrap();
-        let mut big = MailParameters::default();
-        big.size = Some(free.saturating_mul(2));
-        assert!(session.mail(None, &big).await.is_err());
     }
 
     #[tokio::test]

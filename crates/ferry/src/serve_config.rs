@@ -96,7 +96,10 @@ pub(crate) fn clean_tmp(maildir: &Maildir) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smtp_server::IpNet;
+    use crate::serve::StoreBackend;
+    use crate::store::Store;
+    use smtp_server::smtp_proto::command::MailParameters;
+    use smtp_server::{Backend, ConnectionInfo, IpNet, Session};
 
     #[test]
     fn proxy_networks_that_trust_too_much_are_warned_about() {
@@ -168,5 +171,33 @@ mod tests {
         assert_eq!((stress.high_water, stress.timeout), (Some(50), seconds(3)));
         assert!(!stress_from(&parse(&["--no-stress"])).enabled);
         assert_eq!(timeouts_from(&parse(&[])), Timeouts::default());
+    }
+
+    #[tokio::test]
+    #[allow(clippy::field_reassign_with_default)]
+    async fn mail_is_refused_with_452_when_free_space_is_below_the_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::open(dir.path(), "mx").unwrap();
+        let free = maildir.free_space().unwrap();
+        let info = ConnectionInfo::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:2525".parse().unwrap(),
+        );
+        let params = MailParameters::default();
+        let backend = StoreBackend::new(Store::Maildir(maildir.clone()), "mx");
+        let mut session = backend.new_session(&info).await.unwrap();
+        // Off by default in the library type.
+        session.mail(None, &params).await.unwrap();
+        // More than the file system has free: refused.
+        maildir.set_min_free_space(free * 2);
+        let err = session.mail(None, &params).await.unwrap_err();
+        let reply = err.as_reply().unwrap().to_string();
+        assert!(reply.starts_with("452 4.3.1"), "{reply}");
+        // A small threshold passes, unless the declared size does not fit.
+        maildir.set_min_free_space(1);
+        session.mail(None, &params).await.unwrap();
+        let mut big = MailParameters::default();
+        big.size = Some(free.saturating_mul(2));
+        assert!(session.mail(None, &big).await.is_err());
     }
 }
