@@ -1,5 +1,5 @@
-//! What `ferry serve` checks at start: warnings for risky settings, and
-//! clear refusals for settings it cannot honour.
+//! What `ferry serve` checks at start (warnings for risky settings, clear
+//! refusals for settings it cannot honour), and limits set from its flags.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
@@ -112,4 +112,89 @@ fn max_connections_beyond_the_file_descriptor_limit_is_refused() {
         "{stderr}"
     );
     assert!(stderr.contains("ulimit -n"), "{stderr}");
+}
+
+/// Starts `ferry serve --no-tls` with `extra`; returns the child, its
+/// address and the Maildir's temporary directory.
+fn serve(extra: &[&str]) -> (std::process::Child, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(FERRY)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hostname",
+            "mx.test",
+            "--no-tls",
+        ])
+        .arg("--maildir")
+        .arg(dir.path().join("mail"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("no `listening on` line").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            break rest.to_owned();
+        }
+    };
+    (child, addr, dir)
+}
+
+fn read_reply(reader: &mut impl BufRead) -> String {
+    let mut reply = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            return reply;
+        }
+        reply.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return reply;
+        }
+    }
+}
+
+#[test]
+fn mail_is_refused_with_452_when_the_disk_is_short_of_min_free_space() {
+    use std::io::Write;
+    let (mut child, addr, _dir) = serve(&["--min-free-space", "18446744073709551615"]);
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    assert!(read_reply(&mut reader).starts_with("220 "));
+    writer.write_all(b"EHLO client.test\r\n").unwrap();
+    assert!(read_reply(&mut reader).starts_with("250"));
+    writer.write_all(b"MAIL FROM:<a@example.com>\r\n").unwrap();
+    let reply = read_reply(&mut reader);
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn the_session_limit_is_set_from_the_command_line() {
+    let (mut child, addr, _dir) = serve(&["--session-timeout", "1"]);
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = Instant::now();
+    let mut reader = BufReader::new(stream);
+    assert!(read_reply(&mut reader).starts_with("220 "));
+    let reply = read_reply(&mut reader);
+    assert!(reply.starts_with("421 4.4.2"), "{reply}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
