@@ -154,7 +154,8 @@ pub struct ServeArgs {
     pub proxy_header_max: u64,
     /// Open connections from which on the server is under stress: shorter
     /// timeouts (--stress-timeout), one protocol error and one junk
-    /// command allowed [default: 3/4 of --max-connections].
+    /// command allowed [default: 3/4 of --max-connections, rounded up, at
+    /// least 2].
     #[arg(long, value_name = "N", value_parser = at_least::<1>, conflicts_with = "no_stress")]
     pub stress_connections: Option<u64>,
     /// Command and data timeout under stress, in seconds.

@@ -215,7 +215,7 @@ pub struct Stress {
     pub enabled: bool,
     /// Open connections at or above which the server is under stress.
     /// `None` (the default) is three quarters of
-    /// [`Limits::max_connections`], at least 1.
+    /// [`Limits::max_connections`], rounded up, and at least 2.
     pub high_water: Option<usize>,
     /// Command and data-block timeout under stress (raised to at least
     /// [`TIMEOUT_MIN`]). Default [`DEFAULT_STRESS_TIMEOUT`], as Postfix's
@@ -245,15 +245,21 @@ impl Default for Stress {
 impl Stress {
     /// The connection count at which stress starts for a server allowing
     /// `max_connections`; `None` when stress mode is off.
+    ///
+    /// ```
+    /// use smtp_server::Stress;
+    /// assert_eq!(Stress::default().threshold(1000), Some(750));
+    /// assert_eq!(Stress::default().threshold(10), Some(8));
+    /// assert_eq!(Stress::default().threshold(1), Some(2));
+    /// ```
     pub fn threshold(&self, max_connections: usize) -> Option<usize> {
         if !self.enabled {
             return None;
         }
-        Some(
-            self.high_water
-                .unwrap_or(max_connections.saturating_mul(3) / 4)
-                .max(1),
-        )
+        // Three quarters, rounded up; never a single connection by
+        // default, so a one-client server is not always under stress.
+        let derived = || max_connections.saturating_mul(3).div_ceil(4).max(2);
+        Some(self.high_water.unwrap_or_else(derived).max(1))
     }
 
     /// The settings with every value inside its bounds.
