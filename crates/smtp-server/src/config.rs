@@ -88,7 +88,8 @@ pub struct Limits {
     /// data-block timeout plus one second per this many octets received
     /// (Postfix's `smtpd_min_data_rate` with per-request deadlines), so a
     /// client dripping bytes cannot hold a slot until the session limit.
-    /// Default [`DEFAULT_MIN_DATA_RATE`].
+    /// This is stricter than RFC 5321 §4.5.3.2.5, which times each data
+    /// block only. Default [`DEFAULT_MIN_DATA_RATE`].
     pub min_data_rate: u64,
 }
 
