@@ -91,7 +91,9 @@ pub struct ServeArgs {
     /// §4.5.3.1.8 asks a server to accept.
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = at_least::<100>)]
     pub max_recipients: u64,
-    /// Most connections at once [default: 1000].
+    /// Most connections at once; refused at start when the file descriptor
+    /// limit cannot hold it [default: 1000, lowered to what that limit
+    /// holds].
     #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     pub max_connections: Option<u64>,
     /// Most connections at once from one IP address [default: 20].
