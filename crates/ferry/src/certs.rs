@@ -142,6 +142,133 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, CertError> {
     })
 }
 
+/// The validity period of a DER certificate (RFC 5280 §4.1.2.5), as
+/// seconds since the Unix epoch: `(not_before, not_after)`. `None` when the
+/// certificate cannot be read that far.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version
+    // OPTIONAL, serialNumber, signature, issuer, validity, ... }, ... }
+    let (tag, certificate, _) = der_element(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, tbs, _) = der_element(certificate)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut rest = tbs;
+    let (tag, _, after) = der_element(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    // serialNumber, signature, issuer.
+    for expected in [0x02, 0x30, 0x30] {
+        let (tag, _, after) = der_element(rest)?;
+        if tag != expected {
+            return None;
+        }
+        rest = after;
+    }
+    let (tag, validity, _) = der_element(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, not_before, after) = der_element(validity)?;
+    let not_before = der_time(tag, not_before)?;
+    let (tag, not_after, _) = der_element(after)?;
+    Some((not_before, der_time(tag, not_after)?))
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let octets = usize::from(first & 0x7f);
+        if octets == 0 || octets > 4 || rest.len() < octets {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(octets);
+        let length = bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (length, rest)
+    };
+    if rest.len() < length {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(length);
+    Some((tag, contents, rest))
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`, RFC 5280 §4.1.2.5.1) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`, §4.1.2.5.2) as seconds since the Unix epoch.
+fn der_time(tag: u8, contents: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(contents).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| digits.get(range)?.parse::<i64>().ok();
+    let (year, rest) = match (tag, digits.len()) {
+        (0x17, 12) => {
+            let yy = number(0..2)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+        }
+        (0x18, 14) => (number(0..4)?, 4),
+        _ => return None,
+    };
+    let field = |i: usize| number(rest + 2 * i..rest + 2 * i + 2);
+    let (month, day) = (field(0)?, field(1)?);
+    let (hour, minute, second) = (field(2)?, field(3)?, field(4)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days from 1970-01-01 to the given proleptic Gregorian date.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// A warning when the leaf certificate of `chain` is not valid at `now`
+/// (seconds since the Unix epoch): expired, or not yet valid. Clients will
+/// refuse it, and mail to this server then waits or bounces.
+pub fn validity_warning(chain: &[CertificateDer<'_>], now: i64) -> Option<String> {
+    let leaf = chain.first()?;
+    let Some((not_before, not_after)) = validity(leaf) else {
+        return Some("cannot read the validity period of the certificate".to_owned());
+    };
+    let days = |seconds: i64| seconds.abs() / 86_400;
+    if now > not_after {
+        Some(format!(
+            "the certificate expired {} days ago; clients that verify it will refuse STARTTLS",
+            days(now - not_after)
+        ))
+    } else if now < not_before {
+        Some(format!(
+            "the certificate is not valid for another {} days; clients that verify it will refuse STARTTLS",
+            days(not_before - now)
+        ))
+    } else {
+        None
+    }
+}
+
 /// A rustls server configuration for `identity` (TLS 1.2 and 1.3, no
 /// client certificates).
 pub fn server_config(identity: Identity) -> Result<Arc<rustls::ServerConfig>, CertError> {
@@ -279,6 +406,40 @@ mod tests {
             format!("{}: no CERTIFICATE block found", empty.display())
         );
         assert!(ca_roots(&empty).is_err());
+    }
+
+    fn certificate_valid(from: (i32, u8, u8), until: (i32, u8, u8)) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn validity_period_is_read_from_the_certificate() {
+        // 2020-01-01 and 2060-06-30 (a GeneralizedTime: after 2049).
+        let cert = certificate_valid((2020, 1, 1), (2060, 6, 30));
+        assert_eq!(validity(&cert), Some((1_577_836_800, 2_855_779_200)));
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(validity(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn expired_and_future_certificates_are_warned_about() {
+        let now = 1_767_225_600; // 2026-01-01
+        let expired = certificate_valid((2020, 1, 1), (2025, 1, 1));
+        let warning = validity_warning(&[expired], now).unwrap();
+        assert!(warning.contains("expired 365 days ago"), "{warning}");
+        let future = certificate_valid((2026, 1, 11), (2027, 1, 1));
+        let warning = validity_warning(&[future], now).unwrap();
+        assert!(
+            warning.contains("not valid for another 10 days"),
+            "{warning}"
+        );
+        let current = certificate_valid((2025, 1, 1), (2027, 1, 1));
+        assert_eq!(validity_warning(&[current], now), None);
     }
 
     #[test]

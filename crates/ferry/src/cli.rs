@@ -91,15 +91,86 @@ pub struct ServeArgs {
     /// §4.5.3.1.8 asks a server to accept.
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = at_least::<100>)]
     pub max_recipients: u64,
-    /// Most connections at once [default: 1000].
+    /// Most connections at once; refused at start when the file descriptor
+    /// limit cannot hold it [default: 1000, lowered to what that limit
+    /// holds].
     #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     pub max_connections: Option<u64>,
     /// Most connections at once from one IP address [default: 20].
     #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     pub max_connections_per_ip: Option<u64>,
-    /// Idle timeout per command, in seconds [default: the RFC 5321 §4.5.3.2 values].
-    #[arg(long, value_name = "SECS", value_parser = at_least::<1>)]
+    /// Idle timeout per command, in seconds: sets the command, data and
+    /// data-termination timeouts at once [default: the RFC 5321 §4.5.3.2
+    /// values].
+    #[arg(long, value_name = "SECS", value_parser = seconds::<1>)]
     pub timeout: Option<u64>,
+    /// Waiting for the next command, in seconds (overrides --timeout)
+    /// [default: 300].
+    #[arg(long, value_name = "SECS", value_parser = seconds::<1>)]
+    pub command_timeout: Option<u64>,
+    /// Waiting for the next block of message data, in seconds (overrides
+    /// --timeout) [default: 180].
+    #[arg(long, value_name = "SECS", value_parser = seconds::<1>)]
+    pub data_timeout: Option<u64>,
+    /// Storing a message after its end arrived, in seconds (overrides
+    /// --timeout) [default: 600].
+    #[arg(long, value_name = "SECS", value_parser = seconds::<1>)]
+    pub data_termination_timeout: Option<u64>,
+    /// Total lifetime of one connection, in seconds, whatever it does.
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = seconds::<1>)]
+    pub session_timeout: u64,
+    /// Time allowed for a TLS handshake, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = seconds::<1>)]
+    pub tls_handshake_timeout: u64,
+    /// Time allowed for the PROXY header to arrive, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = seconds::<1>)]
+    pub proxy_header_timeout: u64,
+    /// Pause before the greeting, in seconds; a client that talks during
+    /// it gets 554 5.5.0.
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = seconds::<0>)]
+    pub greeting_delay: u64,
+    /// Time connections get to finish after SIGTERM, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = seconds::<0>)]
+    pub shutdown_timeout: u64,
+    /// Longest command line in octets, CRLF included; at least 512
+    /// (RFC 5321 §4.5.3.1.4).
+    #[arg(long, value_name = "OCTETS", default_value_t = 2048, value_parser = at_least::<512>)]
+    pub max_line_length: u64,
+    /// Protocol errors before 421 4.7.0 and close.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_errors: u32,
+    /// Failed AUTH attempts on one connection before 421 4.7.0 and close.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_auth_failures: u32,
+    /// NOOP, RSET, HELP, VRFY and EXPN commands allowed between two
+    /// messages before each further one counts as a protocol error.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_junk_commands: u32,
+    /// Slowest accepted message transfer, in octets per second: DATA or
+    /// BDAT must end within the data timeout plus one second per this many
+    /// octets received. 0 turns the check off.
+    #[arg(long, value_name = "OCTETS", default_value_t = 500)]
+    pub min_data_rate: u64,
+    /// Largest PROXY protocol header, in octets; at least 108.
+    #[arg(long, value_name = "OCTETS", default_value_t = 4096, value_parser = at_least::<108>)]
+    pub proxy_header_max: u64,
+    /// Open connections from which on the server is under stress: shorter
+    /// timeouts (--stress-timeout), one protocol error and one junk
+    /// command allowed [default: 3/4 of --max-connections, rounded up, at
+    /// least 2].
+    #[arg(long, value_name = "N", value_parser = at_least::<1>, conflicts_with = "no_stress")]
+    pub stress_connections: Option<u64>,
+    /// Command and data timeout under stress, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = seconds::<1>, conflicts_with = "no_stress")]
+    pub stress_timeout: u64,
+    /// Never shorten timeouts or limits under load.
+    #[arg(long)]
+    pub no_stress: bool,
+    /// Refuse MAIL with 452 4.3.1 while the Maildir's file system has less
+    /// free space than this, in octets; 0 turns the check off [default:
+    /// 1.5 times --max-message-size].
+    #[arg(long, value_name = "OCTETS")]
+    pub min_free_space: Option<u64>,
     /// What to do with a bare CR or LF in a message.
     #[arg(long, value_enum, default_value_t = BareLf::Reject)]
     pub bare_lf: BareLf,
@@ -165,7 +236,7 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "PEM")]
     pub ca: Option<PathBuf>,
     /// Time limit for each network step, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = at_least::<1>)]
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = seconds::<1>)]
     pub timeout: u64,
     /// Name to give in EHLO [default: the system host name].
     #[arg(long, value_name = "NAME")]
@@ -247,8 +318,9 @@ pub struct BenchArgs {
     /// How many messages to send [default: 1000 unless --duration].
     #[arg(long, value_name = "N", conflicts_with = "duration")]
     pub messages: Option<u64>,
-    /// Send for this many seconds instead of a fixed count.
-    #[arg(long, value_name = "SECS")]
+    /// Send for this many seconds instead of a fixed count; a hard bound:
+    /// sends still in flight then are cancelled.
+    #[arg(long, value_name = "SECS", value_parser = seconds::<1>)]
     pub duration: Option<u64>,
     /// How many messages are in flight at once.
     #[arg(long, value_name = "C", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -283,6 +355,22 @@ pub fn system_hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Longest accepted duration option, in seconds (one day). Bounding every
+/// duration keeps deadlines far from overflow, and keeps a session shorter
+/// than the Maildir `tmp/` cleaner's 36 hours.
+pub const DURATION_MAX_SECS: u64 = 24 * 60 * 60;
+
+/// Parses a number of seconds from `MIN` to [`DURATION_MAX_SECS`].
+fn seconds<const MIN: u64>(text: &str) -> Result<u64, String> {
+    let value = at_least::<MIN>(text)?;
+    if value > DURATION_MAX_SECS {
+        return Err(format!(
+            "must be at most {DURATION_MAX_SECS} seconds (one day)"
+        ));
+    }
+    Ok(value)
 }
 
 /// Parses a whole number no smaller than `MIN`, for flags where a smaller
@@ -552,5 +640,81 @@ mod tests {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }
         assert!(Cli::try_parse_from(["ferry", "serve", "--max-recipients", "100"]).is_ok());
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let huge = "9223372036854775807";
+        for args in [
+            &["ferry", "serve", "--timeout", huge][..],
+            &["ferry", "serve", "--session-timeout", "86401"],
+            &["ferry", "serve", "--command-timeout", huge],
+            &["ferry", "serve", "--data-timeout", huge],
+            &["ferry", "serve", "--data-termination-timeout", huge],
+            &["ferry", "serve", "--tls-handshake-timeout", huge],
+            &["ferry", "serve", "--proxy-header-timeout", huge],
+            &["ferry", "serve", "--greeting-delay", huge],
+            &["ferry", "serve", "--shutdown-timeout", huge],
+            &["ferry", "serve", "--stress-timeout", huge],
+            &["ferry", "bench", "--duration", huge],
+            &["ferry", "bench", "--duration", "0"],
+            &["ferry", "bench", "--timeout", huge],
+            &[
+                "ferry",
+                "send",
+                "--timeout",
+                huge,
+                "--from",
+                "a@b.c",
+                "--to",
+                "d@e.f",
+            ],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("at most 86400") || text.contains("at least"),
+                "{args:?}: {text}"
+            );
+        }
+        let Command::Serve(serve) = parse(&["serve", "--session-timeout", "86400"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(serve.session_timeout, 86_400);
+    }
+
+    #[test]
+    fn every_server_limit_has_a_flag_with_the_library_default() {
+        let Command::Serve(serve) = parse(&["serve"]).unwrap().command else {
+            panic!()
+        };
+        let limits = smtp_server::Limits::default();
+        let timeouts = smtp_server::Timeouts::default();
+        assert_eq!(serve.max_line_length, limits.max_line as u64);
+        assert_eq!(serve.max_errors, limits.max_errors);
+        assert_eq!(serve.max_auth_failures, limits.max_auth_failures);
+        assert_eq!(serve.max_junk_commands, limits.max_junk_commands);
+        assert_eq!(serve.min_data_rate, limits.min_data_rate);
+        assert_eq!(serve.proxy_header_max, limits.proxy_header_max as u64);
+        assert_eq!(serve.session_timeout, timeouts.session.as_secs());
+        assert_eq!(
+            serve.tls_handshake_timeout,
+            timeouts.tls_handshake.as_secs()
+        );
+        assert_eq!(serve.proxy_header_timeout, timeouts.proxy_header.as_secs());
+        assert_eq!(serve.greeting_delay, timeouts.greeting_delay.as_secs());
+        assert_eq!(
+            serve.shutdown_timeout,
+            smtp_server::DEFAULT_SHUTDOWN_TIMEOUT.as_secs()
+        );
+        assert_eq!(
+            serve.stress_timeout,
+            smtp_server::Stress::default().timeout.as_secs()
+        );
+        assert!(!serve.no_stress && serve.stress_connections.is_none());
     }
 }

@@ -17,12 +17,17 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
 /// How many body octets are gathered before one write to disk.
 pub const WRITE_BUFFER: usize = 64 * 1024;
+
+/// Files in `tmp/` untouched for this long are leftovers of a crash: the
+/// Maildir description says to remove them after 36 hours. No delivery in
+/// progress is that old, since a session lasts at most one day.
+pub const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 60 * 60);
 
 /// A Maildir: a directory with `tmp/`, `new/` and `cur/`.
 ///
@@ -38,6 +43,7 @@ struct Inner {
     root: PathBuf,
     host: String,
     sequence: AtomicU64,
+    min_free_space: AtomicU64,
 }
 
 /// The trace fields written in front of every stored message.
@@ -132,16 +138,22 @@ impl Maildir {
     /// Opens the Maildir at `root`, creating `root`, `tmp/`, `new/` and
     /// `cur/` when they are missing. `host` becomes the last part of every
     /// file name (with `/` and `:` escaped as the Maildir convention asks).
+    ///
+    /// It then checks that a file can be created in `tmp/` and that `new/`
+    /// is writable, so a Maildir that cannot take mail is an error at start,
+    /// not a `451` for every message.
     pub fn open(root: impl Into<PathBuf>, host: &str) -> io::Result<Maildir> {
         let root = root.into();
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir_all(root.join(sub))?;
         }
+        check_writable(&root)?;
         Ok(Maildir {
             inner: Arc::new(Inner {
                 root,
                 host: escape_host(host),
                 sequence: AtomicU64::new(0),
+                min_free_space: AtomicU64::new(0),
             }),
         })
     }
@@ -149,6 +161,47 @@ impl Maildir {
     /// The Maildir's root directory.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// Sets the free space, in octets, below which the server refuses new
+    /// mail (`452 4.3.1`); 0, the default, turns the check off. Shared by
+    /// every clone.
+    pub fn set_min_free_space(&self, octets: u64) {
+        self.inner.min_free_space.store(octets, Ordering::Relaxed);
+    }
+
+    /// The threshold set with [`Maildir::set_min_free_space`].
+    pub fn min_free_space(&self) -> u64 {
+        self.inner.min_free_space.load(Ordering::Relaxed)
+    }
+
+    /// Octets free for an unprivileged user on the Maildir's file system.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.inner.root)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Removes files in `tmp/` not modified for `max_age` (use
+    /// [`TMP_MAX_AGE`]): what a crash left behind. Returns how many were
+    /// removed.
+    pub fn clean_tmp(&self, max_age: Duration) -> io::Result<usize> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in fs::read_dir(self.inner.root.join("tmp"))? {
+            let entry = entry?;
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            let old = metadata
+                .modified()
+                .ok()
+                .and_then(|modified| now.duration_since(modified).ok())
+                .is_some_and(|age| age >= max_age);
+            if metadata.is_file() && old && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// A file name that no other delivery on this host uses:
@@ -266,7 +319,8 @@ impl Delivery {
             .take()
             .ok_or_else(|| io::Error::other("an earlier write to the Maildir failed"))?;
         let tmp = self.tmp.clone();
-        let new_dir = self.maildir.inner.root.join("new");
+        let root = self.maildir.inner.root.clone();
+        let new_dir = root.join("new");
         let result = blocking(move || {
             for file in &files {
                 file.sync_all()?;
@@ -275,7 +329,16 @@ impl Delivery {
             let mut done = Vec::with_capacity(tmp.len());
             for (path, name) in &tmp {
                 let target = new_dir.join(name);
-                if let Err(err) = fs::rename(path, &target) {
+                let mut renamed = fs::rename(path, &target);
+                if renamed.is_err() && !new_dir.exists() {
+                    // Someone removed new/: make it again, durably, and
+                    // retry once.
+                    tracing::warn!(dir = %new_dir.display(), "new/ was missing; created it again");
+                    renamed = fs::create_dir_all(&new_dir)
+                        .and_then(|()| sync_dir(&root))
+                        .and_then(|()| fs::rename(path, &target));
+                }
+                if let Err(err) = renamed {
                     remove_all(&done);
                     return Err(err);
                 }
@@ -318,6 +381,35 @@ fn remove_all(paths: &[PathBuf]) {
     for path in paths {
         let _ = fs::remove_file(path);
     }
+}
+
+/// Creates and removes a file in `tmp/`, and checks that `new/` can take
+/// files (for the effective user: root included, a read-only or immutable
+/// directory fails).
+fn check_writable(root: &Path) -> io::Result<()> {
+    let not_writable = |dir: &str, err: io::Error| {
+        io::Error::new(
+            err.kind(),
+            format!("{dir}/ is not writable ({err}): mail could not be stored"),
+        )
+    };
+    let probe = root
+        .join("tmp")
+        .join(format!(".ferry-write-check.{}", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|err| not_writable("tmp", err))?;
+    fs::remove_file(&probe).map_err(|err| not_writable("tmp", err))?;
+    rustix::fs::accessat(
+        rustix::fs::CWD,
+        root.join("new"),
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        rustix::fs::AtFlags::EACCESS,
+    )
+    .map_err(|errno| not_writable("new", io::Error::from(errno)))
 }
 
 /// fsync on a directory makes a rename in it durable (POSIX leaves this to
@@ -539,6 +631,93 @@ mod tests {
             fs::read(dir.path().join("new")).unwrap(),
             b"not a directory"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_new_directory_is_created_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), "mx").unwrap();
+        fs::remove_dir(dir.path().join("new")).unwrap();
+        let paths = md
+            .deliver(vec![trace(&["a@b"])], Bytes::from_static(b"body\r\n"))
+            .await
+            .unwrap();
+        assert!(paths[0].starts_with(dir.path().join("new")));
+        assert_eq!(names(&dir.path().join("new")).len(), 1);
+        assert!(names(&dir.path().join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn old_tmp_files_are_cleaned_and_young_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), "mx").unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::write(tmp.join("old"), b"left by a crash").unwrap();
+        fs::write(tmp.join("young"), b"being delivered").unwrap();
+        let two_days_ago = SystemTime::now() - Duration::from_secs(48 * 60 * 60);
+        File::options()
+            .write(true)
+            .open(tmp.join("old"))
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        assert_eq!(md.clean_tmp(TMP_MAX_AGE).unwrap(), 1);
+        assert_eq!(names(&tmp), vec!["young"]);
+        assert_eq!(md.clean_tmp(TMP_MAX_AGE).unwrap(), 0);
+    }
+
+    #[test]
+    fn free_space_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), "mx").unwrap();
+        assert!(md.free_space().unwrap() > 0);
+    }
+
+    /// Makes `dir` unwritable even for root (immutable), or read-only for
+    /// anyone else; `false` when that is not possible here.
+    fn lock(dir: &Path) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        if rustix::process::geteuid().is_root() {
+            std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(dir)
+                .status()
+                .is_ok_and(|status| status.success())
+        } else {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).is_ok()
+        }
+    }
+
+    fn unlock(dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        if rustix::process::geteuid().is_root() {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(dir)
+                .status();
+        }
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+    }
+
+    #[test]
+    fn unwritable_tmp_or_new_is_an_error_at_open() {
+        for sub in ["tmp", "new"] {
+            let dir = tempfile::tempdir().unwrap();
+            Maildir::open(dir.path(), "mx").unwrap();
+            let locked = dir.path().join(sub);
+            if !lock(&locked) {
+                eprintln!("skipped: cannot make {sub}/ unwritable here");
+                return;
+            }
+            let result = Maildir::open(dir.path(), "mx");
+            unlock(&locked);
+            let err = result.unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("{sub}/ is not writable")),
+                "{err}"
+            );
+        }
     }
 
     #[tokio::test]

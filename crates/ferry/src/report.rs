@@ -173,6 +173,9 @@ pub struct BenchReport {
     pub delivered: u64,
     /// Messages that failed, for any reason.
     pub failed: u64,
+    /// Messages still in flight when `--duration` ran out: cancelled,
+    /// neither delivered nor failed.
+    pub cancelled: u64,
     /// Octets of message data sent for delivered messages.
     pub bytes: u64,
     /// Wall-clock time of the run.
@@ -205,6 +208,7 @@ impl BenchReport {
     pub fn merge(&mut self, other: &BenchReport) {
         self.delivered += other.delivered;
         self.failed += other.failed;
+        self.cancelled += other.cancelled;
         self.bytes += other.bytes;
         self.latency.merge(&other.latency);
         for (cause, count) in &other.errors {
@@ -234,6 +238,7 @@ impl BenchReport {
             "messages": self.messages(),
             "delivered": self.delivered,
             "failed": self.failed,
+            "cancelled": self.cancelled,
             "bytes": self.bytes,
             "concurrency": self.concurrency,
             "elapsed_seconds": self.elapsed.as_secs_f64(),
@@ -254,9 +259,14 @@ impl BenchReport {
     /// The report for people.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
+        let cancelled = if self.cancelled > 0 {
+            format!(", {} cancelled at the deadline", self.cancelled)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "messages:    {} attempted, {} delivered, {} failed, concurrency {}",
+            "messages:    {} attempted, {} delivered, {} failed{cancelled}, concurrency {}",
             self.messages(),
             self.delivered,
             self.failed,

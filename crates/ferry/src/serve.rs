@@ -17,7 +17,9 @@ use smtp_server::{
 
 use crate::certs;
 use crate::cli::{BareLf, ServeArgs, system_hostname};
+use crate::fd_limit;
 use crate::maildir::Maildir;
+use crate::serve_config as config;
 use crate::store::{self, Store};
 use crate::users::Users;
 
@@ -37,6 +39,15 @@ impl StoreBackend {
             hostname: hostname.into(),
         }
     }
+}
+
+/// `452 4.3.1` (RFC 3463 §3.4, mail system full).
+fn insufficient_storage() -> SmtpError {
+    SmtpError::new(
+        452,
+        EnhancedCode::new(4, 3, 1),
+        "Insufficient system storage, try again later",
+    )
 }
 
 /// One connection's session: it only acts on the message.
@@ -67,6 +78,36 @@ fn storage_error(err: &std::io::Error) -> SmtpError {
 }
 
 impl Session for StoreSession {
+    /// `452 4.3.1` while the Maildir's file system has less free space
+    /// than [`Maildir::min_free_space`] plus the declared `SIZE=`, like
+    /// Postfix's `queue_minfree`: a full disk is found before the body is
+    /// read.
+    async fn mail(
+        &mut self,
+        _from: Option<&smtp_server::smtp_proto::address::Address>,
+        parameters: &smtp_server::smtp_proto::command::MailParameters,
+    ) -> Result<(), SmtpError> {
+        let Store::Maildir(maildir) = &self.backend.store else {
+            return Ok(());
+        };
+        let threshold = maildir.min_free_space();
+        if threshold == 0 {
+            return Ok(());
+        }
+        let needed = threshold.saturating_add(parameters.size.unwrap_or(0));
+        match maildir.free_space() {
+            Ok(free) if free < needed => {
+                tracing::warn!(free, needed, "too little free space: refusing mail");
+                Err(insufficient_storage())
+            }
+            Ok(_) => Ok(()),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the free space of the Maildir");
+                Ok(())
+            }
+        }
+    }
+
     async fn data(&mut self, envelope: &Envelope, mut body: Body) -> Result<(), SmtpError> {
         let recipients: Vec<String> = envelope
             .recipients
@@ -210,15 +251,54 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     } else {
         let maildir = Maildir::open(&args.maildir, &hostname)
             .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
+        config::clean_tmp(&maildir);
+        // Postfix's default: 1.5 times the message size limit must be free.
+        maildir.set_min_free_space(
+            args.min_free_space.unwrap_or(
+                args.max_message_size
+                    .saturating_add(args.max_message_size / 2),
+            ),
+        );
+        let sweeper = maildir.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(config::TMP_CLEAN_INTERVAL);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let maildir = sweeper.clone();
+                let _ = tokio::task::spawn_blocking(move || config::clean_tmp(&maildir)).await;
+            }
+        });
         Store::Maildir(maildir)
     };
+    for warning in config::proxy_warnings(&args.proxy_protocol) {
+        config::warn(&warning);
+    }
+    let soft = fd_limit::raise_nofile();
+    let (max_connections, fd_warning) = fd_limit::fit_connections(
+        args.max_connections
+            .unwrap_or(smtp_server::DEFAULT_MAX_CONNECTIONS as u64),
+        args.max_connections.is_some(),
+        soft,
+    )?;
+    if let Some(warning) = fd_warning {
+        config::warn(&warning);
+    }
+    let timeouts: Timeouts = config::timeouts_from(&args);
 
     let tls = if args.no_tls {
         None
     } else {
         let identity = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => {
-                certs::load_identity(cert, key).map_err(|e| e.to_string())?
+                let identity = certs::load_identity(cert, key).map_err(|e| e.to_string())?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                if let Some(warning) = certs::validity_warning(&identity.chain, now) {
+                    config::warn(&format!("--tls-cert {}: {warning}", cert.display()));
+                }
+                identity
             }
             _ => {
                 let (identity, pem) = certs::self_signed(&hostname).map_err(|e| e.to_string())?;
@@ -242,6 +322,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     if let Some(n) = args.max_connections_per_ip {
         limits.max_connections_per_ip = count(n);
     }
+    config::apply_limit_flags(&mut limits, &args, max_connections);
 
     // ferry serve is a final destination that cannot send mail, so it cannot
     // honour NOTIFY=SUCCESS with a delivery report (RFC 3461 §5.2.2):
@@ -251,6 +332,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let mut builder = Server::builder(StoreBackend::new(store, &hostname))
         .hostname(hostname.clone())
         .limits(limits)
+        .timeouts(timeouts)
+        .stress(config::stress_from(&args))
+        .shutdown_timeout(Duration::from_secs(args.shutdown_timeout))
         .extensions(extensions)
         .require_tls(args.require_tls)
         .lmtp(args.lmtp)
@@ -258,14 +342,6 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             BareLf::Reject => BareLineEndings::Reject,
             BareLf::Accept => BareLineEndings::Accept,
         });
-    if let Some(secs) = args.timeout {
-        let d = Duration::from_secs(secs);
-        let mut timeouts = Timeouts::default();
-        timeouts.command = d;
-        timeouts.data_block = d;
-        timeouts.data_termination = d;
-        builder = builder.timeouts(timeouts);
-    }
     for addr in &args.listen {
         builder = builder.listen(*addr);
     }

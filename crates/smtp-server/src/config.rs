@@ -25,6 +25,13 @@ pub const PROXY_HEADER_MIN: usize = 108;
 /// Default number of SASL challenge/response rounds for an extension
 /// mechanism before the exchange is refused.
 pub const DEFAULT_MAX_SASL_STEPS: usize = 8;
+/// Default number of commands that do not move a transaction on (`NOOP`,
+/// `RSET`, `HELP`, `VRFY`, `EXPN`) before each further one counts as a
+/// protocol error, as Postfix's `smtpd_junk_command_limit` (100).
+pub const DEFAULT_MAX_JUNK_COMMANDS: u32 = 100;
+/// Default minimum rate of message data, in octets per second, as
+/// Postfix's `smtpd_min_data_rate` (500).
+pub const DEFAULT_MIN_DATA_RATE: u64 = 500;
 
 /// Default time allowed for a TLS handshake.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +43,12 @@ pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Smallest accepted timeout: shorter ones are raised to this.
 pub const TIMEOUT_MIN: Duration = Duration::from_millis(10);
+/// Largest accepted timeout (one year): longer ones are lowered to this,
+/// so no deadline computed from one can overflow.
+pub const TIMEOUT_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Default command and data timeout under stress, as Postfix's stress-mode
+/// `smtpd_timeout` (10 s).
+pub const DEFAULT_STRESS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Size and count limits. Every field has a floor; [`Limits::normalized`]
 /// raises a value below its floor to the floor.
@@ -65,6 +78,19 @@ pub struct Limits {
     /// Challenge/response rounds allowed for an extension SASL mechanism.
     /// Floor 1.
     pub max_sasl_steps: usize,
+    /// `NOOP`, `RSET`, `HELP`, `VRFY` and `EXPN` commands allowed before
+    /// each further one also counts towards [`Limits::max_errors`]
+    /// (Postfix's `smtpd_junk_command_limit`). The count starts again after
+    /// each accepted message. Default [`DEFAULT_MAX_JUNK_COMMANDS`]; floor 1.
+    pub max_junk_commands: u32,
+    /// Slowest accepted message transfer, in octets per second; 0 turns the
+    /// check off. A `DATA` or `BDAT` transfer must end within the
+    /// data-block timeout plus one second per this many octets received
+    /// (Postfix's `smtpd_min_data_rate` with per-request deadlines), so a
+    /// client dripping bytes cannot hold a slot until the session limit.
+    /// This is stricter than RFC 5321 §4.5.3.2.5, which times each data
+    /// block only. Default [`DEFAULT_MIN_DATA_RATE`].
+    pub min_data_rate: u64,
 }
 
 impl Default for Limits {
@@ -79,6 +105,8 @@ impl Default for Limits {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             proxy_header_max: DEFAULT_PROXY_HEADER_MAX,
             max_sasl_steps: DEFAULT_MAX_SASL_STEPS,
+            max_junk_commands: DEFAULT_MAX_JUNK_COMMANDS,
+            min_data_rate: DEFAULT_MIN_DATA_RATE,
         }
     }
 }
@@ -95,6 +123,7 @@ impl Limits {
         self.max_connections_per_ip = self.max_connections_per_ip.max(1);
         self.proxy_header_max = self.proxy_header_max.max(PROXY_HEADER_MIN);
         self.max_sasl_steps = self.max_sasl_steps.max(1);
+        self.max_junk_commands = self.max_junk_commands.max(1);
         self
     }
 }
@@ -140,7 +169,8 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// The timeouts with every value raised to at least [`TIMEOUT_MIN`]
-    /// (the greeting delay may stay zero).
+    /// (the greeting delay may stay zero) and lowered to at most
+    /// [`TIMEOUT_MAX`].
     pub fn normalized(mut self) -> Self {
         for value in [
             &mut self.command,
@@ -152,6 +182,92 @@ impl Timeouts {
         ] {
             *value = (*value).max(TIMEOUT_MIN);
         }
+        for value in [
+            &mut self.command,
+            &mut self.data_block,
+            &mut self.data_termination,
+            &mut self.tls_handshake,
+            &mut self.session,
+            &mut self.proxy_header,
+            &mut self.greeting_delay,
+        ] {
+            *value = (*value).min(TIMEOUT_MAX);
+        }
+        self
+    }
+}
+
+/// Load-adaptive limits, like Postfix's stress mode: while at least
+/// [`Stress::high_water`] connections are open, every session waits at most
+/// [`Stress::timeout`] for a command or message data, closes after
+/// [`Stress::max_errors`] protocol errors and allows
+/// [`Stress::max_junk_commands`] commands that do not move a transaction
+/// on. Idle and misbehaving clients then give their slots up quickly, so
+/// clients that send mail still get in. The stricter values apply from the
+/// next wait or error on, in sessions already open too, and end when the
+/// load falls below the mark. Only connections accepted by
+/// [`Listening::serve`](crate::Listening::serve) are counted; sessions
+/// handed over with
+/// [`Server::serve_connection`](crate::Server::serve_connection) are not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stress {
+    /// Whether the load is watched at all. On by default.
+    pub enabled: bool,
+    /// Open connections at or above which the server is under stress.
+    /// `None` (the default) is three quarters of
+    /// [`Limits::max_connections`], rounded up, and at least 2.
+    pub high_water: Option<usize>,
+    /// Command and data-block timeout under stress (raised to at least
+    /// [`TIMEOUT_MIN`]). Default [`DEFAULT_STRESS_TIMEOUT`], as Postfix's
+    /// stress-mode `smtpd_timeout`.
+    pub timeout: Duration,
+    /// Protocol errors before `421 4.7.0` under stress. Default 1, as
+    /// Postfix's stress-mode `smtpd_hard_error_limit`; floor 1.
+    pub max_errors: u32,
+    /// Junk commands allowed under stress (see
+    /// [`Limits::max_junk_commands`]). Default 1, as Postfix's stress-mode
+    /// `smtpd_junk_command_limit`; floor 1.
+    pub max_junk_commands: u32,
+}
+
+impl Default for Stress {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            high_water: None,
+            timeout: DEFAULT_STRESS_TIMEOUT,
+            max_errors: 1,
+            max_junk_commands: 1,
+        }
+    }
+}
+
+impl Stress {
+    /// The connection count at which stress starts for a server allowing
+    /// `max_connections`; `None` when stress mode is off.
+    ///
+    /// ```
+    /// use smtp_server::Stress;
+    /// assert_eq!(Stress::default().threshold(1000), Some(750));
+    /// assert_eq!(Stress::default().threshold(10), Some(8));
+    /// assert_eq!(Stress::default().threshold(1), Some(2));
+    /// ```
+    pub fn threshold(&self, max_connections: usize) -> Option<usize> {
+        if !self.enabled {
+            return None;
+        }
+        // Three quarters, rounded up; never a single connection by
+        // default, so a one-client server is not always under stress.
+        let derived = || max_connections.saturating_mul(3).div_ceil(4).max(2);
+        Some(self.high_water.unwrap_or_else(derived).max(1))
+    }
+
+    /// The settings with every value inside its bounds.
+    pub fn normalized(mut self) -> Self {
+        self.timeout = self.timeout.clamp(TIMEOUT_MIN, TIMEOUT_MAX);
+        self.max_errors = self.max_errors.max(1);
+        self.max_junk_commands = self.max_junk_commands.max(1);
         self
     }
 }

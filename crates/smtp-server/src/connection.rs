@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
 use crate::auth::{DynAuthenticator, SaslStep};
-use crate::config::BareLineEndings;
+use crate::config::{BareLineEndings, TIMEOUT_MAX};
 use crate::error::SmtpError;
 use crate::server::Config;
 use crate::session::{
@@ -40,6 +40,26 @@ const BODY_CHANNEL_CAPACITY: usize = 4;
 const WRITE_HIGH_WATER: usize = 16 * 1024;
 /// Time allowed for the last reply and the TLS close at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `duration` from now; an instant [`TIMEOUT_MAX`] away where the sum
+/// would overflow, so no configured timeout can panic.
+fn after(duration: Duration) -> Instant {
+    after_from(Instant::now(), duration)
+}
+
+/// `duration` after `start`, saturating like [`after`].
+fn after_from(start: Instant, duration: Duration) -> Instant {
+    start
+        .checked_add(duration)
+        .or_else(|| start.checked_add(TIMEOUT_MAX))
+        .unwrap_or(start)
+}
+
+/// The time `octets` earn at `rate` octets per second.
+fn time_for(octets: usize, rate: u64) -> Duration {
+    let nanos = (octets as u128 * 1_000_000_000) / u128::from(rate.max(1));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
 
 /// Shutdown progress, sent by the listening server to every connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -200,7 +220,7 @@ where
     B: Backend,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let deadline = Instant::now() + config.timeouts.session;
+    let deadline = after(config.timeouts.session);
     let transport = if implicit_tls {
         match handshake(config, stream, deadline).await {
             Some(tls) => tls,
@@ -232,6 +252,8 @@ where
         shutdown,
         deadline,
         transcript,
+        junk: 0,
+        data_deadline: None,
     };
     connection.serve(backend).await;
     Ok(())
@@ -243,7 +265,7 @@ where
 {
     let tls = config.tls.as_ref()?;
     let acceptor = TlsAcceptor::from(tls.current());
-    let limit = (Instant::now() + config.timeouts.tls_handshake).min(deadline);
+    let limit = after(config.timeouts.tls_handshake).min(deadline);
     match timeout_at(limit, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => Some(Transport::Tls(Box::new(stream))),
         Ok(Err(error)) => {
@@ -271,6 +293,11 @@ struct Connection<'c, S> {
     shutdown: watch::Receiver<RunState>,
     deadline: Instant,
     transcript: Option<Transcript>,
+    /// Commands that did not move a transaction on, since the last message.
+    junk: u32,
+    /// When the message transfer in progress must have ended, given the
+    /// minimum data rate; moved on by every octet received.
+    data_deadline: Option<Instant>,
 }
 
 impl<'c, S> Connection<'c, S>
@@ -395,13 +422,13 @@ where
             return Ok(());
         }
         let pending = self.framed.write_buffer_mut().split();
+        // A client that never reads cannot hold the connection forever.
+        let limit = after(self.command_timeout()).min(self.deadline);
         let stream = self.framed.get_mut();
         let write = async {
             stream.write_all(&pending).await?;
             stream.flush().await
         };
-        // A client that never reads cannot hold the connection forever.
-        let limit = (Instant::now() + self.config.timeouts.command).min(self.deadline);
         match timeout_at(limit, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
@@ -430,8 +457,24 @@ where
     /// `421 4.7.0` like Postfix's hard error limit.
     async fn protocol_error(&mut self, error: Reply) -> Flow {
         self.queue(error).await?;
-        self.errors += 1;
-        if self.errors >= self.config.limits.max_errors {
+        self.count_error().await
+    }
+
+    /// Counts a junk command (one that does not move a transaction on);
+    /// past the junk limit each one also counts as an error, as Postfix's
+    /// `smtpd_junk_command_limit`.
+    async fn junk_command(&mut self) -> Flow {
+        self.junk = self.junk.saturating_add(1);
+        if self.junk > self.max_junk_commands() {
+            return self.count_error().await;
+        }
+        Ok(())
+    }
+
+    /// Counts a protocol error whose reply is queued.
+    async fn count_error(&mut self) -> Flow {
+        self.errors = self.errors.saturating_add(1);
+        if self.errors >= self.max_errors() {
             tracing::info!(errors = self.errors, "error limit reached");
             return self
                 .close_with(reply(
@@ -458,6 +501,67 @@ where
         }
     }
 
+    // ----- load -----
+
+    /// True while the server has at least the stress high-water mark of
+    /// connections open.
+    fn stressed(&self) -> bool {
+        self.config.load.stressed()
+    }
+
+    fn command_timeout(&self) -> Duration {
+        let normal = self.config.timeouts.command;
+        if self.stressed() {
+            normal.min(self.config.stress.timeout)
+        } else {
+            normal
+        }
+    }
+
+    fn data_block_timeout(&self) -> Duration {
+        let normal = self.config.timeouts.data_block;
+        if self.stressed() {
+            normal.min(self.config.stress.timeout)
+        } else {
+            normal
+        }
+    }
+
+    fn max_errors(&self) -> u32 {
+        let normal = self.config.limits.max_errors;
+        if self.stressed() {
+            normal.min(self.config.stress.max_errors)
+        } else {
+            normal
+        }
+    }
+
+    fn max_junk_commands(&self) -> u32 {
+        let normal = self.config.limits.max_junk_commands;
+        if self.stressed() {
+            normal.min(self.config.stress.max_junk_commands)
+        } else {
+            normal
+        }
+    }
+
+    /// Starts the deadline of one message transfer: the data-block timeout
+    /// from now, moved on by every octet received (see
+    /// [`Limits::min_data_rate`](crate::Limits::min_data_rate)).
+    fn start_data_deadline(&mut self) {
+        if self.config.limits.min_data_rate > 0 {
+            self.data_deadline = Some(after(self.data_block_timeout()));
+        }
+    }
+
+    /// `octets` of message data arrived: they earn their time.
+    fn data_received(&mut self, octets: usize) {
+        if let Some(at) = &mut self.data_deadline {
+            let earned = time_for(octets, self.config.limits.min_data_rate);
+            *at = at.checked_add(earned).unwrap_or(*at);
+        }
+    }
+
     // ----- input -----
 
     /// The next frame: at once if one is buffered, otherwise after flushing
@@ -467,40 +571,67 @@ where
             return self.frame(item).await;
         }
         self.flush().await?;
-        let (limit, stop_at) = match wait {
-            Wait::Command { in_transaction } => (
-                self.config.timeouts.command,
-                if in_transaction {
-                    RunState::Stop
-                } else {
-                    RunState::Draining
-                },
-            ),
-            Wait::Body => (self.config.timeouts.data_block, RunState::Stop),
-        };
-        let limit = (Instant::now() + limit).min(self.deadline);
+        let started = Instant::now();
         enum Event {
             Item(Option<io::Result<ServerFrame>>),
-            Timeout,
+            Timeout { too_slow: bool },
             Shutdown,
+            Stress,
         }
-        let event = {
+        let event = loop {
+            // Chosen again when stress begins during the wait, so sessions
+            // already idle give their slot up too.
+            let stressed = self.stressed();
+            let (limit, stop_at) = match wait {
+                Wait::Command { in_transaction } => (
+                    self.command_timeout(),
+                    if in_transaction {
+                        RunState::Stop
+                    } else {
+                        RunState::Draining
+                    },
+                ),
+                Wait::Body => (self.data_block_timeout(), RunState::Stop),
+            };
+            let mut limit = after_from(started, limit).min(self.deadline);
+            let mut too_slow = false;
+            if let Some(data_deadline) = self.data_deadline
+                && data_deadline < limit
+            {
+                limit = data_deadline;
+                too_slow = true;
+            }
             let framed = &mut self.framed;
             let shutdown = &mut self.shutdown;
-            tokio::select! {
+            let load = &self.config.load;
+            let event = tokio::select! {
                 item = framed.next() => Event::Item(item),
-                () = sleep_until(limit) => Event::Timeout,
+                () = sleep_until(limit) => Event::Timeout { too_slow },
                 () = reached(shutdown, stop_at) => Event::Shutdown,
+                () = load.until_stressed(), if !stressed => Event::Stress,
+            };
+            if !matches!(event, Event::Stress) {
+                break event;
             }
         };
         match event {
             Event::Item(item) => self.frame(item).await,
-            Event::Timeout => {
+            Event::Timeout { too_slow: true } => {
+                tracing::info!("message data below the minimum rate");
+                self.close_with(reply(
+                    421,
+                    (4, 4, 2),
+                    "Timeout: message data arrives too slowly, closing connection",
+                ))
+                .await
+            }
+            Event::Timeout { too_slow: false } => {
                 tracing::info!("timeout");
                 self.close_with(reply(421, (4, 4, 2), "Timeout, closing connection"))
                     .await
             }
-            Event::Shutdown => {
+            // The loop above only ends on another event than `Stress`.
+            Event::Shutdown | Event::Stress => {
                 tracing::info!("closing for shutdown");
                 self.close_with(reply(421, (4, 3, 2), "Server shutting down"))
                     .await
@@ -583,10 +714,12 @@ where
                     let result = guarded(session.reset()).await;
                     self.hook(result).await?;
                     self.queue(reply(250, (2, 0, 0), "OK")).await?;
+                    self.junk_command().await?;
                     None
                 }
                 Command::Noop => {
                     self.queue(reply(250, (2, 0, 0), "OK")).await?;
+                    self.junk_command().await?;
                     None
                 }
                 Command::Quit => {
@@ -610,11 +743,13 @@ where
                         };
                         self.queue(answer).await?;
                     }
+                    self.junk_command().await?;
                     None
                 }
                 Command::Expn { .. } => {
                     self.queue(reply(502, (5, 5, 1), "EXPN not supported"))
                         .await?;
+                    self.junk_command().await?;
                     None
                 }
                 Command::Help { .. } => {
@@ -624,6 +759,7 @@ where
                         "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
                     ))
                     .await?;
+                    self.junk_command().await?;
                     None
                 }
                 Command::StartTls => return self.starttls_command().await,
@@ -932,9 +1068,16 @@ where
 
     async fn skip_chunk(&mut self, size: u64) -> Flow {
         self.framed.codec_mut().expect_bdat(size);
+        self.start_data_deadline();
+        let skipped = self.skip_chunk_data().await;
+        self.data_deadline = None;
+        skipped
+    }
+
+    async fn skip_chunk_data(&mut self) -> Flow {
         loop {
             match self.next_frame(Wait::Body).await? {
-                ServerFrame::BodyChunk(_) => {}
+                ServerFrame::BodyChunk(chunk) => self.data_received(chunk.len()),
                 ServerFrame::BdatEnd => return Ok(()),
                 _ => {
                     tracing::warn!("unexpected frame in a BDAT chunk");
@@ -977,6 +1120,7 @@ where
         let handler_timeout = self.config.timeouts.data_termination;
         let (sender, receiver) = mpsc::channel(BODY_CHANNEL_CAPACITY);
         let body = Body::new(receiver);
+        self.start_data_deadline();
         let sender = BodySender {
             sender: Some(sender),
             timeout: handler_timeout,
@@ -1017,6 +1161,11 @@ where
         };
         self.transaction = None;
         let closed = matches!(feed, Feed::Closed(_));
+        self.data_deadline = None;
+        if matches!(feed, Feed::Complete { .. }) {
+            // Postfix resets its junk command count after each message.
+            self.junk = 0;
+        }
         let output = match handled {
             None => {
                 tracing::warn!("message handler timed out");
@@ -1155,6 +1304,7 @@ where
             };
             match frame {
                 ServerFrame::BodyChunk(chunk) => {
+                    self.data_received(chunk.len());
                     if sender.send(BodyMessage::Chunk(chunk)).await.is_err() {
                         return self.stalled().await;
                     }
@@ -1200,6 +1350,7 @@ where
                 };
                 match frame {
                     ServerFrame::BodyChunk(chunk) => {
+                        self.data_received(chunk.len());
                         if !too_large {
                             check.update(&chunk);
                             if sender.send(BodyMessage::Chunk(chunk)).await.is_err() {
@@ -1253,7 +1404,10 @@ where
                         break;
                     }
                     ServerFrame::Command(Ok(Command::Noop)) => {
-                        self.queue(reply(250, (2, 0, 0), "OK")).await
+                        match self.queue(reply(250, (2, 0, 0), "OK")).await {
+                            Ok(()) => self.junk_command().await,
+                            Err(ended) => Err(ended),
+                        }
                     }
                     ServerFrame::Command(Ok(
                         command @ (Command::Rset

@@ -75,6 +75,9 @@ pub use config::{
     DEFAULT_SESSION_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TLS_HANDSHAKE_TIMEOUT, Extensions,
     Limits, PROXY_HEADER_MIN, TIMEOUT_MIN, Timeouts,
 };
+pub use config::{
+    DEFAULT_MAX_JUNK_COMMANDS, DEFAULT_MIN_DATA_RATE, DEFAULT_STRESS_TIMEOUT, Stress, TIMEOUT_MAX,
+};
 pub use error::{ConfigError, SmtpError};
 pub use received::ReceivedHeader;
 pub use server::{Listening, Server, ServerBuilder};

@@ -18,11 +18,11 @@ use tracing::Instrument;
 
 use crate::auth::{Authenticator, DynAuthenticator};
 use crate::config::{
-    AuthPolicy, BareLineEndings, DEFAULT_SHUTDOWN_TIMEOUT, Extensions, Limits, Timeouts,
+    AuthPolicy, BareLineEndings, DEFAULT_SHUTDOWN_TIMEOUT, Extensions, Limits, Stress, Timeouts,
 };
 use crate::connection::{self, RunState};
 use crate::error::ConfigError;
-use crate::limiter::ConnectionLimiter;
+use crate::limiter::{AcceptErrors, ConnectionLimiter, Load};
 use crate::proxy::{self, ProxyHeader};
 use crate::session::{Backend, ConnectionInfo};
 use crate::tls::TlsConfig;
@@ -31,9 +31,6 @@ use crate::transcript::{Transcript, TranscriptHook, TranscriptLine};
 /// Time connections get to write their `421` and close once the shutdown
 /// deadline has passed, before their tasks are aborted.
 const SHUTDOWN_FINAL_GRACE: Duration = Duration::from_secs(5);
-/// Pause after a failed `accept` (for example when out of file
-/// descriptors), so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Everything a connection needs to know, shared by all of them.
 pub(crate) struct Config {
@@ -41,6 +38,10 @@ pub(crate) struct Config {
     pub(crate) banner: String,
     pub(crate) limits: Limits,
     pub(crate) timeouts: Timeouts,
+    pub(crate) stress: Stress,
+    /// Connections being served by [`Listening::serve`], against the
+    /// stress high-water mark.
+    pub(crate) load: Load,
     pub(crate) extensions: Extensions,
     pub(crate) authenticator: Option<Arc<dyn DynAuthenticator>>,
     pub(crate) auth_policy: AuthPolicy,
@@ -117,6 +118,8 @@ impl<B: Backend> Server<B> {
                 banner: "ready".to_owned(),
                 limits: Limits::default(),
                 timeouts: Timeouts::default(),
+                stress: Stress::default(),
+                load: Load::default(),
                 extensions: Extensions::default(),
                 authenticator: None,
                 auth_policy: AuthPolicy::default(),
@@ -238,6 +241,12 @@ impl<B: Backend> ServerBuilder<B> {
         self
     }
 
+    /// Load-adaptive limits (see [`Stress`]). On by default.
+    pub fn stress(mut self, stress: Stress) -> Self {
+        self.config.stress = stress;
+        self
+    }
+
     /// Which ESMTP extensions are offered (see [`Extensions`]).
     pub fn extensions(mut self, extensions: Extensions) -> Self {
         self.config.extensions = extensions;
@@ -356,6 +365,12 @@ impl<B: Backend> ServerBuilder<B> {
             .collect();
         self.config.limits = self.config.limits.normalized();
         self.config.timeouts = self.config.timeouts.normalized();
+        self.config.stress = self.config.stress.clone().normalized();
+        self.config.load = Load::new(
+            self.config
+                .stress
+                .threshold(self.config.limits.max_connections),
+        );
         Ok(Server {
             shared: Arc::new(Shared {
                 backend: self.backend,
@@ -409,6 +424,7 @@ impl<B: Backend> Listening<B> {
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let listeners = self.listeners;
+        let mut accept_errors = AcceptErrors::default();
         loop {
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
@@ -417,7 +433,19 @@ impl<B: Backend> Listening<B> {
             };
             match accepted {
                 Ok((stream, peer, implicit_tls)) => {
+                    accept_errors.succeeded();
                     let permit = limiter.acquire_total();
+                    // Refused connections are not load: they end at once.
+                    let load = permit.as_ref().map(|_| {
+                        let (guard, began) = shared.config.load.enter();
+                        if began {
+                            tracing::warn!(
+                                connections = shared.config.load.open(),
+                                "under stress: shorter timeouts and error limits"
+                            );
+                        }
+                        guard
+                    });
                     let shared = Arc::clone(&shared);
                     let limiter = limiter.clone();
                     let state_rx = state_rx.clone();
@@ -433,12 +461,18 @@ impl<B: Backend> Listening<B> {
                             state_rx,
                         )
                         .await;
+                        drop(load);
                         drop(total);
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    let Some(pause) = accept_errors.failed(&error) else {
+                        continue;
+                    };
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                 }
             }
         }
@@ -514,10 +548,13 @@ async fn accepted_connection<B: Backend>(
             .await;
             return;
         }
+        // A dual-stack listener sees an IPv4 peer as `::ffff:a.b.c.d`:
+        // match it against IPv4 networks too.
+        let (ip, canonical) = (peer.ip(), peer.ip().to_canonical());
         if config
             .proxy_trusted
             .iter()
-            .any(|net| net.contains(&peer.ip()))
+            .any(|net| net.contains(&ip) || net.contains(&canonical))
         {
             let header = tokio::time::timeout(
                 config.timeouts.proxy_header,

@@ -191,7 +191,10 @@ async fn fifty_megabytes_of_data_to_a_stalled_handler() {
 #[tokio::test(start_paused = true)]
 async fn pipelined_commands_from_a_client_that_never_reads() {
     let backend = TestBackend::new();
-    let server = builder(&backend).build().unwrap();
+    // This measures buffering, not the junk command limit.
+    let mut limits = smtp_server::Limits::default();
+    limits.max_junk_commands = u32::MAX;
+    let server = builder(&backend).limits(limits).build().unwrap();
     let (mut client, meter) = connect_metered(&server);
     client.hello().await;
     const COMMANDS: usize = 100_000;
