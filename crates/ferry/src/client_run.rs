@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtp_client::{
-    Address, AuthMechanism, Client, ClientConfig, Credentials, Direction, Envelope, ErrorKind,
-    Pool, PoolConfig, Step, Timeouts, Tls, TlsConfig,
+    Address, AuthMechanism, Client, ClientConfig, Credentials, Envelope, ErrorKind, Pool,
+    PoolConfig, Step, Timeouts, Tls, TlsConfig,
 };
 
 use crate::bench;
@@ -88,9 +88,7 @@ pub fn client_config(
         }
     }
     if transcript {
-        builder = builder.transcript(Arc::new(|direction: Direction, line: &str| {
-            eprintln!("{}: {line}", direction.prefix());
-        }));
+        builder = builder.transcript(|line| eprintln!("[{}] {line}", line.session_id));
     }
     builder.build().map_err(|e| usage(e.to_string()))
 }

@@ -18,8 +18,8 @@ use ferry::users::Users;
 use futures::StreamExt;
 use smtp_client::{
     Address, AuthMechanism, BodyType, ClientConfig, ClientConfigBuilder, Connection, Credentials,
-    Direction, Envelope, ErrorKind, Message, Notify, Pool, PoolConfig, Protocol, Recipient, Ret,
-    SendResult, Step, Timeouts, Tls, TlsConfig,
+    Envelope, ErrorKind, Message, Notify, Pool, PoolConfig, Protocol, Recipient, Ret, SendResult,
+    Step, Timeouts, Tls, TlsConfig,
 };
 use smtp_server::smtp_proto::command::{MailParameters, OriginalRecipient, RcptParameters};
 use smtp_server::smtp_proto::sasl::Credentials as SaslCredentials;
@@ -400,14 +400,15 @@ async fn deliver(
 }
 
 /// A transcript that collects the client's lines.
-fn recording_transcript() -> (smtp_client::Transcript, Arc<Mutex<Vec<String>>>) {
+fn recording_transcript() -> (
+    impl Fn(&smtp_client::TranscriptLine<'_>) + Send + Sync + 'static,
+    Arc<Mutex<Vec<String>>>,
+) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&lines);
-    let transcript: smtp_client::Transcript = Arc::new(move |direction: Direction, line: &str| {
-        sink.lock()
-            .unwrap()
-            .push(format!("{}: {line}", direction.prefix()));
-    });
+    let transcript = move |line: &smtp_client::TranscriptLine<'_>| {
+        sink.lock().unwrap().push(line.to_string());
+    };
     (transcript, lines)
 }
 

@@ -11,11 +11,8 @@
 //! any certificate (test servers only).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use smtp_client::{
-    Address, Client, ClientConfig, Credentials, Direction, Envelope, Message, Tls, TlsConfig,
-};
+use smtp_client::{Address, Client, ClientConfig, Credentials, Envelope, Message, Tls, TlsConfig};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -45,9 +42,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .port(port.parse()?)
         .tls(tls)
         .tls_config(TlsConfig::new().dangerous_accept_invalid_certs(insecure))
-        .transcript(Arc::new(|direction: Direction, line: &str| {
-            eprintln!("{}: {line}", direction.prefix());
-        }));
+        .transcript(|line| eprintln!("{line}"));
     if let (Ok(user), Ok(password)) = (std::env::var("SMTP_USER"), std::env::var("SMTP_PASSWORD")) {
         builder = builder.credentials(Credentials::password(user, password));
     }

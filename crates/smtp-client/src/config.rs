@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_proto::limits;
+use smtp_proto::transcript::TranscriptLine;
 
 use crate::error::Error;
 use crate::tls::{Tls, TlsConfig};
@@ -232,29 +233,12 @@ impl fmt::Display for AuthMechanism {
     }
 }
 
-/// Which side wrote a transcript line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Written by the client (`C:`).
-    Client,
-    /// Written by the server (`S:`).
-    Server,
-}
-
-impl Direction {
-    /// `"C"` or `"S"`, the usual transcript prefixes.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Direction::Client => "C",
-            Direction::Server => "S",
-        }
-    }
-}
-
-/// A transcript callback: called with each protocol line, without its
-/// `<CRLF>`. Secrets sent during `AUTH` are replaced by `****`, and the
-/// message body is summarised as one `[N octets of message data]` line.
-pub type Transcript = Arc<dyn Fn(Direction, &str) + Send + Sync>;
+/// The transcript hook: called with every protocol line (see
+/// [`smtp_proto::transcript`] for the shape of the lines). Secrets sent
+/// during `AUTH` are replaced by [`MASK`](smtp_proto::transcript::MASK), and
+/// the message body is summarised as one `<message body: N octets>` (or
+/// `<BDAT chunk: N octets>`) line. The same type as smtp-server's hook.
+pub type Transcript = smtp_proto::transcript::TranscriptHook;
 
 /// Everything a [`Connection`](crate::Connection) needs: built with
 /// [`ClientConfig::builder`], cheap to clone.
@@ -512,21 +496,22 @@ impl ClientConfigBuilder {
         self
     }
 
-    /// Calls `transcript` with every protocol line (see [`Transcript`]).
+    /// Calls `hook` with every protocol line (see [`Transcript`]); the
+    /// line's `session_id` is the [`Connection::id`](crate::Connection::id).
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use smtp_client::{ClientConfig, Direction};
+    /// use smtp_client::ClientConfig;
     /// let config = ClientConfig::builder("127.0.0.1")
-    ///     .transcript(Arc::new(|direction: Direction, line: &str| {
-    ///         eprintln!("{}: {line}", direction.prefix());
-    ///     }))
+    ///     .transcript(|line| eprintln!("[{}] {line}", line.session_id))
     ///     .build()
     ///     .unwrap();
     /// # drop(config);
     /// ```
-    pub fn transcript(mut self, transcript: Transcript) -> Self {
-        self.transcript = Some(transcript);
+    pub fn transcript(
+        mut self,
+        hook: impl Fn(&TranscriptLine<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.transcript = Some(Arc::new(hook));
         self
     }
 

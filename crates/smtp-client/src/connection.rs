@@ -23,7 +23,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{AuthMechanism, ClientConfig, Credentials, Direction, Protocol};
+use smtp_proto::transcript::{self, Direction, LineKind, MASK, TranscriptLine};
+
+use crate::config::{AuthMechanism, ClientConfig, Credentials, Protocol};
 use crate::envelope::{Envelope, RecipientOutcome, SendResult};
 use crate::error::{Error, ErrorKind, Step};
 use crate::message::Message;
@@ -89,6 +91,15 @@ pub struct Connection {
     messages: usize,
     opened: Instant,
     last_used: Instant,
+    /// Names the connection in transcripts and logs.
+    id: String,
+}
+
+/// A process-wide counter naming connections `c1`, `c2`, ...
+fn next_connection_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("c{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// What [`Connection::plan`] decided for one message.
@@ -160,6 +171,7 @@ impl Connection {
             messages: 0,
             opened: now,
             last_used: now,
+            id: next_connection_id(),
         };
         connection.establish().await?;
         Ok(connection)
@@ -899,7 +911,7 @@ impl Connection {
     async fn end_refused_data(&mut self, reply: Reply) -> Result<(), Error> {
         if reply.code() == 354 {
             self.write_buf.put_slice(b".\r\n");
-            self.log(Direction::Client, ".");
+            self.log(Direction::Client, LineKind::Wire, ".");
             let timeouts = self.config.inner.timeouts;
             self.flush(Step::DataEnd, timeouts.data_block).await?;
             self.read_reply(Step::DataEnd, timeouts.data_termination)
@@ -942,9 +954,9 @@ impl Connection {
         self.write_body(&out, block_timeout).await?;
         self.log(
             Direction::Client,
-            &format!("[{total} octets of message data]"),
+            LineKind::Summary,
+            &format!("<message body: {total} octets>"),
         );
-        self.log(Direction::Client, ".");
         Ok(())
     }
 
@@ -985,10 +997,11 @@ impl Connection {
             } else {
                 format!("BDAT {}", chunk.len())
             };
-            self.log(Direction::Client, &header);
+            self.log(Direction::Client, LineKind::Wire, &header);
             self.log(
                 Direction::Client,
-                &format!("[{} octets of message data]", chunk.len()),
+                LineKind::Summary,
+                &format!("<BDAT chunk: {} octets>", chunk.len()),
             );
             self.write_buf.put_slice(header.as_bytes());
             self.write_buf.put_slice(b"\r\n");
@@ -1223,6 +1236,14 @@ impl Connection {
         self.last_used
     }
 
+    /// The connection's name in transcripts and logs (`c1`, `c2`, ...,
+    /// unique in the process): the
+    /// [`TranscriptLine::session_id`](smtp_proto::transcript::TranscriptLine::session_id)
+    /// of its lines.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The configuration the connection was opened with.
     pub fn config(&self) -> &ClientConfig {
         &self.config
@@ -1240,8 +1261,8 @@ impl Connection {
     fn queue_encoded(&mut self, encoded: &[u8]) {
         self.write_buf.put_slice(encoded);
         if self.has_transcript() {
-            let line = String::from_utf8_lossy(encoded);
-            self.log(Direction::Client, line.trim_end_matches("\r\n"));
+            let line = encoded.strip_suffix(b"\r\n").unwrap_or(encoded);
+            self.log(Direction::Client, LineKind::Wire, &transcript::escape(line));
         }
     }
 
@@ -1252,7 +1273,11 @@ impl Connection {
             initial_response: Some(response.to_owned()),
         })?;
         self.write_buf.put_slice(&encoded);
-        self.log(Direction::Client, &format!("AUTH {mechanism} ****"));
+        if self.has_transcript() {
+            let line = encoded.strip_suffix(b"\r\n").unwrap_or(&encoded);
+            let masked = transcript::mask_auth_command(line);
+            self.log(Direction::Client, LineKind::Wire, &masked);
+        }
         Ok(())
     }
 
@@ -1261,7 +1286,11 @@ impl Connection {
     fn queue_secret_line(&mut self, line: &str) {
         self.write_buf.put_slice(line.as_bytes());
         self.write_buf.put_slice(b"\r\n");
-        self.log(Direction::Client, if line.is_empty() { "" } else { "****" });
+        self.log(
+            Direction::Client,
+            LineKind::Wire,
+            if line.is_empty() { "" } else { MASK },
+        );
     }
 
     /// Writes the buffered commands.
@@ -1366,7 +1395,8 @@ impl Connection {
             reply.encode(&mut wire);
             let wire = String::from_utf8_lossy(&wire).into_owned();
             for line in wire.split_terminator("\r\n") {
-                self.log(Direction::Server, line);
+                let text = transcript::escape(line.as_bytes());
+                self.log(Direction::Server, LineKind::Wire, &text);
             }
         }
         if reply.code() == 421 {
@@ -1381,10 +1411,11 @@ impl Connection {
             || tracing::enabled!(target: "smtp_client::transcript", tracing::Level::TRACE)
     }
 
-    fn log(&self, direction: Direction, line: &str) {
-        tracing::trace!(target: "smtp_client::transcript", "{}: {}", direction.prefix(), line);
+    fn log(&self, direction: Direction, kind: LineKind, text: &str) {
+        let line = TranscriptLine::new(&self.id, direction, kind, text);
+        tracing::trace!(target: "smtp_client::transcript", connection = %self.id, "{line}");
         if let Some(transcript) = &self.config.inner.transcript {
-            transcript(direction, line);
+            transcript(&line);
         }
     }
 }

@@ -54,7 +54,7 @@ mod stream;
 mod tls;
 
 pub use config::{
-    AuthMechanism, ClientConfig, ClientConfigBuilder, Credentials, DEFAULT_CHUNK_SIZE, Direction,
+    AuthMechanism, ClientConfig, ClientConfigBuilder, Credentials, DEFAULT_CHUNK_SIZE,
     MIN_CHUNK_SIZE, Protocol, Timeouts, Transcript,
 };
 pub use connection::Connection;
@@ -71,6 +71,7 @@ pub use tls::{Tls, TlsConfig};
 pub use smtp_proto::address::Address;
 pub use smtp_proto::command::{BodyType, Notify, Ret};
 pub use smtp_proto::ehlo::Capabilities;
+pub use smtp_proto::transcript::{Direction, LineKind, TranscriptLine};
 pub use smtp_proto::{EnhancedCode, Reply};
 
 /// Sends one message per connection: connect, send, `QUIT`.

@@ -938,11 +938,13 @@ async fn the_transcript_shows_both_sides_and_masks_auth() {
     let config = config(addr)
         .credentials(smtp_client::Credentials::password("alice", "hunter2"))
         .allow_plaintext_auth(true)
-        .transcript(Arc::new(move |direction: Direction, line: &str| {
-            sink.lock()
-                .unwrap()
-                .push(format!("{}: {line}", direction.prefix()));
-        }))
+        .transcript(move |line| {
+            assert!(line.session_id.starts_with('c'), "{line:?}");
+            if line.direction == Direction::Server {
+                assert_eq!(line.kind, smtp_client::LineKind::Wire);
+            }
+            sink.lock().unwrap().push(line.to_string());
+        })
         .build()
         .unwrap();
     let connection = Connection::connect(&config).await.unwrap();
@@ -952,10 +954,7 @@ async fn the_transcript_shows_both_sides_and_masks_auth() {
     let lines = lines.lock().unwrap().clone();
     assert_eq!(lines[0], "S: 220 test.example ESMTP");
     assert_eq!(lines[1], "C: EHLO localhost");
-    assert!(
-        lines.contains(&"C: AUTH PLAIN ****".to_owned()),
-        "{lines:?}"
-    );
+    assert!(lines.contains(&"C: AUTH PLAIN ***".to_owned()), "{lines:?}");
     assert!(lines.contains(&"S: 235 ok".to_owned()));
     assert_eq!(lines.last().unwrap(), "S: 221 bye");
     let joined = lines.join("\n");
