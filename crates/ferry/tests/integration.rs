@@ -382,7 +382,7 @@ fn address(text: &str) -> Address {
 }
 
 fn envelope(from: &str, to: &[&str]) -> Envelope {
-    Envelope::new(Some(address(from)), to.iter().map(|to| address(to))).unwrap()
+    Envelope::new(address(from), to.iter().map(|to| address(to))).unwrap()
 }
 
 /// Connects, sends one message and quits; returns the result and whether
@@ -683,7 +683,8 @@ async fn tls_required_against_a_server_without_starttls_sends_no_mail() {
     let error = deliver(&config, &envelope, SIMPLE).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::TlsUnavailable);
     assert_eq!(error.step(), Step::StartTls);
-    assert!(error.is_permanent());
+    // Deferred like Postfix does, never bounced.
+    assert!(error.is_transient());
     assert_eq!(server.log.mails.load(Ordering::SeqCst), 0);
     server.assert_nothing_stored().await;
     server.stop().await;
@@ -714,7 +715,7 @@ async fn an_untrusted_certificate_fails_the_handshake_and_sends_no_mail() {
         let error = deliver(&config, &envelope, SIMPLE).await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Tls, "{mode:?}");
         assert_eq!(error.step(), Step::TlsHandshake);
-        assert!(error.is_permanent());
+        assert!(error.is_transient());
         assert_eq!(server.log.mails.load(Ordering::SeqCst), 0);
         server.assert_nothing_stored().await;
         server.stop().await;
@@ -1293,7 +1294,7 @@ async fn dsn_parameters_reach_the_handler() {
     let envelope = Envelope::builder()
         .from(address("alice@example.com"))
         .recipient(
-            Recipient::new(address("bob@example.com"))
+            Recipient::from(address("bob@example.com"))
                 .notify(Notify::On {
                     success: true,
                     failure: true,
@@ -1301,7 +1302,7 @@ async fn dsn_parameters_reach_the_handler() {
                 })
                 .orcpt("rfc822", "Bob+Smith=1@example.com"),
         )
-        .recipient(Recipient::new(address("carol@example.com")).notify(Notify::Never))
+        .recipient(Recipient::from(address("carol@example.com")).notify(Notify::Never))
         .ret(Ret::Headers)
         .envid("QQ314159 +=x")
         .build()

@@ -32,10 +32,7 @@
 //!     .tls(Tls::Required)
 //!     .credentials(Credentials::password("alice@example.com", "secret"))
 //!     .build()?;
-//! let envelope = Envelope::new(
-//!     Some("alice@example.com".parse().unwrap()),
-//!     ["bob@example.org".parse().unwrap()],
-//! )?;
+//! let envelope = Envelope::new("alice@example.com", ["bob@example.org"])?;
 //! let result = Client::new(config)
 //!     .send(&envelope, "From: alice@example.com\r\nSubject: hi\r\n\r\nHello\r\n")
 //!     .await?;
@@ -52,6 +49,7 @@ mod message;
 mod pool;
 mod stream;
 mod tls;
+mod url;
 
 pub use config::{
     AuthMechanism, ClientConfig, ClientConfigBuilder, Credentials, DEFAULT_CHUNK_SIZE,
@@ -59,11 +57,12 @@ pub use config::{
 };
 pub use connection::Connection;
 pub use envelope::{
-    ENVID_MAX, Envelope, EnvelopeBuilder, ORCPT_MAX, Recipient, RecipientOutcome, SendResult,
+    ENVID_MAX, Envelope, EnvelopeBuilder, ORCPT_MAX, Recipient, RecipientOutcome,
+    RecipientOutcomes, SendResult,
 };
 pub use error::{Error, ErrorKind, Step};
 pub use message::Message;
-pub use pool::{Pool, PoolConfig, PoolStats};
+pub use pool::{Pool, PoolConfig, PoolStats, RETRY_BACKOFF_MAX, RetryPolicy};
 pub use tls::{Tls, TlsConfig};
 
 /// The protocol types the API uses, re-exported so callers need not
@@ -98,19 +97,36 @@ impl Client {
         Connection::connect(&self.config).await
     }
 
-    /// Validates the envelope, connects, sends the message and quits.
+    /// Validates the envelope, connects, sends the message and quits. An
+    /// error carries every recipient's outcome ([`Error::recipients`]).
+    /// [`Timeouts::send_deadline`] bounds the whole call, connecting
+    /// included. Dropping the future is safe (see the cancellation notes
+    /// of [`Connection::send`]).
     pub async fn send(
         &self,
         envelope: &Envelope,
         message: impl Into<Message>,
     ) -> Result<SendResult, Error> {
-        envelope.validate()?;
-        let mut connection = self.connect().await?;
-        let result = connection.send(envelope, message).await;
-        if connection.is_usable() {
-            // The message's fate is decided; a failed QUIT changes nothing.
-            let _ = connection.quit().await;
+        let deadline = self
+            .config
+            .inner
+            .timeouts
+            .send_deadline
+            .map(|limit| tokio::time::Instant::now() + limit);
+        let mut message = message.into();
+        let result = async {
+            envelope.validate()?;
+            let mut connection = Connection::connect_until(&self.config, deadline).await?;
+            let result = connection
+                .send_until(envelope, &mut message, deadline)
+                .await;
+            if connection.is_usable() {
+                // The message's fate is decided; a failed QUIT changes nothing.
+                let _ = connection.quit().await;
+            }
+            result
         }
-        result
+        .await;
+        result.map_err(|error| error.for_envelope(envelope))
     }
 }

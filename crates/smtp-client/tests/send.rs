@@ -17,7 +17,7 @@ fn mailbox(text: &str) -> Address {
 
 fn envelope(to: &[&str]) -> Envelope {
     Envelope::new(
-        Some(mailbox("alice@example.com")),
+        mailbox("alice@example.com"),
         to.iter().map(|to| mailbox(to)),
     )
     .expect("envelope")
@@ -521,7 +521,7 @@ async fn capabilities_are_checked_before_mail() {
         .await
         .unwrap_err();
     assert_eq!(eight_bit.kind(), ErrorKind::Unsupported);
-    let utf8 = Envelope::new(None, [mailbox("j\u{f6}rg@example.org")]).unwrap();
+    let utf8 = Envelope::null_sender([mailbox("j\u{f6}rg@example.org")]).unwrap();
     let needs_utf8 = connection.send(&utf8, "x").await.unwrap_err();
     assert_eq!(needs_utf8.kind(), ErrorKind::Unsupported);
     let binary = connection
@@ -570,7 +570,7 @@ async fn extensions_add_their_parameters() {
     let envelope = Envelope::builder()
         .from(mailbox("alice@example.com"))
         .recipient(
-            Recipient::new(mailbox("j\u{f6}rg@example.org"))
+            Recipient::from(mailbox("j\u{f6}rg@example.org"))
                 .notify(Notify::On {
                     success: true,
                     failure: true,
@@ -619,7 +619,7 @@ async fn dsn_parameters_are_left_out_when_dsn_is_not_offered() {
     .await;
     let envelope = Envelope::builder()
         .from(mailbox("alice@example.com"))
-        .recipient(Recipient::new(mailbox("b@example.org")).notify(Notify::Never))
+        .recipient(Recipient::from(mailbox("b@example.org")).notify(Notify::Never))
         .ret(Ret::Full)
         .build()
         .unwrap();
@@ -976,12 +976,12 @@ fn line_breaks_in_envelope_values_are_errors_before_any_connection() {
         .build();
     assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
     let bad = Envelope::builder()
-        .recipient(Recipient::new(mailbox("b@example.org")).orcpt("rfc822", "b@x\r\nDATA"))
+        .recipient(Recipient::from(mailbox("b@example.org")).orcpt("rfc822", "b@x\r\nDATA"))
         .build();
     assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
     assert!("a\r\n@example.org".parse::<Address>().is_err());
     assert!("a@exa\0mple.org".parse::<Address>().is_err());
-    let no_recipients = Envelope::new(None, []);
+    let no_recipients = Envelope::null_sender(Vec::<Address>::new());
     assert_eq!(no_recipients.unwrap_err().kind(), ErrorKind::InvalidInput);
 }
 
