@@ -178,6 +178,35 @@ impl Envelope {
         builder.build()
     }
 
+    /// The envelope a message's own header fields describe, as RFC 5322
+    /// §3.6.6 has it: when the message was resent (it has `Resent-*`
+    /// fields), the sender of the newest resent block (`Resent-Sender`,
+    /// else `Resent-From`) and its `Resent-To`, `Resent-Cc` and
+    /// `Resent-Bcc`; otherwise `Sender`, else the first `From` mailbox, and
+    /// every `To`, `Cc` and `Bcc` mailbox. Display names, comments and
+    /// group names are dropped, folded fields unfolded, quoted local parts
+    /// kept; a recipient named twice is sent once.
+    ///
+    /// The message itself is not changed: a `Bcc` field in it reaches
+    /// every recipient, so leave it out of messages you build (mail
+    /// builders such as `mail-builder` do not write it).
+    ///
+    /// ```
+    /// use smtp_client::Envelope;
+    /// let message = b"From: Alice <alice@example.com>\r\n\
+    ///     To: Bob <bob@example.org>, team: carol@example.org, \"d e\"@example.org;\r\n\
+    ///     Subject: hello\r\n\r\nHi!\r\n";
+    /// let envelope = Envelope::from_message(message)?;
+    /// assert_eq!(envelope.from().unwrap().as_str(), "alice@example.com");
+    /// let to: Vec<&str> = envelope.recipients().iter().map(|r| r.address().as_str()).collect();
+    /// assert_eq!(to, ["bob@example.org", "carol@example.org", "\"d e\"@example.org"]);
+    /// # Ok::<(), smtp_client::Error>(())
+    /// ```
+    pub fn from_message(message: &[u8]) -> Result<Self, Error> {
+        let (sender, recipients) = crate::headers::envelope_addresses(message)?;
+        Envelope::new(sender, recipients)
+    }
+
     /// A builder for envelopes with DSN or other parameters.
     pub fn builder() -> EnvelopeBuilder {
         EnvelopeBuilder::default()

@@ -45,6 +45,7 @@ mod config;
 mod connection;
 mod envelope;
 mod error;
+mod headers;
 mod message;
 mod pool;
 mod stream;

@@ -1,6 +1,7 @@
 //! The pool against a server's per-client connection limit, refusals at
 //! the greeting, retries and the whole-send deadline: a real smtp-server on
-//! 127.0.0.1 where its behaviour matters, scripted peers for misbehaviour.
+//! 127.0.0.1 where its behaviour matters, scripted peers for misbehaviour;
+//! and envelopes taken from built messages, delivered to the real server.
 
 mod common;
 
@@ -18,9 +19,14 @@ use smtp_server::{
 };
 use tokio::net::TcpListener;
 
+/// A message's sender and recipients, as the server saw them.
+type Seen = (String, Vec<String>);
+
 /// Counts the messages it received and the sessions open at once.
 #[derive(Clone, Default)]
 struct Sink {
+    /// Sender and recipients of every message, as the server saw them.
+    envelopes: Arc<std::sync::Mutex<Vec<Seen>>>,
     messages: Arc<AtomicUsize>,
     live: Arc<AtomicUsize>,
     max_live: Arc<AtomicUsize>,
@@ -39,8 +45,23 @@ impl Backend for Sink {
 }
 
 impl Session for SinkSession {
-    async fn data(&mut self, _: &smtp_server::Envelope, body: Body) -> Result<(), SmtpError> {
+    async fn data(
+        &mut self,
+        envelope: &smtp_server::Envelope,
+        body: Body,
+    ) -> Result<(), SmtpError> {
         let _ = body.read_to_end(1 << 20).await;
+        let from = envelope
+            .from
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let to = envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
+        self.0.envelopes.lock().unwrap().push((from, to));
         // A little work per message keeps connections busy, so the sends
         // really compete for them.
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -320,4 +341,41 @@ async fn the_send_deadline_bounds_a_server_that_never_greets() {
         assert_eq!(error.recipients().len(), 1);
     }
     silent.abort();
+}
+
+#[tokio::test]
+async fn an_envelope_from_a_built_message_reaches_every_recipient() {
+    let sink = Sink::default();
+    let (addr, stop) = real_server(sink.clone()).await;
+    let message = mail_builder::MessageBuilder::new()
+        .from(("Alice Example", "alice@example.com"))
+        .to(vec![
+            ("Bob", "bob@example.org"),
+            ("Carol", "carol@example.org"),
+        ])
+        .cc("dave@example.org")
+        .subject("Envelope from headers")
+        .text_body("Hello")
+        .attachment("text/plain", "notes.txt", &b"some notes"[..])
+        .write_to_vec()
+        .unwrap();
+    let envelope = Envelope::from_message(&message).unwrap();
+    let result = smtp_client::Client::new(config(addr).build().unwrap())
+        .send(&envelope, message)
+        .await
+        .unwrap();
+    assert!(result.is_complete());
+    let envelopes = sink.envelopes.lock().unwrap().clone();
+    assert_eq!(
+        envelopes,
+        [(
+            "alice@example.com".to_owned(),
+            vec![
+                "bob@example.org".to_owned(),
+                "carol@example.org".to_owned(),
+                "dave@example.org".to_owned()
+            ]
+        )]
+    );
+    let _ = stop.send(());
 }
