@@ -1,20 +1,28 @@
 //! A tokio SMTP and LMTP client with TLS, AUTH, pipelining, per-recipient
 //! results and a connection pool.
 //!
-//! - [`ClientConfig`] says where and how to connect: TLS mode ([`Tls`]:
-//!   none, opportunistic or required `STARTTLS`, implicit TLS) with
-//!   certificates in [`TlsConfig`], [`Credentials`] for `AUTH` (with an
-//!   optional [`AuthMechanism`] to pin the mechanism), [`Timeouts`]
-//!   for every step, SMTP or LMTP ([`Protocol`]), and an optional
-//!   [`Transcript`] of the protocol lines.
+//! - [`ClientConfig`] says where and how to connect: from a URL
+//!   ([`ClientConfig::from_url`]: `smtp://user:pass@host:587`,
+//!   `smtps://host`, `lmtp://host:24`, ...) or a builder; TLS mode
+//!   ([`Tls`]: none, opportunistic or required `STARTTLS`, implicit TLS)
+//!   with certificates in [`TlsConfig`], [`Credentials`] for `AUTH` (with an
+//!   optional [`AuthMechanism`] to pin the mechanism), [`Timeouts`] for
+//!   every step and for the whole send, SMTP or LMTP ([`Protocol`]), and an
+//!   optional [`Transcript`] of the protocol lines (the same
+//!   [`TranscriptLine`] type smtp-server uses).
+//! - [`Envelope`] takes addresses as strings or [`Address`]es, or comes
+//!   from the message's own header fields ([`Envelope::from_message`]).
 //! - [`Connection`] is one open session: [`Connection::send`] takes an
 //!   [`Envelope`] and a [`Message`] (bytes, an `AsyncRead` or a stream,
 //!   streamed through the dot-stuffing encoder, never collected whole) and
-//!   returns a [`SendResult`] with one [`RecipientOutcome`] per recipient.
+//!   returns a [`SendResult`] with one [`RecipientOutcome`] per recipient;
+//!   [`RecipientOutcomes`] reads them from an error too.
 //! - [`Client`] sends one message per connection; [`Pool`] shares
-//!   connections between tasks.
+//!   connections between tasks, within a server's per-client connection
+//!   limit, with an optional [`RetryPolicy`].
 //! - [`Error`] carries an [`ErrorKind`], the [`Step`] that failed and the
-//!   server's reply; [`Error::is_transient`] says whether to retry.
+//!   server's reply; [`Error::is_transient`] says whether to retry. Its
+//!   `Display` leaves the cause to [`source`](std::error::Error::source).
 //!
 //! What the client does by itself: EHLO with a HELO fallback, a fresh EHLO
 //! after STARTTLS, refusing replies injected behind the `220` to STARTTLS,
@@ -73,6 +81,11 @@ pub use smtp_proto::command::{BodyType, Notify, Ret};
 pub use smtp_proto::ehlo::Capabilities;
 pub use smtp_proto::transcript::{Direction, LineKind, TranscriptLine};
 pub use smtp_proto::{EnhancedCode, Reply};
+
+/// The crate README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Sends one message per connection: connect, send, `QUIT`.
 ///
