@@ -1095,3 +1095,55 @@ async fn a_rejected_bdat_chunk_drains_the_window_and_resets() {
     connection.quit().await.unwrap();
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn the_transcript_summarises_bodies_and_escapes_server_text() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.greet(&[]).await;
+        s.expect("MAIL FROM:<alice@example.com>").await;
+        s.send("250 ok").await;
+        s.expect("RCPT TO:<bob@example.org>").await;
+        s.send("250 ok\x1b[2J").await;
+        s.expect("DATA").await;
+        s.send("354 go").await;
+        s.read_data().await;
+        s.send("250 queued").await;
+        s.quit().await;
+    })
+    .await;
+    let sink = Arc::clone(&lines);
+    let config = config(addr)
+        .transcript(move |line| {
+            sink.lock()
+                .unwrap()
+                .push((line.kind, line.to_string(), line.session_id.to_owned()));
+        })
+        .build()
+        .unwrap();
+    Client::new(config)
+        .send(
+            &envelope(&["bob@example.org"]),
+            "Subject: x\r\n\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+    server.await.unwrap();
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().all(|(_, _, id)| id == &lines[0].2),
+        "one connection id"
+    );
+    assert!(
+        lines.contains(&(
+            smtp_client::LineKind::Summary,
+            "C: <message body: 21 octets>".to_owned(),
+            lines[0].2.clone()
+        )),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|(_, text, _)| text == "S: 250 ok\\x1b[2J"),
+        "{lines:?}"
+    );
+}
