@@ -181,6 +181,13 @@ pub fn failure_of(err: &smtp_client::Error, server: &str) -> Failure {
              use --tls starttls or --tls implicit, or allow it with --allow-insecure-auth"
                 .to_owned(),
         ),
+        ErrorKind::Auth if lower.contains("usually offered only after") => (
+            FailureKind::Auth,
+            format!(
+                "{server} offers AUTH only after STARTTLS: use --tls starttls \
+                 (or --tls opportunistic)"
+            ),
+        ),
         ErrorKind::Auth if lower.starts_with("authentication failed") => {
             (FailureKind::Auth, text.clone())
         }

@@ -446,3 +446,47 @@ fn the_server_may_be_a_connection_url() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(json(&out)["error"]["kind"], "usage");
 }
+
+#[test]
+fn auth_offered_only_after_starttls_says_to_use_starttls() {
+    // The scripted server offers neither AUTH nor STARTTLS; this one
+    // offers STARTTLS only, as servers that hide AUTH until TLS do.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut out = stream.try_clone().unwrap();
+        let mut input = BufReader::new(stream);
+        out.write_all(b"220 scripted ESMTP\r\n").unwrap();
+        let mut line = String::new();
+        input.read_line(&mut line).unwrap();
+        out.write_all(b"250-scripted\r\n250 STARTTLS\r\n").unwrap();
+        let mut rest = String::new();
+        let _ = input.read_line(&mut rest);
+        rest
+    });
+    let out = send_to(
+        &addr,
+        &[
+            "--tls",
+            "none",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--allow-insecure-auth",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("offers AUTH only after STARTTLS: use --tls starttls"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // Nothing but QUIT followed.
+    let rest = server.join().unwrap();
+    assert!(rest.is_empty() || rest.starts_with("QUIT"), "{rest:?}");
+}
