@@ -394,8 +394,10 @@ impl Pool {
             if let Some(pooled) = self.take_idle(deadline).await {
                 return Ok((pooled, true));
             }
-            if self.may_open() {
-                match self.open(deadline).await {
+            let mut wake_at = Instant::now() + WAIT_RECHECK;
+            match self.may_open() {
+                Err(not_before) => wake_at = wake_at.min(not_before),
+                Ok(()) => match self.open(deadline).await {
                     Ok(pooled) => return Ok((pooled, false)),
                     Err(error) => {
                         if !self.refused_at_limit(&error, refused_before) {
@@ -405,9 +407,9 @@ impl Pool {
                         tracing::debug!(%error, "refused at the greeting; waiting for a pooled connection");
                         continue;
                     }
-                }
+                },
             }
-            let wait = tokio::time::sleep(WAIT_RECHECK);
+            let wait = tokio::time::sleep_until(wake_at);
             match deadline {
                 Some(deadline) => {
                     tokio::select! {
@@ -452,8 +454,10 @@ impl Pool {
     }
 
     /// Whether a new connection may be opened now: under the lowered size
-    /// (if any) and past the reconnect delay.
-    fn may_open(&self) -> bool {
+    /// (if any) and past the reconnect delay. `Err` holds when to look
+    /// again: the end of the delay, or a moment from now when the pool is
+    /// full (then a connection going idle or closing wakes the caller).
+    fn may_open(&self) -> Result<(), Instant> {
         let counters = &self.inner.counters;
         let live = counters.open.load(Ordering::Relaxed) + counters.opening.load(Ordering::Relaxed);
         let mut throttle = self.lock_throttle();
@@ -469,7 +473,13 @@ impl Pool {
         // delay): a lowered size must not queue sends behind connections
         // that may never come.
         let open = counters.open.load(Ordering::Relaxed);
-        (live < limit || open == 0) && now >= throttle.not_before
+        if !(live < limit || open == 0) {
+            return Err(now + WAIT_RECHECK);
+        }
+        if now < throttle.not_before {
+            return Err(throttle.not_before);
+        }
+        Ok(())
     }
 
     /// After a failed open: a 4xx at the greeting while other connections
