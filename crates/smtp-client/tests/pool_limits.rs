@@ -379,3 +379,34 @@ async fn an_envelope_from_a_built_message_reaches_every_recipient() {
     );
     let _ = stop.send(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lowered_pool_size_lasts_for_the_throttle_period() {
+    let sink = Sink::default();
+    let (addr, stop) = real_server(sink.clone()).await;
+    let pool = Pool::new(
+        config(addr).build().unwrap(),
+        PoolConfig {
+            max_connections: 30,
+            throttle_period: Duration::from_secs(3),
+            ..PoolConfig::default()
+        },
+    );
+    assert_eq!(pool.effective_size(), 30);
+    let envelope = Envelope::new("alice@example.com", ["bob@example.org"]).unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let (pool, envelope) = (pool.clone(), envelope.clone());
+        tasks.push(tokio::spawn(async move { pool.send(&envelope, "x").await }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let started = Instant::now();
+    assert!(pool.effective_size() <= DEFAULT_MAX_CONNECTIONS_PER_IP);
+    tokio::time::sleep_until((started + Duration::from_millis(3100)).into()).await;
+    assert_eq!(pool.effective_size(), 30, "restored after the period");
+    assert_eq!(sink.messages.load(Ordering::SeqCst), 60);
+    pool.close().await;
+    let _ = stop.send(());
+}
