@@ -223,12 +223,15 @@ pub enum Pipelining {
 /// Connection options shared by `send` and `bench`.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// The server to talk to.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:2525")]
+    /// The server to talk to: HOST:PORT, or a connection URL such as
+    /// smtp://user:pass@host:587 (STARTTLS), smtps://host:465 (implicit
+    /// TLS), smtp://host:25?tls=opportunistic or lmtp://host:24.
+    #[arg(long, value_name = "HOST:PORT|URL", default_value = "127.0.0.1:2525")]
     pub server: String,
-    /// TLS mode; certificates and host names are verified unless --insecure.
-    #[arg(long, value_enum, default_value_t = TlsMode::Starttls)]
-    pub tls: TlsMode,
+    /// TLS mode; certificates and host names are verified unless --insecure
+    /// [default: starttls, or what the --server URL says].
+    #[arg(long, value_enum)]
+    pub tls: Option<TlsMode>,
     /// Skip certificate and host name checks.
     #[arg(long)]
     pub insecure: bool,
@@ -247,8 +250,8 @@ pub struct ConnectArgs {
 #[derive(Debug, Clone, Args)]
 #[command(
     after_help = "Exit status: 0 when every recipient was accepted, 75 when every \
-failure was transient (4xx, timeout, connection refused or lost), 1 on a permanent failure, \
-2 on usage errors."
+failure was transient (4xx, timeout, connection refused or lost, TLS trouble, an unknown \
+outcome after the message was sent), 1 on a permanent failure, 2 on usage errors."
 )]
 pub struct SendArgs {
     /// Connection options.
@@ -494,7 +497,7 @@ mod tests {
             panic!()
         };
         assert_eq!(send.connect.server, "mx.example:587");
-        assert_eq!(send.connect.tls, TlsMode::Implicit);
+        assert_eq!(send.connect.tls, Some(TlsMode::Implicit));
         assert_eq!(send.to.len(), 2);
         assert_eq!(send.bcc, vec!["d@example.com"]);
         assert_eq!(send.password_env.as_deref(), Some("PW"));
@@ -506,7 +509,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(send.connect.tls, TlsMode::Starttls);
+        assert_eq!(send.connect.tls, None);
         assert_eq!(send.connect.server, "127.0.0.1:2525");
     }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtp_client::{
-    Address, AuthMechanism, Client, ClientConfig, Credentials, Direction, Envelope, ErrorKind,
-    Pool, PoolConfig, Step, Timeouts, Tls, TlsConfig,
+    Address, AuthMechanism, Client, ClientConfig, ClientConfigBuilder, Credentials, Envelope,
+    ErrorKind, Pool, PoolConfig, RecipientOutcomes, Step, Timeouts, Tls, TlsConfig,
 };
 
 use crate::bench;
@@ -43,8 +43,37 @@ pub fn auth_mechanism(choice: AuthChoice) -> Option<AuthMechanism> {
     }
 }
 
+/// The TLS mode a `--tls` value stands for.
+fn tls_of(mode: TlsMode) -> Tls {
+    match mode {
+        TlsMode::None => Tls::None,
+        TlsMode::Opportunistic => Tls::Opportunistic,
+        TlsMode::Starttls => Tls::Required,
+        TlsMode::Implicit => Tls::Implicit,
+    }
+}
+
+/// `--server` as a connection URL (`smtp://`, `smtps://`, `lmtp://`, see
+/// smtp-client's `ClientConfig::builder_from_url`) or `HOST:PORT`. An
+/// explicit `--tls` overrides the URL's mode; without either, STARTTLS is
+/// required.
+fn server_builder(connect: &ConnectArgs) -> Result<ClientConfigBuilder, Failure> {
+    let builder = if connect.server.contains("://") {
+        ClientConfig::builder_from_url(&connect.server).map_err(|e| {
+            Failure::new(FailureKind::Usage, format!("--server: {}", error_chain(&e)))
+        })?
+    } else {
+        let (host, port) = split_server(&connect.server)?;
+        ClientConfig::builder(host).port(port).tls(Tls::Required)
+    };
+    Ok(match connect.tls {
+        Some(mode) => builder.tls(tls_of(mode)),
+        None => builder,
+    })
+}
+
 /// Builds the client configuration shared by send and bench. `auth` is
-/// only used with `credentials`.
+/// only used with credentials (given here or in a `--server` URL).
 pub fn client_config(
     connect: &ConnectArgs,
     credentials: Option<(String, String)>,
@@ -53,51 +82,61 @@ pub fn client_config(
     pipelining: bool,
     transcript: bool,
 ) -> Result<ClientConfig, Failure> {
-    let (host, port) = split_server(&connect.server)?;
     let usage = |e: String| Failure::new(FailureKind::Usage, e);
     let mut tls_config = TlsConfig::new();
     if let Some(ca) = &connect.ca {
         let pem = std::fs::read(ca).map_err(|e| usage(format!("{}: {e}", ca.display())))?;
         tls_config = tls_config
             .add_root_certificates_pem(&pem)
-            .map_err(|e| usage(format!("{}: {e}", ca.display())))?
+            .map_err(|e| usage(format!("{}: {}", ca.display(), error_chain(&e))))?
             .webpki_roots(false);
     }
     if connect.insecure {
         tls_config = tls_config.dangerous_accept_invalid_certs(true);
     }
-    let mut builder = ClientConfig::builder(host)
-        .port(port)
-        .tls(match connect.tls {
-            TlsMode::None => Tls::None,
-            TlsMode::Opportunistic => Tls::Opportunistic,
-            TlsMode::Starttls => Tls::Required,
-            TlsMode::Implicit => Tls::Implicit,
-        })
+    let mut builder = server_builder(connect)?
         .tls_config(tls_config)
-        .hello_name(connect.helo.clone().unwrap_or_else(system_hostname))
         .allow_plaintext_auth(allow_plaintext_auth)
         .pipelining(pipelining)
         .timeouts(Timeouts::uniform(Duration::from_secs(
             connect.timeout.max(1),
         )));
+    if let Some(helo) = &connect.helo {
+        builder = builder.hello_name(helo.clone());
+    } else if !connect.server.contains("helo=") {
+        builder = builder.hello_name(system_hostname());
+    }
     if let Some((user, password)) = credentials {
         builder = builder.credentials(Credentials::password(user, password));
-        if let Some(mechanism) = auth {
-            builder = builder.auth_mechanism(mechanism);
-        }
+    }
+    if let Some(mechanism) = auth {
+        builder = builder.auth_mechanism(mechanism);
     }
     if transcript {
-        builder = builder.transcript(Arc::new(|direction: Direction, line: &str| {
-            eprintln!("{}: {line}", direction.prefix());
-        }));
+        builder = builder.transcript(|line| eprintln!("[{}] {line}", line.session_id));
     }
-    builder.build().map_err(|e| usage(e.to_string()))
+    builder.build().map_err(|e| usage(error_chain(&e)))
+}
+
+/// The error and each of its causes once, `: `-separated (as anyhow's
+/// `{:#}` prints them).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// Maps a client error to the report's failure.
 pub fn failure_of(err: &smtp_client::Error, server: &str) -> Failure {
-    let text = err.to_string();
+    let text = error_chain(err);
     let lower = text.to_ascii_lowercase();
     let (kind, message) = match err.kind() {
         ErrorKind::InvalidInput => (FailureKind::Usage, text.clone()),
@@ -128,11 +167,11 @@ pub fn failure_of(err: &smtp_client::Error, server: &str) -> Failure {
             FailureKind::Certificate,
             format!("certificate not trusted: {text}"),
         ),
-        ErrorKind::Tls if lower.contains("corrupt message") => (
+        ErrorKind::Tls if lower.contains("greeted in plain text") => (
             FailureKind::Tls,
             format!(
-                "TLS handshake failed: {server} does not seem to speak TLS on this port \
-                 (try --tls starttls for port 25 or 587, --tls implicit for 465): {text}"
+                "{server}: the server greeted in plain text: use --tls starttls \
+                 (port 587/25) or implicit TLS on 465 ({text})"
             ),
         ),
         ErrorKind::Tls | ErrorKind::TlsUnavailable => (FailureKind::Tls, text.clone()),
@@ -141,6 +180,13 @@ pub fn failure_of(err: &smtp_client::Error, server: &str) -> Failure {
             "not sending the password over an unencrypted connection: \
              use --tls starttls or --tls implicit, or allow it with --allow-insecure-auth"
                 .to_owned(),
+        ),
+        ErrorKind::Auth if lower.contains("usually offered only after") => (
+            FailureKind::Auth,
+            format!(
+                "{server} offers AUTH only after STARTTLS: use --tls starttls \
+                 (or --tls opportunistic)"
+            ),
         ),
         ErrorKind::Auth if lower.starts_with("authentication failed") => {
             (FailureKind::Auth, text.clone())
@@ -153,19 +199,9 @@ pub fn failure_of(err: &smtp_client::Error, server: &str) -> Failure {
         kind,
         message,
         reply: err.reply().map(ReplySummary::from),
+        // The library decides what may pass later.
+        transient: err.is_transient(),
     }
-}
-
-fn recipient_results(outcomes: &[smtp_client::RecipientOutcome]) -> Vec<RecipientResult> {
-    outcomes
-        .iter()
-        .filter_map(|o| {
-            o.reply().map(|reply| RecipientResult {
-                address: o.address.to_string(),
-                reply: ReplySummary::from(reply),
-            })
-        })
-        .collect()
 }
 
 /// Sends the prepared message; never fails, the outcome says what happened.
@@ -181,30 +217,29 @@ pub async fn send_prepared(args: &SendArgs, prepared: Prepared) -> SendOutcome {
         Ok(c) => c,
         Err(f) => return SendOutcome::failed(f),
     };
-    let from: Option<Address> = prepared.from.parse().ok();
-    let to: Vec<Address> = prepared
-        .recipients
-        .iter()
-        .filter_map(|r| r.parse().ok())
-        .collect();
-    let envelope = match Envelope::new(from, to) {
+    let envelope = match Envelope::new(prepared.from.as_str(), &prepared.recipients) {
         Ok(e) => e,
         Err(e) => return SendOutcome::failed(failure_of(&e, &args.connect.server)),
     };
-    match Client::new(config).send(&envelope, prepared.message).await {
+    let result = Client::new(config).send(&envelope, prepared.message).await;
+    // Every recipient's fate, however the send ended, from the library.
+    let recipients = result
+        .recipient_outcomes()
+        .iter()
+        .map(RecipientResult::from)
+        .collect();
+    match result {
         Ok(result) => SendOutcome {
-            // Accepted recipients carry the end-of-data reply as their
-            // deciding reply in SMTP; show their RCPT-level status.
-            recipients: recipient_results(&result.recipients),
+            recipients,
             reply: result.reply.as_ref().map(ReplySummary::from),
             error: None,
         },
         Err(err) => SendOutcome {
-            recipients: recipient_results(err.recipients()),
+            recipients,
             // A refusal at the end of data is the transaction's final reply.
             reply: err
                 .reply()
-                .filter(|_| err.step() == Step::DataEnd)
+                .filter(|reply| err.step() == Step::DataEnd && reply.code() >= 400)
                 .map(ReplySummary::from),
             error: Some(failure_of(&err, &args.connect.server)),
         },
@@ -226,10 +261,12 @@ pub async fn run_send(args: SendArgs) -> i32 {
             eprintln!("ferry send: {line}");
         }
     }
+    // Delivered means accepted, as smtp-client reports it: never inferred
+    // from a reply code (a second 354 is no delivery).
     let delivered: Vec<&str> = outcome
         .recipients
         .iter()
-        .filter(|r| r.reply.code < 400 && outcome.reply.as_ref().is_some_and(|f| f.code < 400))
+        .filter(|r| r.accepted())
         .map(|r| r.address.as_str())
         .collect();
     if !args.json && outcome.exit_code() != 0 && !delivered.is_empty() {
@@ -237,7 +274,7 @@ pub async fn run_send(args: SendArgs) -> i32 {
         println!("delivered to {}", delivered.join(", "));
     }
     if !args.json && outcome.exit_code() == 0 {
-        let accepted = outcome.recipients.len();
+        let accepted = delivered.len();
         println!(
             "sent to {accepted} recipient{}: {}",
             if accepted == 1 { "" } else { "s" },
@@ -277,7 +314,7 @@ pub async fn run_bench(args: BenchArgs) -> i32 {
             .filter_map(|i| format!("{local}+{i}@{domain}").parse().ok())
             .collect()
     };
-    let envelope = match Envelope::new(from.parse().ok(), recipients) {
+    let envelope = match Envelope::new(from.as_str(), recipients) {
         Ok(e) => e,
         Err(e) => return usage(e.to_string()),
     };
@@ -359,15 +396,11 @@ pub async fn run_bench(args: BenchArgs) -> i32 {
                             .unwrap_or_else(|| "rejected".to_owned());
                         report.failed(cause);
                     }
-                    Err(err) => {
-                        report.failed(error_cause(&err));
-                        // A server that cannot be reached at all would
-                        // otherwise be hammered with connects as fast as
-                        // they fail; back off briefly before the next try.
-                        if err.step() == Step::Connect {
-                            tokio::time::sleep(CONNECT_RETRY_DELAY).await;
-                        }
-                    }
+                    // The pool itself waits before reconnecting after a
+                    // failed connect or a refused greeting, and holds
+                    // sends under a server's per-client limit, so this
+                    // loop never hammers the server.
+                    Err(err) => report.failed(error_cause(&err)),
                 }
                 if let Some(bar) = &progress {
                     bar.inc(1);
@@ -406,9 +439,6 @@ pub async fn run_bench(args: BenchArgs) -> i32 {
         1
     }
 }
-
-/// How long a bench worker waits after failing to connect.
-const CONNECT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy)]
 enum Limit {

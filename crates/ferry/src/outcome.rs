@@ -2,9 +2,21 @@
 //! error, and the exit code derived from them.
 //!
 //! Exit codes follow sysexits(3) where it has one: 0 when every recipient
-//! was accepted, 75 (`EX_TEMPFAIL`) when every failure was transient (4xx,
-//! timeout, connection refused or lost), 1 on any permanent failure (5xx,
-//! TLS policy or certificate, authentication refused), 2 on usage errors.
+//! was accepted, 75 (`EX_TEMPFAIL`) when every failure was transient, 1 on
+//! any permanent failure (a 5xx, authentication refused), 2 on usage
+//! errors.
+//!
+//! What is transient is smtp-client's decision ([`smtp_client::Error::is_transient`],
+//! [`smtp_client::RecipientOutcome::is_transient`]), never re-derived here:
+//! a 4xx, a timeout, a refused or lost connection, and every outcome that
+//! is unknown after the message was sent (a lost connection or a garbled
+//! or unexpected reply at the end of data: RFC 5321 §6.1 prefers a
+//! duplicate to a loss) are transient. TLS failures (no STARTTLS where it
+//! is required, a failed handshake, an untrusted certificate) are transient
+//! too, as Postfix defers them: they are fixed on the server, and a caller
+//! that bounced on them would return mail that a later attempt delivers.
+//! A recipient counts as delivered only when the library says it accepted
+//! the message, never from a reply code alone.
 
 use std::fmt;
 
@@ -71,14 +83,40 @@ impl fmt::Display for ReplySummary {
 pub struct RecipientResult {
     /// The address as given.
     pub address: String,
-    /// The server's reply to RCPT (or, in LMTP, after the data).
-    pub reply: ReplySummary,
+    /// Whether the server took the message for this recipient.
+    pub accepted: bool,
+    /// Whether a failure for this recipient may pass later (a 4xx, or no
+    /// answer at all).
+    pub transient: bool,
+    /// The deciding reply; `None` when the server never answered for this
+    /// recipient (the send failed before, or its outcome is unknown).
+    pub reply: Option<ReplySummary>,
 }
 
 impl RecipientResult {
     /// True when the server accepted the recipient.
     pub fn accepted(&self) -> bool {
-        self.reply.is_positive()
+        self.accepted
+    }
+
+    /// `accepted`, `rejected`, or `unknown` (no reply).
+    pub fn status(&self) -> &'static str {
+        match (self.accepted, &self.reply) {
+            (true, _) => "accepted",
+            (false, Some(_)) => "rejected",
+            (false, None) => "unknown",
+        }
+    }
+}
+
+impl From<&smtp_client::RecipientOutcome> for RecipientResult {
+    fn from(outcome: &smtp_client::RecipientOutcome) -> Self {
+        RecipientResult {
+            address: outcome.address.to_string(),
+            accepted: outcome.accepted,
+            transient: outcome.is_transient(),
+            reply: outcome.reply().map(ReplySummary::from),
+        }
     }
 }
 
@@ -135,38 +173,42 @@ pub struct Failure {
     pub message: String,
     /// The reply behind it, when the server gave one.
     pub reply: Option<ReplySummary>,
+    /// Whether trying again later may succeed (smtp-client's verdict for
+    /// errors from a send).
+    pub transient: bool,
 }
 
 impl Failure {
-    /// A failure without a server reply.
+    /// A failure without a server reply, transient as its kind usually is
+    /// (see the module documentation).
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+        let transient = matches!(
+            kind,
+            FailureKind::Connect
+                | FailureKind::Timeout
+                | FailureKind::ConnectionLost
+                | FailureKind::Tls
+                | FailureKind::Certificate
+        );
         Failure {
             kind,
             message: message.into(),
             reply: None,
+            transient,
         }
     }
 
     /// True when trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        match self.kind {
-            FailureKind::Connect | FailureKind::Timeout | FailureKind::ConnectionLost => true,
-            FailureKind::Rejected | FailureKind::Auth => {
-                self.reply.as_ref().is_some_and(ReplySummary::is_transient)
-            }
-            FailureKind::Usage
-            | FailureKind::Tls
-            | FailureKind::Certificate
-            | FailureKind::Protocol
-            | FailureKind::Io => false,
-        }
+        self.transient
     }
 }
 
 /// The result of one `ferry send`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SendOutcome {
-    /// Every recipient that got an answer, in order.
+    /// Every envelope recipient, in order (empty when the send never
+    /// started).
     pub recipients: Vec<RecipientResult>,
     /// The reply to the end of the data, if the data was sent.
     pub reply: Option<ReplySummary>,
@@ -202,7 +244,7 @@ impl SendOutcome {
             }
         };
         for rcpt in self.recipients.iter().filter(|r| !r.accepted()) {
-            count(rcpt.reply.is_transient());
+            count(rcpt.transient);
         }
         if let Some(reply) = self.reply.as_ref().filter(|r| !r.is_positive()) {
             count(reply.is_transient());
@@ -214,7 +256,7 @@ impl SendOutcome {
             EXIT_PERMANENT
         } else if transient > 0 {
             EXIT_TEMPORARY
-        } else if self.recipients.is_empty() || self.reply.is_none() {
+        } else if !self.recipients.iter().any(RecipientResult::accepted) || self.reply.is_none() {
             // Nothing failed but nothing was delivered either: not a success.
             EXIT_PERMANENT
         } else {
@@ -230,10 +272,10 @@ impl SendOutcome {
             .map(|r| {
                 json!({
                     "address": r.address,
-                    "status": if r.accepted() { "accepted" } else { "rejected" },
-                    "code": r.reply.code,
-                    "enhanced": r.reply.enhanced,
-                    "message": r.reply.message,
+                    "status": r.status(),
+                    "code": r.reply.as_ref().map(|reply| reply.code),
+                    "enhanced": r.reply.as_ref().and_then(|reply| reply.enhanced.clone()),
+                    "message": r.reply.as_ref().map(|reply| reply.message.clone()),
                 })
             })
             .collect();
@@ -251,11 +293,11 @@ impl SendOutcome {
         if let Some(error) = &self.error {
             lines.push(error.message.clone());
         }
+        // Recipients without a reply share the fate the error line states.
         for rcpt in self.recipients.iter().filter(|r| !r.accepted()) {
-            lines.push(format!(
-                "recipient {} rejected: {}",
-                rcpt.address, rcpt.reply
-            ));
+            if let Some(reply) = &rcpt.reply {
+                lines.push(format!("recipient {} rejected: {reply}", rcpt.address));
+            }
         }
         if let Some(reply) = self.reply.as_ref().filter(|r| !r.is_positive()) {
             lines.push(format!("message rejected: {reply}"));
@@ -279,7 +321,9 @@ mod tests {
     fn rcpt(address: &str, code: u16) -> RecipientResult {
         RecipientResult {
             address: address.to_owned(),
-            reply: reply(code, &format!("{}.1.5", code / 100), "text"),
+            accepted: (200..300).contains(&code),
+            transient: (400..500).contains(&code),
+            reply: Some(reply(code, &format!("{}.1.5", code / 100), "text")),
         }
     }
 
@@ -307,12 +351,29 @@ mod tests {
         assert_eq!(SendOutcome::failed(refused).exit_code(), 75);
         let lost = Failure::new(FailureKind::ConnectionLost, "lost");
         assert_eq!(outcome(&[250], None, Some(lost)).exit_code(), 75);
+        // TLS trouble is deferred, as Postfix does.
         let cert = Failure::new(FailureKind::Certificate, "not trusted");
-        assert_eq!(SendOutcome::failed(cert).exit_code(), 1);
+        assert_eq!(SendOutcome::failed(cert).exit_code(), 75);
+        // After the data: an unknown outcome is transient, and a recipient
+        // without a reply is not delivered.
+        let mut unknown = outcome(&[], None, None);
+        unknown.recipients.push(RecipientResult {
+            address: "r@example.com".to_owned(),
+            accepted: false,
+            transient: true,
+            reply: None,
+        });
+        let mut garbled = Failure::new(FailureKind::Protocol, "garbled");
+        garbled.transient = true;
+        unknown.error = Some(garbled);
+        assert_eq!(unknown.exit_code(), 75);
+        assert_eq!(unknown.to_json()["recipients"][0]["status"], "unknown");
+        assert!(unknown.problems() == vec!["garbled".to_owned()]);
         let mut auth = Failure::new(FailureKind::Auth, "authentication failed");
         auth.reply = Some(reply(535, "5.7.8", "no"));
         assert_eq!(SendOutcome::failed(auth.clone()).exit_code(), 1);
         auth.reply = Some(reply(454, "4.7.0", "later"));
+        auth.transient = true;
         assert_eq!(SendOutcome::failed(auth).exit_code(), 75);
         let usage = Failure::new(FailureKind::Usage, "bad");
         assert_eq!(SendOutcome::failed(usage).exit_code(), 2);

@@ -18,8 +18,8 @@ use ferry::users::Users;
 use futures::StreamExt;
 use smtp_client::{
     Address, AuthMechanism, BodyType, ClientConfig, ClientConfigBuilder, Connection, Credentials,
-    Direction, Envelope, ErrorKind, Message, Notify, Pool, PoolConfig, Protocol, Recipient, Ret,
-    SendResult, Step, Timeouts, Tls, TlsConfig,
+    Envelope, ErrorKind, Message, Notify, Pool, PoolConfig, Protocol, Recipient, Ret, SendResult,
+    Step, Timeouts, Tls, TlsConfig,
 };
 use smtp_server::smtp_proto::command::{MailParameters, OriginalRecipient, RcptParameters};
 use smtp_server::smtp_proto::sasl::Credentials as SaslCredentials;
@@ -382,7 +382,7 @@ fn address(text: &str) -> Address {
 }
 
 fn envelope(from: &str, to: &[&str]) -> Envelope {
-    Envelope::new(Some(address(from)), to.iter().map(|to| address(to))).unwrap()
+    Envelope::new(address(from), to.iter().map(|to| address(to))).unwrap()
 }
 
 /// Connects, sends one message and quits; returns the result and whether
@@ -400,14 +400,15 @@ async fn deliver(
 }
 
 /// A transcript that collects the client's lines.
-fn recording_transcript() -> (smtp_client::Transcript, Arc<Mutex<Vec<String>>>) {
+fn recording_transcript() -> (
+    impl Fn(&smtp_client::TranscriptLine<'_>) + Send + Sync + 'static,
+    Arc<Mutex<Vec<String>>>,
+) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&lines);
-    let transcript: smtp_client::Transcript = Arc::new(move |direction: Direction, line: &str| {
-        sink.lock()
-            .unwrap()
-            .push(format!("{}: {line}", direction.prefix()));
-    });
+    let transcript = move |line: &smtp_client::TranscriptLine<'_>| {
+        sink.lock().unwrap().push(line.to_string());
+    };
     (transcript, lines)
 }
 
@@ -682,7 +683,8 @@ async fn tls_required_against_a_server_without_starttls_sends_no_mail() {
     let error = deliver(&config, &envelope, SIMPLE).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::TlsUnavailable);
     assert_eq!(error.step(), Step::StartTls);
-    assert!(error.is_permanent());
+    // Deferred like Postfix does, never bounced.
+    assert!(error.is_transient());
     assert_eq!(server.log.mails.load(Ordering::SeqCst), 0);
     server.assert_nothing_stored().await;
     server.stop().await;
@@ -713,7 +715,7 @@ async fn an_untrusted_certificate_fails_the_handshake_and_sends_no_mail() {
         let error = deliver(&config, &envelope, SIMPLE).await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Tls, "{mode:?}");
         assert_eq!(error.step(), Step::TlsHandshake);
-        assert!(error.is_permanent());
+        assert!(error.is_transient());
         assert_eq!(server.log.mails.load(Ordering::SeqCst), 0);
         server.assert_nothing_stored().await;
         server.stop().await;
@@ -1292,7 +1294,7 @@ async fn dsn_parameters_reach_the_handler() {
     let envelope = Envelope::builder()
         .from(address("alice@example.com"))
         .recipient(
-            Recipient::new(address("bob@example.com"))
+            Recipient::from(address("bob@example.com"))
                 .notify(Notify::On {
                     success: true,
                     failure: true,
@@ -1300,7 +1302,7 @@ async fn dsn_parameters_reach_the_handler() {
                 })
                 .orcpt("rfc822", "Bob+Smith=1@example.com"),
         )
-        .recipient(Recipient::new(address("carol@example.com")).notify(Notify::Never))
+        .recipient(Recipient::from(address("carol@example.com")).notify(Notify::Never))
         .ret(Ret::Headers)
         .envid("QQ314159 +=x")
         .build()

@@ -215,7 +215,7 @@ fn a_refusal_at_the_end_of_data_is_the_final_reply() {
 }
 
 #[test]
-fn starttls_required_but_not_offered_is_exit_1() {
+fn starttls_required_but_not_offered_is_exit_75() {
     let (addr, server) = scripted_server();
     let out = ferry(&[
         "send",
@@ -227,7 +227,8 @@ fn starttls_required_but_not_offered_is_exit_1() {
         "b@example.com",
         "--json",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    // TLS trouble is deferred (as Postfix does), never a bounce.
+    assert_eq!(out.status.code(), Some(75));
     assert_eq!(json(&out)["error"]["kind"], "tls");
     assert!(
         server.join().unwrap().is_empty(),
@@ -322,4 +323,170 @@ fn bench_counts_failures_by_reply() {
     assert_eq!(report["failed"], 3);
     assert_eq!(report["errors"]["550 5.1.1"], 3);
     drop(server);
+}
+
+/// A one-connection server whose reply to DATA is `data_reply` and, when
+/// that is a 354, whose reply to the end of data is `end_reply`.
+fn misbehaving_server(
+    data_reply: &'static [u8],
+    end_reply: &'static [u8],
+) -> (String, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut out = stream.try_clone().unwrap();
+        let mut input = BufReader::new(stream);
+        out.write_all(b"220 scripted ESMTP\r\n").unwrap();
+        for _ in 0..50 {
+            let mut line = String::new();
+            if input.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let upper = line.to_ascii_uppercase();
+            if upper.starts_with("EHLO") {
+                out.write_all(b"250 scripted\r\n").unwrap();
+            } else if upper.starts_with("DATA") {
+                out.write_all(data_reply).unwrap();
+                if !data_reply.starts_with(b"354") {
+                    continue;
+                }
+                loop {
+                    let mut body_line = Vec::new();
+                    if input.read_until(b'\n', &mut body_line).unwrap_or(0) == 0
+                        || body_line == b".\r\n"
+                    {
+                        break;
+                    }
+                }
+                out.write_all(end_reply).unwrap();
+            } else if upper.starts_with("QUIT") {
+                out.write_all(b"221 bye\r\n").unwrap();
+                return;
+            } else {
+                out.write_all(b"250 ok\r\n").unwrap();
+            }
+        }
+    });
+    (addr, handle)
+}
+
+fn send_to(server: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "send",
+        "--server",
+        server,
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.com",
+        "--body",
+        "x",
+    ];
+    args.extend_from_slice(extra);
+    ferry(&args)
+}
+
+#[test]
+fn a_second_354_is_an_unknown_outcome_exit_75_never_delivered() {
+    let (addr, server) = misbehaving_server(b"354 go\r\n", b"354 go again\r\n");
+    let out = send_to(&addr, &["--tls", "none"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stdout} {stderr}");
+    assert!(!stdout.contains("delivered"), "{stdout}");
+    assert!(!stderr.contains("rejected: 354"), "{stderr}");
+    assert!(
+        stderr.contains("whether the message was delivered is unknown"),
+        "{stderr}"
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn a_garbled_end_of_data_reply_is_transient() {
+    let (addr, server) = misbehaving_server(b"354 go\r\n", b"2x0 what\r\n");
+    let out = send_to(&addr, &["--tls", "none", "--json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(75), "{report}");
+    assert_eq!(report["error"]["kind"], "protocol");
+    assert_eq!(report["recipients"][0]["status"], "unknown");
+    server.join().unwrap();
+}
+
+#[test]
+fn a_250_to_data_is_a_protocol_error_not_a_delivery() {
+    let (addr, server) = misbehaving_server(b"250 sure\r\n", b"");
+    let out = send_to(&addr, &["--tls", "none", "--json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(75), "{report}");
+    assert_eq!(report["error"]["kind"], "protocol");
+    assert_ne!(report["recipients"][0]["status"], "accepted");
+    server.join().unwrap();
+}
+
+#[test]
+fn the_server_may_be_a_connection_url() {
+    let (addr, server) = scripted_server();
+    let url = format!("smtp://{addr}?tls=none");
+    let out = send_to(&url, &["--json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["recipients"][0]["status"], "accepted");
+    server.join().unwrap();
+    // A URL without tls= requires STARTTLS, which this server lacks.
+    let (addr, server) = scripted_server();
+    let out = send_to(&format!("smtp://{addr}"), &["--json"]);
+    assert_eq!(json(&out)["error"]["kind"], "tls");
+    drop(server);
+    let out = send_to("ftp://example.com", &["--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json(&out)["error"]["kind"], "usage");
+}
+
+#[test]
+fn auth_offered_only_after_starttls_says_to_use_starttls() {
+    // The scripted server offers neither AUTH nor STARTTLS; this one
+    // offers STARTTLS only, as servers that hide AUTH until TLS do.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut out = stream.try_clone().unwrap();
+        let mut input = BufReader::new(stream);
+        out.write_all(b"220 scripted ESMTP\r\n").unwrap();
+        let mut line = String::new();
+        input.read_line(&mut line).unwrap();
+        out.write_all(b"250-scripted\r\n250 STARTTLS\r\n").unwrap();
+        let mut rest = String::new();
+        let _ = input.read_line(&mut rest);
+        rest
+    });
+    let out = send_to(
+        &addr,
+        &[
+            "--tls",
+            "none",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--allow-insecure-auth",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("offers AUTH only after STARTTLS: use --tls starttls"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // Nothing but QUIT followed.
+    let rest = server.join().unwrap();
+    assert!(rest.is_empty() || rest.starts_with("QUIT"), "{rest:?}");
 }

@@ -275,13 +275,14 @@ fn usage_errors_send_nothing() {
 }
 
 #[test]
-fn untrusted_certificate_is_permanent() {
+fn untrusted_certificate_is_deferred_not_bounced() {
     let serve = Serve::start(&[]);
     let out = send(
         &serve,
         &["--from", "a@example.com", "--to", "b@example.com", "--json"],
     );
-    assert_eq!(out.status.code(), Some(1));
+    // As Postfix does: exit 75, so a caller retries instead of bouncing.
+    assert_eq!(out.status.code(), Some(75));
     assert_eq!(json(&out)["error"]["kind"], "certificate");
     assert!(serve.messages().is_empty());
 }
@@ -379,4 +380,29 @@ fn transcript_shows_the_conversation_with_auth_masked() {
     for secret in ["s3cret", "czNjcmV0", "AGFsaWNlAHMzY3JldA=="] {
         assert!(!text.contains(secret), "{secret} leaked into\n{text}");
     }
+}
+
+/// The README's tour: `ferry bench` with more workers than the server's
+/// per-client limit (20) gets no `421 Too many connections` failures: the
+/// pool waits for its connections instead.
+#[test]
+fn bench_with_more_workers_than_the_per_ip_limit_has_no_failures() {
+    let serve = Serve::start(&["--sink"]);
+    let out = Command::new(FERRY)
+        .args([
+            "bench",
+            "--server",
+            &serve.addr.to_string(),
+            "--tls",
+            "none",
+        ])
+        .args(["--concurrency", "32", "--messages", "2000", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["delivered"], 2000, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    drop(serve);
 }

@@ -31,10 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..PoolConfig::default()
         },
     );
-    let envelope = Envelope::new(
-        Some("sender@example.com".parse()?),
-        ["recipient@example.org".parse()?],
-    )?;
+    let envelope = Envelope::new("sender@example.com", ["recipient@example.org"])?;
 
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(messages);

@@ -2,27 +2,38 @@
 //! outcome.
 //!
 //! ```text
-//! cargo run -p smtp-client --example send -- HOST PORT FROM TO[,TO...] FILE
+//! cargo run -p smtp-client --example send -- URL FROM TO[,TO...] FILE
 //! ```
 //!
-//! The file is streamed, never read whole. Environment: `SMTP_TLS`
-//! (`none`, `opportunistic` (default), `required`, `implicit`),
-//! `SMTP_USER` and `SMTP_PASSWORD` for AUTH, `SMTP_INSECURE=1` to accept
-//! any certificate (test servers only).
+//! `URL` says where and how to connect, for example
+//! `smtp://alice:secret@mail.example.com:587` (STARTTLS required),
+//! `smtps://mail.example.com` (implicit TLS on 465),
+//! `smtp://127.0.0.1:2525?tls=none` (plaintext, test servers); see
+//! `ClientConfig::from_url`. The file is streamed, never read whole.
+//!
+//! A server with a certificate from a private CA (a test server, a company
+//! relay) is trusted by naming that CA in `SMTP_CA_FILE` (PEM); the
+//! certificate is still checked against the host name. When the URL names
+//! an IP address but the certificate a host name, set that name in
+//! `SMTP_TLS_NAME`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use smtp_client::{
-    Address, Client, ClientConfig, Credentials, Direction, Envelope, Message, Tls, TlsConfig,
-};
+use smtp_client::{Client, ClientConfig, Envelope, Message, RecipientOutcomes, TlsConfig};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error}");
+            // Print the error and each cause once.
+            let mut text = error.to_string();
+            let mut cause = error.source();
+            while let Some(inner) = cause {
+                text.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            eprintln!("error: {text}");
             ExitCode::from(2)
         }
     }
@@ -30,62 +41,45 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [host, port, from, to, file] = args.as_slice() else {
-        return Err("usage: send HOST PORT FROM TO[,TO...] FILE".into());
+    let [url, from, to, file] = args.as_slice() else {
+        return Err("usage: send URL FROM TO[,TO...] FILE".into());
     };
-    let tls = match std::env::var("SMTP_TLS").as_deref() {
-        Ok("none") => Tls::None,
-        Ok("required") => Tls::Required,
-        Ok("implicit") => Tls::Implicit,
-        Ok("opportunistic") | Err(_) => Tls::Opportunistic,
-        Ok(other) => return Err(format!("unknown SMTP_TLS {other:?}").into()),
-    };
-    let insecure = std::env::var("SMTP_INSECURE").is_ok_and(|value| value == "1");
-    let mut builder = ClientConfig::builder(host.as_str())
-        .port(port.parse()?)
-        .tls(tls)
-        .tls_config(TlsConfig::new().dangerous_accept_invalid_certs(insecure))
-        .transcript(Arc::new(|direction: Direction, line: &str| {
-            eprintln!("{}: {line}", direction.prefix());
-        }));
-    if let (Ok(user), Ok(password)) = (std::env::var("SMTP_USER"), std::env::var("SMTP_PASSWORD")) {
-        builder = builder.credentials(Credentials::password(user, password));
+    let mut builder = ClientConfig::builder_from_url(url)?;
+    if let Ok(ca_file) = std::env::var("SMTP_CA_FILE") {
+        let mut tls = TlsConfig::new().add_root_certificates_pem(&std::fs::read(ca_file)?)?;
+        if let Ok(name) = std::env::var("SMTP_TLS_NAME") {
+            tls = tls.server_name(name);
+        }
+        builder = builder.tls_config(tls);
     }
-    let config = builder.build()?;
+    let config = builder.transcript(|line| eprintln!("{line}")).build()?;
 
-    let from: Option<Address> = if from.is_empty() || from == "<>" {
-        None
+    let envelope = if from.is_empty() || from == "<>" {
+        Envelope::null_sender(to.split(','))?
     } else {
-        Some(from.parse()?)
+        Envelope::new(from.as_str(), to.split(','))?
     };
-    let to = to
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<Vec<Address>, _>>()?;
-    let envelope = Envelope::new(from, to)?;
     let file = tokio::fs::File::open(file).await?;
     let size = file.metadata().await?.len();
     let message = Message::from_reader(file).size(size);
 
-    match Client::new(config).send(&envelope, message).await {
-        Ok(result) => {
-            for outcome in &result.recipients {
-                let verdict = if outcome.accepted {
-                    "accepted"
-                } else {
-                    "rejected"
-                };
-                match &outcome.reply {
-                    Some(reply) => println!("{}: {verdict} ({reply})", outcome.address),
-                    None => println!("{}: {verdict}", outcome.address),
-                }
-            }
-            Ok(if result.is_complete() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+    let result = Client::new(config).send(&envelope, message).await;
+    for outcome in result.recipient_outcomes() {
+        let verdict = if outcome.accepted {
+            "accepted"
+        } else if outcome.is_transient() {
+            "deferred"
+        } else {
+            "rejected"
+        };
+        match outcome.reply() {
+            Some(reply) => println!("{}: {verdict} ({reply})", outcome.address),
+            None => println!("{}: {verdict}", outcome.address),
         }
+    }
+    Ok(match result {
+        Ok(result) if result.is_complete() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
         Err(error) => {
             let kind = if error.is_transient() {
                 "temporary"
@@ -93,7 +87,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
                 "permanent"
             };
             eprintln!("{kind} failure at {}: {error}", error.step());
-            Ok(ExitCode::from(if error.is_transient() { 75 } else { 1 }))
+            ExitCode::from(if error.is_transient() { 75 } else { 1 })
         }
-    }
+    })
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_proto::limits;
+use smtp_proto::transcript::TranscriptLine;
 
 use crate::error::Error;
 use crate::tls::{Tls, TlsConfig};
@@ -48,6 +49,15 @@ pub struct Timeouts {
     pub data_block: Duration,
     /// The reply to the end of data (§4.5.3.2.6: 10 minutes).
     pub data_termination: Duration,
+    /// A bound on a whole send, besides the per-step timeouts: from the
+    /// start of [`Connection::send`](crate::Connection::send) (of
+    /// [`Client::send`](crate::Client::send) and
+    /// [`Pool::send`](crate::Pool::send), including connecting, waiting for
+    /// a pool slot and retries) to its result. Every step's timeout is cut
+    /// to what is left; a send that runs out fails with
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) at the step it
+    /// reached. `None` (the default): only the per-step timeouts apply.
+    pub send_deadline: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -62,6 +72,7 @@ impl Default for Timeouts {
             data_initiation: limits::timeouts::DATA_INIT,
             data_block: limits::timeouts::DATA_BLOCK,
             data_termination: limits::timeouts::DATA_TERMINATION,
+            send_deadline: None,
         }
     }
 }
@@ -80,6 +91,7 @@ impl Timeouts {
             data_initiation: timeout,
             data_block: timeout,
             data_termination: timeout,
+            send_deadline: None,
         }
     }
 }
@@ -232,29 +244,12 @@ impl fmt::Display for AuthMechanism {
     }
 }
 
-/// Which side wrote a transcript line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Written by the client (`C:`).
-    Client,
-    /// Written by the server (`S:`).
-    Server,
-}
-
-impl Direction {
-    /// `"C"` or `"S"`, the usual transcript prefixes.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Direction::Client => "C",
-            Direction::Server => "S",
-        }
-    }
-}
-
-/// A transcript callback: called with each protocol line, without its
-/// `<CRLF>`. Secrets sent during `AUTH` are replaced by `****`, and the
-/// message body is summarised as one `[N octets of message data]` line.
-pub type Transcript = Arc<dyn Fn(Direction, &str) + Send + Sync>;
+/// The transcript hook: called with every protocol line (see
+/// [`smtp_proto::transcript`] for the shape of the lines). Secrets sent
+/// during `AUTH` are replaced by [`MASK`](smtp_proto::transcript::MASK), and
+/// the message body is summarised as one `<message body: N octets>` (or
+/// `<BDAT chunk: N octets>`) line. The same type as smtp-server's hook.
+pub type Transcript = smtp_proto::transcript::TranscriptHook;
 
 /// Everything a [`Connection`](crate::Connection) needs: built with
 /// [`ClientConfig::builder`], cheap to clone.
@@ -340,6 +335,65 @@ impl ClientConfig {
             max_reply_lines: limits::DEFAULT_CLIENT_REPLY_LINES_MAX,
             transcript: None,
         }
+    }
+
+    /// A configuration from a connection URL; see
+    /// [`ClientConfig::builder_from_url`] for the forms. One URL in one
+    /// setting (for example an `SMTP_URL` environment variable) then says
+    /// everything about the connection, in production and in tests alike.
+    ///
+    /// ```
+    /// use smtp_client::{ClientConfig, Tls};
+    /// let config = ClientConfig::from_url("smtp://alice:s%40cret@mail.example.com:587")?;
+    /// assert_eq!((config.host(), config.port(), config.tls()), ("mail.example.com", 587, Tls::Required));
+    /// # Ok::<(), smtp_client::Error>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<ClientConfig, Error> {
+        Self::builder_from_url(url)?.build()
+    }
+
+    /// A builder preset from a connection URL, for settings a URL cannot
+    /// carry (certificates, timeouts, a transcript):
+    ///
+    /// | URL | meaning |
+    /// | --- | --- |
+    /// | `smtp://host` | SMTP, `STARTTLS` required ([`Tls::Required`]), port 25 |
+    /// | `smtp://user:pass@host:587` | the same with `AUTH`, on the submission port |
+    /// | `smtps://host` | implicit TLS ([`Tls::Implicit`], RFC 8314), port 465 |
+    /// | `smtp://host:25?tls=opportunistic` | `STARTTLS` when offered ([`Tls::Opportunistic`]) |
+    /// | `smtp://host:2525?tls=none` | plaintext ([`Tls::None`]) |
+    /// | `lmtp://host:24` | LMTP (RFC 2033), `STARTTLS` when offered, port 24 |
+    ///
+    /// The user name and password are percent-decoded (`%40` for `@`, `%3A`
+    /// for `:`). `tls` takes `none`, `opportunistic`, `required` (or
+    /// `starttls`) and `implicit`; `helo` sets the EHLO name. Anything else
+    /// (another scheme, a path, an unknown parameter) is an
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) error
+    /// rather than silently ignored. Credentials are never sent without TLS
+    /// unless [`ClientConfigBuilder::allow_plaintext_auth`] says so.
+    ///
+    /// ```
+    /// use smtp_client::{ClientConfig, Protocol, Tls};
+    /// let config = ClientConfig::builder_from_url("lmtp://127.0.0.1:2424?tls=none")?.build()?;
+    /// assert_eq!(config.protocol(), Protocol::Lmtp);
+    /// assert_eq!(config.tls(), Tls::None);
+    /// # Ok::<(), smtp_client::Error>(())
+    /// ```
+    pub fn builder_from_url(url: &str) -> Result<ClientConfigBuilder, Error> {
+        let parsed = crate::url::ConnectionUrl::parse(url)?;
+        let mut builder = ClientConfig::builder(parsed.host)
+            .tls(parsed.tls)
+            .protocol(parsed.protocol);
+        if let Some(port) = parsed.port {
+            builder = builder.port(port);
+        }
+        if let Some((username, password)) = parsed.credentials {
+            builder = builder.credentials(Credentials::password(username, password));
+        }
+        if let Some(helo) = parsed.helo {
+            builder = builder.hello_name(helo);
+        }
+        Ok(builder)
     }
 
     /// The server host.
@@ -512,21 +566,22 @@ impl ClientConfigBuilder {
         self
     }
 
-    /// Calls `transcript` with every protocol line (see [`Transcript`]).
+    /// Calls `hook` with every protocol line (see [`Transcript`]); the
+    /// line's `session_id` is the [`Connection::id`](crate::Connection::id).
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use smtp_client::{ClientConfig, Direction};
+    /// use smtp_client::ClientConfig;
     /// let config = ClientConfig::builder("127.0.0.1")
-    ///     .transcript(Arc::new(|direction: Direction, line: &str| {
-    ///         eprintln!("{}: {line}", direction.prefix());
-    ///     }))
+    ///     .transcript(|line| eprintln!("[{}] {line}", line.session_id))
     ///     .build()
     ///     .unwrap();
     /// # drop(config);
     /// ```
-    pub fn transcript(mut self, transcript: Transcript) -> Self {
-        self.transcript = Some(transcript);
+    pub fn transcript(
+        mut self,
+        hook: impl Fn(&TranscriptLine<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.transcript = Some(Arc::new(hook));
         self
     }
 
@@ -536,6 +591,12 @@ impl ClientConfigBuilder {
         let host = self.host.trim().to_owned();
         if host.is_empty() || has_forbidden_byte(&host) || host.contains(char::is_whitespace) {
             return Err(Error::invalid(format!("invalid host {:?}", self.host)));
+        }
+        if let Some((name, port)) = host_with_port(&host) {
+            return Err(Error::invalid(format!(
+                "invalid host {host:?}: the host is a name or an address without a port; \
+                 give the port with .port({port}), as in ClientConfig::builder({name:?}).port({port})"
+            )));
         }
         let hello_name = self.hello_name.unwrap_or_else(|| "localhost".to_owned());
         validate_hello_name(&hello_name)?;
@@ -596,6 +657,15 @@ impl ClientConfigBuilder {
             }),
         })
     }
+}
+
+/// `host:port` (or `[v6]:port`) written where only a host belongs.
+fn host_with_port(host: &str) -> Option<(&str, u16)> {
+    let (name, port) = host.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let bracketed = name.starts_with('[') && name.ends_with(']');
+    // A bare IPv6 address has colons of its own.
+    (bracketed || !name.contains(':')).then_some((name, port))
 }
 
 pub(crate) fn has_forbidden_byte(value: &str) -> bool {
@@ -720,6 +790,17 @@ mod tests {
         assert!(text.contains("alice") && !text.contains("hunter2"));
         let text = format!("{:?}", Credentials::oauth2("alice", "tok123"));
         assert!(!text.contains("tok123"));
+    }
+
+    #[test]
+    fn a_port_in_the_host_says_to_use_port() {
+        for host in ["127.0.0.1:2525", "mail.example.com:587", "[::1]:25"] {
+            let error = ClientConfig::builder(host).build().unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput);
+            assert!(error.to_string().contains(".port("), "{error}");
+        }
+        assert!(ClientConfig::builder("::1").build().is_ok());
+        assert!(ClientConfig::builder("[::1]").build().is_ok());
     }
 
     #[test]

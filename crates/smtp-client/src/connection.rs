@@ -23,7 +23,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{AuthMechanism, ClientConfig, Credentials, Direction, Protocol};
+use smtp_proto::transcript::{self, Direction, LineKind, MASK, TranscriptLine};
+
+use crate::config::{AuthMechanism, ClientConfig, Credentials, Protocol};
 use crate::envelope::{Envelope, RecipientOutcome, SendResult};
 use crate::error::{Error, ErrorKind, Step};
 use crate::message::Message;
@@ -53,10 +55,7 @@ const COURTESY_QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// let config = ClientConfig::builder("mail.example.com").tls(Tls::Required).build()?;
 /// let mut connection = Connection::connect(&config).await?;
-/// let envelope = Envelope::new(
-///     Some("alice@example.com".parse().unwrap()),
-///     ["bob@example.org".parse().unwrap()],
-/// )?;
+/// let envelope = Envelope::new("alice@example.com", ["bob@example.org"])?;
 /// let result = connection
 ///     .send(&envelope, "Subject: hello\r\n\r\nHi Bob!\r\n")
 ///     .await?;
@@ -89,6 +88,18 @@ pub struct Connection {
     messages: usize,
     opened: Instant,
     last_used: Instant,
+    /// Names the connection in transcripts and logs.
+    id: String,
+    /// The whole-send deadline in force, if any: every step's timeout is
+    /// cut to it.
+    deadline: Option<Instant>,
+}
+
+/// A process-wide counter naming connections `c1`, `c2`, ...
+fn next_connection_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("c{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// What [`Connection::plan`] decided for one message.
@@ -118,29 +129,35 @@ impl Connection {
     /// 500 or 502), STARTTLS and a fresh EHLO as the TLS mode asks, then
     /// AUTH when credentials are configured.
     pub async fn connect(config: &ClientConfig) -> Result<Connection, Error> {
+        Self::connect_until(config, None).await
+    }
+
+    /// [`Connection::connect`] with every step cut to `deadline`.
+    pub(crate) async fn connect_until(
+        config: &ClientConfig,
+        deadline: Option<Instant>,
+    ) -> Result<Connection, Error> {
         let inner = &config.inner;
         let timeouts = inner.timeouts;
         let host = inner.host.trim_start_matches('[').trim_end_matches(']');
-        let tcp =
-            match tokio::time::timeout(timeouts.connect, TcpStream::connect((host, inner.port)))
-                .await
-            {
-                Err(_) => return Err(Error::timeout(Step::Connect)),
-                Ok(Err(error)) => {
-                    return Err(Error::new(
-                        ErrorKind::Io,
-                        Step::Connect,
-                        format!("cannot connect to {}:{}", inner.host, inner.port),
-                    )
-                    .with_source(error));
-                }
-                Ok(Ok(tcp)) => tcp,
-            };
+        let (limit, clipped) = clip(timeouts.connect, deadline);
+        let tcp = match tokio::time::timeout(limit, TcpStream::connect((host, inner.port))).await {
+            Err(_) => return Err(timeout_error(Step::Connect, clipped)),
+            Ok(Err(error)) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    Step::Connect,
+                    format!("cannot connect to {}:{}", inner.host, inner.port),
+                )
+                .with_source(error));
+            }
+            Ok(Ok(tcp)) => tcp,
+        };
         // Commands are batched into whole writes already; Nagle would only
         // delay them.
         let _ = tcp.set_nodelay(true);
         let stream = if inner.tls == Tls::Implicit {
-            Stream::Tls(Box::new(tls_handshake(config, tcp).await?))
+            Stream::Tls(Box::new(tls_handshake(config, tcp, deadline).await?))
         } else {
             Stream::Plain(tcp)
         };
@@ -160,8 +177,11 @@ impl Connection {
             messages: 0,
             opened: now,
             last_used: now,
+            id: next_connection_id(),
+            deadline,
         };
         connection.establish().await?;
+        connection.deadline = None;
         Ok(connection)
     }
 
@@ -283,7 +303,7 @@ impl Connection {
                 "STARTTLS on a connection that already uses TLS",
             ));
         };
-        let tls = match tls_handshake(&self.config, tcp).await {
+        let tls = match tls_handshake(&self.config, tcp, self.deadline).await {
             Ok(tls) => tls,
             Err(error) => {
                 self.usable = false;
@@ -308,19 +328,32 @@ impl Connection {
         let Some(credentials) = self.config.inner.credentials.clone() else {
             return Ok(());
         };
+        let starttls_hint = if !self.is_encrypted() && self.capabilities.starttls {
+            "; the server offers STARTTLS: use Tls::Required (or Tls::Opportunistic)"
+        } else {
+            ""
+        };
         if !self.is_encrypted() && !self.config.inner.allow_plaintext_auth {
             return Err(Error::new(
                 ErrorKind::Auth,
                 Step::Auth,
-                "refusing to send credentials without TLS (allow_plaintext_auth is off)",
+                format!(
+                    "refusing to send credentials without TLS (allow_plaintext_auth is off){starttls_hint}"
+                ),
             ));
         }
         if !self.extended || self.capabilities.auth.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Auth,
-                Step::Auth,
-                "the server does not offer AUTH",
-            ));
+            let message = if starttls_hint.is_empty() {
+                "the server does not offer AUTH".to_owned()
+            } else {
+                // RFC 3207 §4 / RFC 4954 §4: servers commonly announce AUTH
+                // only once the session is encrypted.
+                format!(
+                    "the server does not offer AUTH on this plaintext connection, but it offers \
+                     STARTTLS and AUTH is usually offered only after it{starttls_hint}"
+                )
+            };
+            return Err(Error::new(ErrorKind::Auth, Step::Auth, message));
         }
         let mechanism = self.choose_mechanism(&credentials)?;
         let timeout = self.config.inner.timeouts.command;
@@ -470,16 +503,56 @@ impl Connection {
     /// §4.5.3.1.10) after others were accepted are sent in a follow-up
     /// transaction; a message from a reader or stream cannot be sent twice,
     /// so for it they are reported as rejected instead.
+    ///
+    /// An error carries every recipient's outcome ([`Error::recipients`]);
+    /// [`RecipientOutcomes`](crate::RecipientOutcomes) reads them from
+    /// either result.
+    ///
+    /// With [`Timeouts::send_deadline`](crate::Timeouts::send_deadline) the
+    /// whole send ends by that deadline, whatever the per-step timeouts.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future before it completes is safe for the program: the
+    /// connection notices that its last send never finished, refuses any
+    /// further command ([`Connection::is_usable`] is false) and should be
+    /// dropped. For the message it means: dropped before the end of data was
+    /// written, nothing is delivered (the server discards an unfinished
+    /// transaction when the connection closes, RFC 5321 §3.3); dropped while
+    /// waiting for the reply to the end of data, the server may have
+    /// accepted it, so treat the outcome as unknown and retry later (a
+    /// duplicate is better than a loss, RFC 5321 §6.1).
     pub async fn send(
         &mut self,
         envelope: &Envelope,
         message: impl Into<Message>,
     ) -> Result<SendResult, Error> {
         let mut message = message.into();
-        self.send_message(envelope, &mut message).await
+        let deadline = self
+            .config
+            .inner
+            .timeouts
+            .send_deadline
+            .map(|limit| Instant::now() + limit);
+        self.send_until(envelope, &mut message, deadline)
+            .await
+            .map_err(|error| error.for_envelope(envelope))
     }
 
-    pub(crate) async fn send_message(
+    /// Sends with every step cut to `deadline`.
+    pub(crate) async fn send_until(
+        &mut self,
+        envelope: &Envelope,
+        message: &mut Message,
+        deadline: Option<Instant>,
+    ) -> Result<SendResult, Error> {
+        self.deadline = deadline;
+        let result = self.send_message(envelope, message).await;
+        self.deadline = None;
+        result
+    }
+
+    async fn send_message(
         &mut self,
         envelope: &Envelope,
         message: &mut Message,
@@ -552,10 +625,16 @@ impl Connection {
                                     .is_some_and(|reply| !reply.is_positive_completion())
                         });
                         if !keep {
+                            // Only a refusal decides a recipient; after an
+                            // unexpected reply (a second 354, say) its fate
+                            // is unknown, which is no reply at all.
+                            let refusal = error
+                                .reply()
+                                .filter(|reply| reply.is_transient() || reply.is_permanent());
                             *slot = Some(RecipientOutcome {
                                 address: envelope.recipients()[index].address().clone(),
                                 accepted: false,
-                                reply: error.reply().cloned(),
+                                reply: refusal.cloned(),
                             });
                         }
                     }
@@ -844,6 +923,21 @@ impl Connection {
                 }
             };
             if reply.code() != 354 {
+                if !(reply.is_transient() || reply.is_permanent()) {
+                    // A 250 (or any other code) where only 354, 4xx or 5xx
+                    // may come: the server is out of step. Nothing of the
+                    // message went out; the connection is not used again.
+                    self.abort();
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        Step::Data,
+                        format!(
+                            "the server answered DATA with {} instead of 354; the message was not sent",
+                            reply.code()
+                        ),
+                    )
+                    .with_reply(reply));
+                }
                 self.reset_after_failure().await;
                 return Err(Error::rejected(Step::Data, reply));
             }
@@ -870,7 +964,7 @@ impl Connection {
             Protocol::Smtp => {
                 let reply = self.read_reply(Step::DataEnd, timeout).await?;
                 if !reply.is_positive_completion() {
-                    return Err(Error::rejected(Step::DataEnd, reply));
+                    return Err(self.final_reply_error(reply));
                 }
                 for &index in accepted {
                     if let Some(outcome) = outcomes[index].as_mut() {
@@ -883,6 +977,9 @@ impl Connection {
             Protocol::Lmtp => {
                 for &index in accepted {
                     let reply = self.read_reply(Step::DataEnd, timeout).await?;
+                    if reply.code() < 400 && !reply.is_positive_completion() {
+                        return Err(self.final_reply_error(reply));
+                    }
                     if let Some(outcome) = outcomes[index].as_mut() {
                         outcome.accepted = reply.is_positive_completion();
                         outcome.reply = Some(reply);
@@ -893,13 +990,34 @@ impl Connection {
         }
     }
 
+    /// The error for a reply to the end of data that is not a success: a
+    /// 4xx or 5xx refuses the message; anything else (a second 354, a 1xx)
+    /// is a protocol error whose outcome is unknown, so it is transient
+    /// (RFC 5321 §6.1: a duplicate is better than a loss) and the
+    /// connection, now out of step, is closed.
+    fn final_reply_error(&mut self, reply: Reply) -> Error {
+        if reply.is_transient() || reply.is_permanent() {
+            return Error::rejected(Step::DataEnd, reply);
+        }
+        self.abort();
+        Error::new(
+            ErrorKind::Protocol,
+            Step::DataEnd,
+            format!(
+                "the server answered the end of data with {}; whether the message was delivered is unknown",
+                reply.code()
+            ),
+        )
+        .with_reply(reply)
+    }
+
     /// A pipelined DATA got its reply although no recipient was accepted.
     /// If the server still said 354, RFC 2920 §3.1 has the client end the
     /// (empty) message with a lone "." and take whatever reply comes.
     async fn end_refused_data(&mut self, reply: Reply) -> Result<(), Error> {
         if reply.code() == 354 {
             self.write_buf.put_slice(b".\r\n");
-            self.log(Direction::Client, ".");
+            self.log(Direction::Client, LineKind::Wire, ".");
             let timeouts = self.config.inner.timeouts;
             self.flush(Step::DataEnd, timeouts.data_block).await?;
             self.read_reply(Step::DataEnd, timeouts.data_termination)
@@ -942,9 +1060,9 @@ impl Connection {
         self.write_body(&out, block_timeout).await?;
         self.log(
             Direction::Client,
-            &format!("[{total} octets of message data]"),
+            LineKind::Summary,
+            &format!("<message body: {total} octets>"),
         );
-        self.log(Direction::Client, ".");
         Ok(())
     }
 
@@ -985,10 +1103,11 @@ impl Connection {
             } else {
                 format!("BDAT {}", chunk.len())
             };
-            self.log(Direction::Client, &header);
+            self.log(Direction::Client, LineKind::Wire, &header);
             self.log(
                 Direction::Client,
-                &format!("[{} octets of message data]", chunk.len()),
+                LineKind::Summary,
+                &format!("<BDAT chunk: {} octets>", chunk.len()),
             );
             self.write_buf.put_slice(header.as_bytes());
             self.write_buf.put_slice(b"\r\n");
@@ -1223,6 +1342,14 @@ impl Connection {
         self.last_used
     }
 
+    /// The connection's name in transcripts and logs (`c1`, `c2`, ...,
+    /// unique in the process): the
+    /// [`TranscriptLine::session_id`](smtp_proto::transcript::TranscriptLine::session_id)
+    /// of its lines.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The configuration the connection was opened with.
     pub fn config(&self) -> &ClientConfig {
         &self.config
@@ -1240,8 +1367,8 @@ impl Connection {
     fn queue_encoded(&mut self, encoded: &[u8]) {
         self.write_buf.put_slice(encoded);
         if self.has_transcript() {
-            let line = String::from_utf8_lossy(encoded);
-            self.log(Direction::Client, line.trim_end_matches("\r\n"));
+            let line = encoded.strip_suffix(b"\r\n").unwrap_or(encoded);
+            self.log(Direction::Client, LineKind::Wire, &transcript::escape(line));
         }
     }
 
@@ -1252,7 +1379,11 @@ impl Connection {
             initial_response: Some(response.to_owned()),
         })?;
         self.write_buf.put_slice(&encoded);
-        self.log(Direction::Client, &format!("AUTH {mechanism} ****"));
+        if self.has_transcript() {
+            let line = encoded.strip_suffix(b"\r\n").unwrap_or(&encoded);
+            let masked = transcript::mask_auth_command(line);
+            self.log(Direction::Client, LineKind::Wire, &masked);
+        }
         Ok(())
     }
 
@@ -1261,7 +1392,11 @@ impl Connection {
     fn queue_secret_line(&mut self, line: &str) {
         self.write_buf.put_slice(line.as_bytes());
         self.write_buf.put_slice(b"\r\n");
-        self.log(Direction::Client, if line.is_empty() { "" } else { "****" });
+        self.log(
+            Direction::Client,
+            LineKind::Wire,
+            if line.is_empty() { "" } else { MASK },
+        );
     }
 
     /// Writes the buffered commands.
@@ -1296,6 +1431,7 @@ impl Connection {
             stream.write_all(bytes).await?;
             stream.flush().await
         };
+        let (timeout, clipped) = clip(timeout, self.deadline);
         match run_with_timeout(timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
@@ -1304,7 +1440,7 @@ impl Connection {
             }
             Err(()) => {
                 self.abort();
-                Err(Error::timeout(step))
+                Err(timeout_error(step, clipped))
             }
         }
     }
@@ -1350,10 +1486,11 @@ impl Connection {
                 }
             }
         };
+        let (timeout, clipped) = clip(timeout, self.deadline);
         let reply = match run_with_timeout(timeout, read).await {
             Err(()) => {
                 self.abort();
-                return Err(Error::timeout(step));
+                return Err(timeout_error(step, clipped));
             }
             Ok(Err(error)) => {
                 self.usable = false;
@@ -1366,7 +1503,8 @@ impl Connection {
             reply.encode(&mut wire);
             let wire = String::from_utf8_lossy(&wire).into_owned();
             for line in wire.split_terminator("\r\n") {
-                self.log(Direction::Server, line);
+                let text = transcript::escape(line.as_bytes());
+                self.log(Direction::Server, LineKind::Wire, &text);
             }
         }
         if reply.code() == 421 {
@@ -1381,10 +1519,11 @@ impl Connection {
             || tracing::enabled!(target: "smtp_client::transcript", tracing::Level::TRACE)
     }
 
-    fn log(&self, direction: Direction, line: &str) {
-        tracing::trace!(target: "smtp_client::transcript", "{}: {}", direction.prefix(), line);
+    fn log(&self, direction: Direction, kind: LineKind, text: &str) {
+        let line = TranscriptLine::new(&self.id, direction, kind, text);
+        tracing::trace!(target: "smtp_client::transcript", connection = %self.id, "{line}");
         if let Some(transcript) = &self.config.inner.transcript {
-            transcript(direction, line);
+            transcript(&line);
         }
     }
 }
@@ -1401,9 +1540,39 @@ async fn run_with_timeout<T>(timeout: Duration, future: impl Future<Output = T>)
     tokio::time::timeout(timeout, future).await.map_err(|_| ())
 }
 
+/// `timeout`, or less when `deadline` comes first (then `true`).
+fn clip(timeout: Duration, deadline: Option<Instant>) -> (Duration, bool) {
+    match deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < timeout {
+                (left, true)
+            } else {
+                (timeout, false)
+            }
+        }
+        None => (timeout, false),
+    }
+}
+
+/// The error for a step that ran out of time: its own timeout, or the
+/// whole-send deadline.
+fn timeout_error(step: Step, deadline: bool) -> Error {
+    if deadline {
+        Error::new(
+            ErrorKind::Timeout,
+            step,
+            format!("the send deadline passed during {step}"),
+        )
+    } else {
+        Error::timeout(step)
+    }
+}
+
 async fn tls_handshake(
     config: &ClientConfig,
     tcp: TcpStream,
+    deadline: Option<Instant>,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
     let inner = &config.inner;
     let Some(tls_config) = inner.tls_config.as_ref() else {
@@ -1415,17 +1584,36 @@ async fn tls_handshake(
     };
     let name = tls::server_name(&inner.tls_server_name)?;
     let connector = TlsConnector::from(Arc::clone(tls_config));
-    match run_with_timeout(inner.timeouts.tls_handshake, connector.connect(name, tcp)).await {
-        Err(()) => Err(Error::timeout(Step::TlsHandshake)),
+    let (limit, clipped) = clip(inner.timeouts.tls_handshake, deadline);
+    match run_with_timeout(limit, connector.connect(name, tcp)).await {
+        Err(()) => Err(timeout_error(Step::TlsHandshake, clipped)),
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
-            Err(
-                Error::new(ErrorKind::Tls, Step::TlsHandshake, "TLS handshake failed")
-                    .with_source(error),
-            )
+            let message = if inner.tls == Tls::Implicit && is_plaintext_reply(&error) {
+                // A plaintext "220 ..." greeting read as a TLS record.
+                "TLS handshake failed: the server greeted in plain text: use STARTTLS \
+                 (port 587/25) or implicit TLS on 465"
+            } else {
+                "TLS handshake failed"
+            };
+            Err(Error::new(ErrorKind::Tls, Step::TlsHandshake, message).with_source(error))
         }
         Ok(Err(error)) => Err(Error::io(Step::TlsHandshake, error)),
     }
+}
+
+/// Whether a handshake failed because the peer sent something that is not a
+/// TLS record at all, as a plaintext SMTP greeting is.
+fn is_plaintext_reply(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|inner| {
+            matches!(
+                inner,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        })
 }
 
 /// A reply to RCPT that means "too many recipients for this message": 452,

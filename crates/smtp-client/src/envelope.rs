@@ -23,8 +23,20 @@ pub struct Recipient {
 }
 
 impl Recipient {
-    /// A recipient without DSN parameters.
-    pub fn new(address: Address) -> Self {
+    /// A recipient without DSN parameters, from an [`Address`] or a string
+    /// such as `"bob@example.org"`.
+    ///
+    /// ```
+    /// use smtp_client::{Notify, Recipient};
+    /// let recipient = Recipient::new("bob@example.org")?.notify(Notify::Never);
+    /// assert_eq!(recipient.address().as_str(), "bob@example.org");
+    /// # Ok::<(), smtp_client::Error>(())
+    /// ```
+    pub fn new(address: impl TryInto<Address, Error: Into<Error>>) -> Result<Self, Error> {
+        Ok(Self::from_address(to_address(address)?))
+    }
+
+    fn from_address(address: Address) -> Self {
         Self {
             address,
             notify: None,
@@ -96,8 +108,13 @@ impl Recipient {
 
 impl From<Address> for Recipient {
     fn from(address: Address) -> Self {
-        Recipient::new(address)
+        Recipient::from_address(address)
     }
+}
+
+/// Converts an address argument, turning its error into the client's.
+fn to_address(value: impl TryInto<Address, Error: Into<Error>>) -> Result<Address, Error> {
+    value.try_into().map_err(Into::into)
 }
 
 /// The envelope: sender, recipients and the transaction's parameters.
@@ -108,12 +125,9 @@ impl From<Address> for Recipient {
 ///
 /// ```
 /// use smtp_client::Envelope;
-/// let envelope = Envelope::new(
-///     Some("alice@example.com".parse().unwrap()),
-///     ["bob@example.org".parse().unwrap()],
-/// )
-/// .unwrap();
+/// let envelope = Envelope::new("alice@example.com", ["bob@example.org"])?;
 /// assert_eq!(envelope.recipients().len(), 1);
+/// # Ok::<(), smtp_client::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -126,18 +140,71 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// An envelope from `from` (`None`: the null reverse-path `<>`, for
-    /// bounces) to `to`, which must not be empty.
-    pub fn new(
-        from: Option<Address>,
-        to: impl IntoIterator<Item = Address>,
-    ) -> Result<Self, Error> {
-        let mut builder = Envelope::builder();
-        builder.from = from;
+    /// An envelope from `from` to `to`, which must not be empty. Addresses
+    /// are [`Address`]es or strings (`"alice@example.com"`); an invalid one
+    /// is an [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)
+    /// error.
+    pub fn new<T>(
+        from: impl TryInto<Address, Error: Into<Error>>,
+        to: impl IntoIterator<Item = T>,
+    ) -> Result<Self, Error>
+    where
+        T: TryInto<Address, Error: Into<Error>>,
+    {
+        let mut builder = Envelope::builder().from(from);
         for address in to {
             builder = builder.to(address);
         }
         builder.build()
+    }
+
+    /// An envelope with the null reverse-path `<>` (RFC 5321 §4.5.5: for
+    /// delivery status notifications and other automatic replies).
+    ///
+    /// ```
+    /// use smtp_client::Envelope;
+    /// let bounce = Envelope::null_sender(["alice@example.com"])?;
+    /// assert!(bounce.from().is_none());
+    /// # Ok::<(), smtp_client::Error>(())
+    /// ```
+    pub fn null_sender<T>(to: impl IntoIterator<Item = T>) -> Result<Self, Error>
+    where
+        T: TryInto<Address, Error: Into<Error>>,
+    {
+        let mut builder = Envelope::builder();
+        for address in to {
+            builder = builder.to(address);
+        }
+        builder.build()
+    }
+
+    /// The envelope a message's own header fields describe, as RFC 5322
+    /// §3.6.6 has it: when the message was resent (it has `Resent-*`
+    /// fields), the sender of the newest resent block (`Resent-Sender`,
+    /// else `Resent-From`) and its `Resent-To`, `Resent-Cc` and
+    /// `Resent-Bcc`; otherwise `Sender`, else the first `From` mailbox, and
+    /// every `To`, `Cc` and `Bcc` mailbox. Display names, comments and
+    /// group names are dropped, folded fields unfolded, quoted local parts
+    /// kept; a recipient named twice is sent once.
+    ///
+    /// The message itself is not changed: a `Bcc` field in it reaches
+    /// every recipient, so leave it out of messages you build (mail
+    /// builders such as `mail-builder` do not write it).
+    ///
+    /// ```
+    /// use smtp_client::Envelope;
+    /// let message = b"From: Alice <alice@example.com>\r\n\
+    ///     To: Bob <bob@example.org>, team: carol@example.org, \"d e\"@example.org;\r\n\
+    ///     Subject: hello\r\n\r\nHi!\r\n";
+    /// let envelope = Envelope::from_message(message)?;
+    /// assert_eq!(envelope.from().unwrap().as_str(), "alice@example.com");
+    /// let to: Vec<&str> = envelope.recipients().iter().map(|r| r.address().as_str()).collect();
+    /// assert_eq!(to, ["bob@example.org", "carol@example.org", "\"d e\"@example.org"]);
+    /// # Ok::<(), smtp_client::Error>(())
+    /// ```
+    pub fn from_message(message: &[u8]) -> Result<Self, Error> {
+        let (sender, recipients) = crate::headers::envelope_addresses(message)?;
+        Envelope::new(sender, recipients)
     }
 
     /// A builder for envelopes with DSN or other parameters.
@@ -214,9 +281,28 @@ impl Envelope {
     }
 }
 
-/// Builder for [`Envelope`].
-#[derive(Debug, Clone, Default)]
+/// Builder for [`Envelope`]. An invalid address given to
+/// [`from`](EnvelopeBuilder::from) or [`to`](EnvelopeBuilder::to) is
+/// reported by [`build`](EnvelopeBuilder::build).
+///
+/// ```
+/// use smtp_client::{Envelope, Notify, Recipient, Ret};
+/// let envelope = Envelope::builder()
+///     .from("alice@example.com")
+///     .to("bob@example.org")
+///     .recipient(Recipient::new("carol@example.org")?.notify(Notify::On {
+///         success: false,
+///         failure: true,
+///         delay: false,
+///     }))
+///     .ret(Ret::Headers)
+///     .build()?;
+/// assert_eq!(envelope.recipients().len(), 2);
+/// # Ok::<(), smtp_client::Error>(())
+/// ```
+#[derive(Debug, Default)]
 pub struct EnvelopeBuilder {
+    error: Option<Error>,
     from: Option<Address>,
     recipients: Vec<Recipient>,
     ret: Option<Ret>,
@@ -226,16 +312,30 @@ pub struct EnvelopeBuilder {
 }
 
 impl EnvelopeBuilder {
-    /// The sender. Without it the reverse-path is `<>`.
-    pub fn from(mut self, from: Address) -> Self {
-        self.from = Some(from);
+    /// The sender, an [`Address`] or a string. Without it the
+    /// reverse-path is `<>`.
+    pub fn from(mut self, from: impl TryInto<Address, Error: Into<Error>>) -> Self {
+        match to_address(from) {
+            Ok(address) => self.from = Some(address),
+            Err(error) => self.fail(error),
+        }
         self
     }
 
-    /// Adds a recipient without DSN parameters.
-    pub fn to(mut self, to: Address) -> Self {
-        self.recipients.push(Recipient::new(to));
+    /// Adds a recipient without DSN parameters: an [`Address`] or a string.
+    pub fn to(mut self, to: impl TryInto<Address, Error: Into<Error>>) -> Self {
+        match to_address(to) {
+            Ok(address) => self.recipients.push(Recipient::from_address(address)),
+            Err(error) => self.fail(error),
+        }
         self
+    }
+
+    /// Keeps the first error for `build`.
+    fn fail(&mut self, error: Error) {
+        if self.error.is_none() {
+            self.error = Some(error);
+        }
     }
 
     /// Adds a recipient with its parameters.
@@ -273,6 +373,9 @@ impl EnvelopeBuilder {
 
     /// Validates and builds the envelope.
     pub fn build(self) -> Result<Envelope, Error> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
         let envelope = Envelope {
             from: self.from,
             recipients: self.recipients,
@@ -287,6 +390,9 @@ impl EnvelopeBuilder {
 }
 
 /// What happened to one recipient.
+///
+/// Get every recipient's outcome, however the send ended, with
+/// [`RecipientOutcomes::recipient_outcomes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientOutcome {
     /// The recipient.
@@ -305,6 +411,60 @@ impl RecipientOutcome {
     /// The deciding reply, if any.
     pub fn reply(&self) -> Option<&Reply> {
         self.reply.as_ref()
+    }
+
+    /// Whether a recipient that did not accept the message may accept it
+    /// later: its reply is a 4xx, or it has no reply at all (the connection
+    /// failed before the server answered for it, so its fate is unknown and
+    /// a later attempt decides it). False for an accepted recipient and for
+    /// a 5xx.
+    pub fn is_transient(&self) -> bool {
+        !self.accepted && self.reply.as_ref().is_none_or(Reply::is_transient)
+    }
+}
+
+/// One accessor for every recipient's fate, whichever way a send ended:
+/// implemented for the `Result` a send returns, for [`SendResult`] (some
+/// recipients accepted) and for [`Error`] (see [`Error::recipients`]).
+///
+/// ```
+/// # async fn run(pool: smtp_client::Pool, envelope: smtp_client::Envelope) {
+/// use smtp_client::RecipientOutcomes;
+///
+/// let result = pool.send(&envelope, "Subject: hi\r\n\r\nHello\r\n").await;
+/// for outcome in result.recipient_outcomes() {
+///     match (outcome.accepted, outcome.reply()) {
+///         (true, _) => println!("{}: delivered", outcome.address),
+///         (false, Some(reply)) => println!("{}: refused: {reply}", outcome.address),
+///         (false, None) => println!("{}: not attempted", outcome.address),
+///     }
+/// }
+/// # }
+/// ```
+pub trait RecipientOutcomes {
+    /// One outcome per envelope recipient, in envelope order (empty only
+    /// for an error that did not come from a send).
+    fn recipient_outcomes(&self) -> &[RecipientOutcome];
+}
+
+impl RecipientOutcomes for SendResult {
+    fn recipient_outcomes(&self) -> &[RecipientOutcome] {
+        &self.recipients
+    }
+}
+
+impl RecipientOutcomes for Error {
+    fn recipient_outcomes(&self) -> &[RecipientOutcome] {
+        self.recipients()
+    }
+}
+
+impl RecipientOutcomes for Result<SendResult, Error> {
+    fn recipient_outcomes(&self) -> &[RecipientOutcome] {
+        match self {
+            Ok(result) => result.recipient_outcomes(),
+            Err(error) => error.recipient_outcomes(),
+        }
     }
 }
 
@@ -351,7 +511,7 @@ mod tests {
 
     #[test]
     fn an_envelope_needs_a_recipient() {
-        let error = Envelope::new(Some(address("a@example.com")), []).unwrap_err();
+        let error = Envelope::new(address("a@example.com"), Vec::<Address>::new()).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidInput);
     }
 
@@ -380,24 +540,78 @@ mod tests {
             ("rfc822", ""),
         ] {
             let error = Envelope::builder()
-                .recipient(Recipient::new(to.clone()).orcpt(addr_type, value))
+                .recipient(Recipient::from(to.clone()).orcpt(addr_type, value))
                 .build()
                 .unwrap_err();
             assert_eq!(error.kind(), ErrorKind::InvalidInput);
         }
         let envelope = Envelope::builder()
-            .recipient(Recipient::new(to).orcpt("rfc822", "b@example.com"))
+            .recipient(Recipient::from(to).orcpt("rfc822", "b@example.com"))
             .build()
             .unwrap();
         assert!(envelope.has_dsn_parameters());
     }
 
     #[test]
+    fn strings_are_addresses_and_bad_ones_are_input_errors() {
+        let envelope = Envelope::new(
+            "alice@example.com",
+            ["bob@example.org", "carol@example.org"],
+        )
+        .unwrap();
+        assert_eq!(envelope.from().unwrap().as_str(), "alice@example.com");
+        assert_eq!(envelope.recipients().len(), 2);
+        let owned = String::from("dave@example.org");
+        assert!(Envelope::new(address("a@example.com"), [&owned]).is_ok());
+        assert!(Envelope::new("a@example.com", [owned]).is_ok());
+        for (from, to) in [("not an address", "b@example.org"), ("a@example.com", "b@")] {
+            let error = Envelope::new(from, [to]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput, "{from} {to}");
+        }
+        let error = Envelope::builder()
+            .from("a@example.com")
+            .to("bad")
+            .to("good@example.org")
+            .build()
+            .unwrap_err();
+        assert!(error.to_string().contains("invalid address"), "{error}");
+        assert_eq!(
+            Recipient::new("x").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn one_accessor_gives_every_fate() {
+        let outcome = |accepted, reply: Option<Reply>| RecipientOutcome {
+            address: address("a@example.com"),
+            accepted,
+            reply,
+        };
+        let ok: Result<SendResult, Error> = Ok(SendResult {
+            recipients: vec![
+                outcome(true, Some(Reply::plain(250, "ok"))),
+                outcome(false, Some(Reply::plain(550, "no"))),
+            ],
+            reply: Some(Reply::plain(250, "ok")),
+            transactions: 1,
+        });
+        assert_eq!(ok.recipient_outcomes().len(), 2);
+        let envelope = Envelope::new("a@example.com", ["b@example.com", "c@example.com"]).unwrap();
+        let err: Result<SendResult, Error> =
+            Err(Error::timeout(crate::Step::Connect).for_envelope(&envelope));
+        let outcomes = err.recipient_outcomes();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(|o| !o.accepted && o.is_transient()));
+        assert!(!outcome(false, Some(Reply::plain(550, "no"))).is_transient());
+        assert!(!outcome(true, Some(Reply::plain(250, "ok"))).is_transient());
+    }
+
+    #[test]
     fn utf8_addresses_need_smtputf8() {
-        let ascii =
-            Envelope::new(Some(address("a@example.com")), [address("b@example.com")]).unwrap();
+        let ascii = Envelope::new(address("a@example.com"), [address("b@example.com")]).unwrap();
         assert!(!ascii.needs_smtputf8());
-        let utf8 = Envelope::new(None, [address("j\u{f6}rg@example.com")]).unwrap();
+        let utf8 = Envelope::null_sender([address("j\u{f6}rg@example.com")]).unwrap();
         assert!(utf8.needs_smtputf8());
         let forced = Envelope::builder()
             .to(address("b@example.com"))

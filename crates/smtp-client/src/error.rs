@@ -31,11 +31,15 @@ pub enum ErrorKind {
     /// malformed or oversized reply, an unexpected code, or bytes after its
     /// `220` to `STARTTLS` (a response-injection attempt, RFC 3207 §4.2).
     Protocol,
-    /// TLS could not be set up: bad certificates or keys in the
-    /// configuration, a failed handshake or an untrusted server certificate.
+    /// TLS could not be set up: a failed handshake or an untrusted server
+    /// certificate. Transient, as mail servers treat it (Postfix defers
+    /// such mail): the usual cause is on the server (an expired or
+    /// replaced certificate) and is fixed there, so the message waits for
+    /// a later attempt rather than being returned to its sender.
     Tls,
     /// TLS is required but the server did not offer `STARTTLS` or refused
-    /// it. No plaintext fallback is attempted.
+    /// it. No plaintext fallback is attempted. Transient, like
+    /// [`ErrorKind::Tls`].
     TlsUnavailable,
     /// Authentication failed, no common mechanism exists, or it was refused
     /// over a plaintext connection.
@@ -122,6 +126,24 @@ impl fmt::Display for Step {
 /// Carries its [`ErrorKind`], the [`Step`] it happened in, the server's
 /// reply when the server gave one, and the underlying cause (an I/O or TLS
 /// error) as [`std::error::Error::source`].
+///
+/// Following the Rust API guidelines, [`Display`](fmt::Display) shows this
+/// error's own message (with the server's reply, which is part of it) but
+/// not its source: walk [`source`](std::error::Error::source) for the cause,
+/// as `anyhow`'s `{:#}` and most error reporters do, and each cause is
+/// printed once.
+///
+/// ```
+/// use smtp_client::ClientConfig;
+/// let error = ClientConfig::builder("127.0.0.1:2525").build().unwrap_err();
+/// let mut text = error.to_string();
+/// let mut cause = std::error::Error::source(&error);
+/// while let Some(inner) = cause {
+///     text.push_str(&format!(": {inner}"));
+///     cause = inner.source();
+/// }
+/// assert!(text.contains(".port("), "{text}");
+/// ```
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
@@ -220,21 +242,47 @@ impl Error {
         self.reply.as_ref()
     }
 
-    /// The outcome of every recipient when the send reached a mail
-    /// transaction (always for [`ErrorKind::RecipientsRejected`]); empty
-    /// when it failed before.
+    /// The outcome of every envelope recipient, in envelope order, when the
+    /// error ended a send ([`Connection::send`](crate::Connection::send),
+    /// [`Client::send`](crate::Client::send), [`Pool::send`](crate::Pool::send)):
+    /// the rejections decided before the failure, and every other recipient
+    /// as not accepted with the error's reply (or none). Empty for errors
+    /// that did not come from a send (building a configuration, `NOOP`,
+    /// ...). See [`RecipientOutcomes`](crate::RecipientOutcomes) for one
+    /// accessor over both ways a send ends.
     pub fn recipients(&self) -> &[RecipientOutcome] {
         &self.recipients
     }
 
+    /// Fills in one outcome per recipient for an error from a send that
+    /// failed before any recipient had one.
+    pub(crate) fn for_envelope(mut self, envelope: &crate::Envelope) -> Self {
+        if self.recipients.is_empty() {
+            self.recipients = envelope
+                .recipients()
+                .iter()
+                .map(|recipient| RecipientOutcome {
+                    address: recipient.address().clone(),
+                    accepted: false,
+                    reply: self.reply.clone(),
+                })
+                .collect();
+        }
+        self
+    }
+
     /// Whether the same send may succeed later: a 4xx reply, a timeout, a
-    /// lost or closed connection, or I/O trouble (RFC 5321 §4.2.1, §4.5.4.1).
-    /// When every recipient was rejected, transient only if every rejection
-    /// was a 4xx.
+    /// lost or closed connection, I/O or TLS trouble (RFC 5321 §4.2.1,
+    /// §4.5.4.1), or an unexpected reply to `DATA` or to the end of data
+    /// (an unknown outcome is never reported as permanent). When every
+    /// recipient was rejected, transient only if every rejection was a 4xx.
     pub fn is_transient(&self) -> bool {
         match self.kind {
             ErrorKind::Io | ErrorKind::Closed | ErrorKind::Timeout => true,
-            ErrorKind::Rejected | ErrorKind::Auth | ErrorKind::TlsUnavailable => {
+            // Postfix defers on TLS trouble too: the server's side is the
+            // usual cause and is fixed there.
+            ErrorKind::Tls | ErrorKind::TlsUnavailable => true,
+            ErrorKind::Rejected | ErrorKind::Auth => {
                 self.reply.as_ref().is_some_and(Reply::is_transient)
             }
             ErrorKind::RecipientsRejected => {
@@ -244,10 +292,12 @@ impl Error {
                         .iter()
                         .all(|outcome| outcome.reply().is_some_and(Reply::is_transient))
             }
-            // A garbled reply to the end of data may hide an acceptance:
-            // RFC 5321 §6.1 prefers a duplicate to a lost message.
-            ErrorKind::Protocol => self.step == Step::DataEnd,
-            ErrorKind::InvalidInput | ErrorKind::Tls | ErrorKind::Unsupported => false,
+            // A garbled or unexpected reply to the end of data may hide an
+            // acceptance: RFC 5321 §6.1 prefers a duplicate to a lost
+            // message. One to DATA means nothing was sent, and the next
+            // attempt (on a fresh connection) may well succeed.
+            ErrorKind::Protocol => matches!(self.step, Step::Data | Step::DataEnd),
+            ErrorKind::InvalidInput | ErrorKind::Unsupported => false,
         }
     }
 
@@ -264,10 +314,21 @@ impl fmt::Display for Error {
         if let Some(reply) = &self.reply {
             write!(f, ": {reply}")?;
         }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
+        // The source is not repeated here: `source()` returns it.
         Ok(())
+    }
+}
+
+impl From<smtp_proto::address::AddressError> for Error {
+    /// An invalid address is invalid input: nothing was sent.
+    fn from(error: smtp_proto::address::AddressError) -> Self {
+        Error::invalid(format!("invalid address ({error})"))
+    }
+}
+
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
     }
 }
 
@@ -307,6 +368,32 @@ mod tests {
         assert_eq!(refused.kind(), ErrorKind::Io);
         assert!(refused.is_transient());
         assert!(std::error::Error::source(&refused).is_some());
+    }
+
+    #[test]
+    fn the_cause_is_printed_once() {
+        let error = Error::io(
+            Step::Connect,
+            io::Error::new(io::ErrorKind::ConnectionRefused, "refused by peer"),
+        );
+        let mut chain = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(inner) = cause {
+            chain.push_str(&format!(": {inner}"));
+            cause = inner.source();
+        }
+        assert_eq!(chain, "I/O error during connect: refused by peer");
+        assert_eq!(chain.matches("refused by peer").count(), 1);
+    }
+
+    #[test]
+    fn address_errors_convert() {
+        let error: Error = smtp_proto::address::Address::parse("no-domain", true)
+            .unwrap_err()
+            .into();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput);
+        assert_eq!(error.step(), Step::Validate);
+        assert!(error.to_string().contains("no domain"), "{error}");
     }
 
     #[test]

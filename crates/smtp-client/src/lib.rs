@@ -1,20 +1,28 @@
 //! A tokio SMTP and LMTP client with TLS, AUTH, pipelining, per-recipient
 //! results and a connection pool.
 //!
-//! - [`ClientConfig`] says where and how to connect: TLS mode ([`Tls`]:
-//!   none, opportunistic or required `STARTTLS`, implicit TLS) with
-//!   certificates in [`TlsConfig`], [`Credentials`] for `AUTH` (with an
-//!   optional [`AuthMechanism`] to pin the mechanism), [`Timeouts`]
-//!   for every step, SMTP or LMTP ([`Protocol`]), and an optional
-//!   [`Transcript`] of the protocol lines.
+//! - [`ClientConfig`] says where and how to connect: from a URL
+//!   ([`ClientConfig::from_url`]: `smtp://user:pass@host:587`,
+//!   `smtps://host`, `lmtp://host:24`, ...) or a builder; TLS mode
+//!   ([`Tls`]: none, opportunistic or required `STARTTLS`, implicit TLS)
+//!   with certificates in [`TlsConfig`], [`Credentials`] for `AUTH` (with an
+//!   optional [`AuthMechanism`] to pin the mechanism), [`Timeouts`] for
+//!   every step and for the whole send, SMTP or LMTP ([`Protocol`]), and an
+//!   optional [`Transcript`] of the protocol lines (the same
+//!   [`TranscriptLine`] type smtp-server uses).
+//! - [`Envelope`] takes addresses as strings or [`Address`]es, or comes
+//!   from the message's own header fields ([`Envelope::from_message`]).
 //! - [`Connection`] is one open session: [`Connection::send`] takes an
 //!   [`Envelope`] and a [`Message`] (bytes, an `AsyncRead` or a stream,
 //!   streamed through the dot-stuffing encoder, never collected whole) and
-//!   returns a [`SendResult`] with one [`RecipientOutcome`] per recipient.
+//!   returns a [`SendResult`] with one [`RecipientOutcome`] per recipient;
+//!   [`RecipientOutcomes`] reads them from an error too.
 //! - [`Client`] sends one message per connection; [`Pool`] shares
-//!   connections between tasks.
+//!   connections between tasks, within a server's per-client connection
+//!   limit, with an optional [`RetryPolicy`].
 //! - [`Error`] carries an [`ErrorKind`], the [`Step`] that failed and the
-//!   server's reply; [`Error::is_transient`] says whether to retry.
+//!   server's reply; [`Error::is_transient`] says whether to retry. Its
+//!   `Display` leaves the cause to [`source`](std::error::Error::source).
 //!
 //! What the client does by itself: EHLO with a HELO fallback, a fresh EHLO
 //! after STARTTLS, refusing replies injected behind the `220` to STARTTLS,
@@ -32,10 +40,7 @@
 //!     .tls(Tls::Required)
 //!     .credentials(Credentials::password("alice@example.com", "secret"))
 //!     .build()?;
-//! let envelope = Envelope::new(
-//!     Some("alice@example.com".parse().unwrap()),
-//!     ["bob@example.org".parse().unwrap()],
-//! )?;
+//! let envelope = Envelope::new("alice@example.com", ["bob@example.org"])?;
 //! let result = Client::new(config)
 //!     .send(&envelope, "From: alice@example.com\r\nSubject: hi\r\n\r\nHello\r\n")
 //!     .await?;
@@ -48,22 +53,25 @@ mod config;
 mod connection;
 mod envelope;
 mod error;
+mod headers;
 mod message;
 mod pool;
 mod stream;
 mod tls;
+mod url;
 
 pub use config::{
-    AuthMechanism, ClientConfig, ClientConfigBuilder, Credentials, DEFAULT_CHUNK_SIZE, Direction,
+    AuthMechanism, ClientConfig, ClientConfigBuilder, Credentials, DEFAULT_CHUNK_SIZE,
     MIN_CHUNK_SIZE, Protocol, Timeouts, Transcript,
 };
 pub use connection::Connection;
 pub use envelope::{
-    ENVID_MAX, Envelope, EnvelopeBuilder, ORCPT_MAX, Recipient, RecipientOutcome, SendResult,
+    ENVID_MAX, Envelope, EnvelopeBuilder, ORCPT_MAX, Recipient, RecipientOutcome,
+    RecipientOutcomes, SendResult,
 };
 pub use error::{Error, ErrorKind, Step};
 pub use message::Message;
-pub use pool::{Pool, PoolConfig, PoolStats};
+pub use pool::{Pool, PoolConfig, PoolStats, RETRY_BACKOFF_MAX, RetryPolicy};
 pub use tls::{Tls, TlsConfig};
 
 /// The protocol types the API uses, re-exported so callers need not
@@ -71,7 +79,13 @@ pub use tls::{Tls, TlsConfig};
 pub use smtp_proto::address::Address;
 pub use smtp_proto::command::{BodyType, Notify, Ret};
 pub use smtp_proto::ehlo::Capabilities;
+pub use smtp_proto::transcript::{Direction, LineKind, TranscriptLine};
 pub use smtp_proto::{EnhancedCode, Reply};
+
+/// The crate README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Sends one message per connection: connect, send, `QUIT`.
 ///
@@ -97,19 +111,36 @@ impl Client {
         Connection::connect(&self.config).await
     }
 
-    /// Validates the envelope, connects, sends the message and quits.
+    /// Validates the envelope, connects, sends the message and quits. An
+    /// error carries every recipient's outcome ([`Error::recipients`]).
+    /// [`Timeouts::send_deadline`] bounds the whole call, connecting
+    /// included. Dropping the future is safe (see the cancellation notes
+    /// of [`Connection::send`]).
     pub async fn send(
         &self,
         envelope: &Envelope,
         message: impl Into<Message>,
     ) -> Result<SendResult, Error> {
-        envelope.validate()?;
-        let mut connection = self.connect().await?;
-        let result = connection.send(envelope, message).await;
-        if connection.is_usable() {
-            // The message's fate is decided; a failed QUIT changes nothing.
-            let _ = connection.quit().await;
+        let deadline = self
+            .config
+            .inner
+            .timeouts
+            .send_deadline
+            .map(|limit| tokio::time::Instant::now() + limit);
+        let mut message = message.into();
+        let result = async {
+            envelope.validate()?;
+            let mut connection = Connection::connect_until(&self.config, deadline).await?;
+            let result = connection
+                .send_until(envelope, &mut message, deadline)
+                .await;
+            if connection.is_usable() {
+                // The message's fate is decided; a failed QUIT changes nothing.
+                let _ = connection.quit().await;
+            }
+            result
         }
-        result
+        .await;
+        result.map_err(|error| error.for_envelope(envelope))
     }
 }

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::config::ClientConfig;
 use crate::connection::Connection;
@@ -18,7 +19,52 @@ use crate::message::Message;
 /// command timeout per idle connection would stall a send for minutes.
 const NOOP_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Limits of a [`Pool`].
+/// How often a [`Pool`] starts a send again after a transient failure that
+/// happened before any message data was sent ([`PoolConfig::retry_transient`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use smtp_client::{PoolConfig, RetryPolicy};
+/// let settings = PoolConfig {
+///     retry_transient: RetryPolicy { attempts: 2, backoff: Duration::from_millis(500) },
+///     ..PoolConfig::default()
+/// };
+/// assert_eq!(settings.retry_transient.delay(2), Duration::from_secs(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Further attempts after the first (0: no retry).
+    pub attempts: u32,
+    /// The wait before the first retry; each further retry waits twice as
+    /// long as the one before, up to [`RETRY_BACKOFF_MAX`].
+    pub backoff: Duration,
+}
+
+/// The longest wait between two attempts of a [`RetryPolicy`].
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+impl RetryPolicy {
+    /// No retry: every failure is returned at once.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        attempts: 0,
+        backoff: Duration::ZERO,
+    };
+
+    /// The wait before retry number `retry` (1 for the first).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+        self.backoff.saturating_mul(factor).min(RETRY_BACKOFF_MAX)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::NONE
+    }
+}
+
+/// Limits of a [`Pool`]: a plain struct, so set what you need and take
+/// the rest from [`Default`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
     /// The most connections open at once, busy or idle (at least 1).
@@ -33,6 +79,19 @@ pub struct PoolConfig {
     /// A connection idle for at least this long is checked with `NOOP`
     /// before it is reused.
     pub check_after_idle: Duration,
+    /// Starts a send again after a transient failure that happened before
+    /// any message data was sent: a failed connect, greeting, EHLO, TLS or
+    /// AUTH step, a 4xx (or lost connection) at `MAIL`, `RCPT` or `DATA`,
+    /// or every recipient refused with a 4xx. Nothing of the message was
+    /// accepted then, so a retry cannot duplicate it. Failures after the
+    /// data was sent, partial acceptances, and messages from a reader or
+    /// stream (which cannot be read twice) are never retried. Default: no
+    /// retry.
+    pub retry_transient: RetryPolicy,
+    /// How long the pool keeps its lowered size after a server refused a
+    /// new connection at the greeting while others were open (the server's
+    /// per-client connection limit, see [`Pool`]). Default 30 seconds.
+    pub throttle_period: Duration,
 }
 
 impl Default for PoolConfig {
@@ -43,6 +102,8 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(60),
             max_lifetime: Duration::from_secs(10 * 60),
             check_after_idle: Duration::from_secs(5),
+            retry_transient: RetryPolicy::NONE,
+            throttle_period: Duration::from_secs(30),
         }
     }
 }
@@ -71,16 +132,40 @@ pub struct PoolStats {
 /// `MAIL`) is replaced by a fresh connection and the message sent again,
 /// which is safe because nothing of it was accepted.
 ///
+/// # The server's per-client connection limit
+///
+/// Servers cap the connections one client address may hold (smtp-server's
+/// `DEFAULT_MAX_CONNECTIONS_PER_IP` is 20, Postfix's
+/// `smtpd_client_connection_count_limit` 50) and refuse the rest at the
+/// greeting with a 4xx, usually `421 4.7.0`. A pool larger than that limit
+/// does not fail messages for it: when a new connection is refused at the
+/// greeting with a 4xx while other connections to the server are open (or
+/// being opened), the pool lowers its own size to the number of those
+/// connections for [`PoolConfig::throttle_period`] and the send waits for
+/// one of them instead. So `max_connections` is a ceiling, and the server's
+/// limit decides how many connections are really used. A refusal while no
+/// other connection is open is the send's error (retried when
+/// [`PoolConfig::retry_transient`] allows).
+///
+/// After a failed connect or a refused greeting, the pool waits before it
+/// opens the next connection: 100 ms, doubling with every further failure
+/// up to 5 seconds, and back to none after a success. A server that
+/// refuses everyone is therefore never hammered with reconnects.
+///
+/// # Cancellation
+///
+/// Dropping the future of [`Pool::send`] is safe: the slot is released and
+/// a connection in the middle of a transaction is closed, never reused.
+/// Whether the message was delivered is then unknown if the end of data was
+/// already sent; see [`Connection::send`].
+///
 /// ```no_run
 /// # async fn run() -> Result<(), smtp_client::Error> {
 /// use smtp_client::{ClientConfig, Envelope, Pool, PoolConfig};
 ///
 /// let config = ClientConfig::builder("mail.example.com").build()?;
 /// let pool = Pool::new(config, PoolConfig { max_connections: 4, ..PoolConfig::default() });
-/// let envelope = Envelope::new(
-///     Some("alice@example.com".parse().unwrap()),
-///     ["bob@example.org".parse().unwrap()],
-/// )?;
+/// let envelope = Envelope::new("alice@example.com", ["bob@example.org"])?;
 /// let mut tasks = Vec::new();
 /// for n in 0..100 {
 ///     let pool = pool.clone();
@@ -109,14 +194,41 @@ struct PoolInner {
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<Pooled>>,
     counters: Arc<Counters>,
+    throttle: Mutex<Throttle>,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     open: AtomicUsize,
+    /// Connections being opened (connect, greeting, EHLO, TLS, AUTH).
+    opening: AtomicUsize,
     sent: AtomicU64,
     failures: AtomicU64,
+    /// Woken whenever a connection goes idle or closes, for sends waiting
+    /// under a lowered pool size.
+    changed: Notify,
 }
+
+/// The pool's reaction to refusals: a lowered size and a reconnect delay.
+#[derive(Debug)]
+struct Throttle {
+    /// The pool size while lowered.
+    limit: Option<usize>,
+    /// When the lowered size ends.
+    until: Instant,
+    /// Failed opens in a row.
+    failures: u32,
+    /// No new connection is opened before this.
+    not_before: Instant,
+}
+
+/// The first reconnect delay after a failed open; it doubles per failure.
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// The longest reconnect delay.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
+/// How often a waiting send looks again even without a wake-up (the
+/// lowered size may have expired).
+const WAIT_RECHECK: Duration = Duration::from_millis(250);
 
 /// A connection counted in `Counters::open` until dropped.
 #[derive(Debug)]
@@ -128,6 +240,17 @@ struct Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         self.counters.open.fetch_sub(1, Ordering::Relaxed);
+        self.counters.changed.notify_waiters();
+    }
+}
+
+/// Counts a connection being opened until dropped.
+struct Opening<'a>(&'a Counters);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.opening.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -147,6 +270,12 @@ impl Pool {
                 settings,
                 idle: Mutex::new(Vec::new()),
                 counters: Arc::new(Counters::default()),
+                throttle: Mutex::new(Throttle {
+                    limit: None,
+                    until: Instant::now(),
+                    failures: 0,
+                    not_before: Instant::now(),
+                }),
             }),
         }
     }
@@ -157,15 +286,33 @@ impl Pool {
     }
 
     /// Sends one message on a pooled connection, waiting for a free slot
-    /// when all `max_connections` are busy. The result is that of
-    /// [`Connection::send`].
+    /// when all `max_connections` are busy (or fewer, while the server's
+    /// connection limit lowered the pool's size). The result is that of
+    /// [`Connection::send`]; a transient failure before the message data
+    /// is retried as [`PoolConfig::retry_transient`] says. An error carries
+    /// every recipient's outcome ([`Error::recipients`]).
+    ///
+    /// With [`Timeouts::send_deadline`](crate::Timeouts::send_deadline) the
+    /// whole call, waiting and retries included, ends by that deadline.
+    ///
+    /// Dropping the returned future is safe (see [Cancellation](Pool#cancellation)).
     pub async fn send(
         &self,
         envelope: &Envelope,
         message: impl Into<Message>,
     ) -> Result<SendResult, Error> {
         let mut message = message.into();
-        let result = self.send_message(envelope, &mut message).await;
+        let deadline = self
+            .inner
+            .config
+            .inner
+            .timeouts
+            .send_deadline
+            .map(|limit| Instant::now() + limit);
+        let result = self
+            .send_with_retries(envelope, &mut message, deadline)
+            .await
+            .map_err(|error| error.for_envelope(envelope));
         let counter = match result {
             Ok(_) => &self.inner.counters.sent,
             Err(_) => &self.inner.counters.failures,
@@ -174,64 +321,237 @@ impl Pool {
         result
     }
 
+    async fn send_with_retries(
+        &self,
+        envelope: &Envelope,
+        message: &mut Message,
+        deadline: Option<Instant>,
+    ) -> Result<SendResult, Error> {
+        envelope.validate()?;
+        let policy = self.inner.settings.retry_transient;
+        let mut retry = 0;
+        loop {
+            let result = self.send_message(envelope, message, deadline).await;
+            let error = match result {
+                Err(error) if retry < policy.attempts && message.is_replayable() => error,
+                other => return other,
+            };
+            if !before_data(&error) || !error.is_transient() {
+                return Err(error);
+            }
+            retry += 1;
+            let delay = policy.delay(retry);
+            if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
+                return Err(error);
+            }
+            tracing::debug!(%error, retry, ?delay, "transient failure before DATA; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     async fn send_message(
         &self,
         envelope: &Envelope,
         message: &mut Message,
+        deadline: Option<Instant>,
     ) -> Result<SendResult, Error> {
-        envelope.validate()?;
-        let permit = Arc::clone(&self.inner.slots)
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::new(ErrorKind::Closed, Step::Connect, "the pool is closed"))?;
-        let (mut pooled, reused) = self.checkout().await?;
-        let mut result = pooled.connection.send_message(envelope, message).await;
+        let acquire = Arc::clone(&self.inner.slots).acquire_owned();
+        let permit = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
+                .await
+                .map_err(|_| deadline_passed("waiting for a pool slot"))?,
+            None => acquire.await,
+        }
+        .map_err(|_| Error::new(ErrorKind::Closed, Step::Connect, "the pool is closed"))?;
+        let (mut pooled, reused) = self.checkout(deadline).await?;
+        let mut result = pooled
+            .connection
+            .send_until(envelope, message, deadline)
+            .await;
         if reused && message.is_replayable() && result.as_ref().is_err_and(closed_before_data) {
             // The server closed the connection while it sat idle: nothing
             // of the message was accepted, so send it on a fresh one.
             tracing::debug!("pooled connection was closed by the server; reconnecting");
             drop(pooled);
-            pooled = self.open().await?;
-            result = pooled.connection.send_message(envelope, message).await;
+            pooled = self.checkout(deadline).await?.0;
+            result = pooled
+                .connection
+                .send_until(envelope, message, deadline)
+                .await;
         }
         self.checkin(pooled, permit);
         result
     }
 
-    /// A reusable idle connection, or a new one.
-    async fn checkout(&self) -> Result<(Pooled, bool), Error> {
+    /// A reusable idle connection, or a new one when the pool's (possibly
+    /// lowered) size allows; otherwise waits for either.
+    async fn checkout(&self, deadline: Option<Instant>) -> Result<(Pooled, bool), Error> {
+        let mut refused_before = false;
+        loop {
+            let changed = self.inner.counters.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(pooled) = self.take_idle(deadline).await {
+                return Ok((pooled, true));
+            }
+            let mut wake_at = Instant::now() + WAIT_RECHECK;
+            match self.may_open() {
+                Err(not_before) => wake_at = wake_at.min(not_before),
+                Ok(()) => match self.open(deadline).await {
+                    Ok(pooled) => return Ok((pooled, false)),
+                    Err(error) => {
+                        if !self.refused_at_limit(&error, refused_before) {
+                            return Err(error);
+                        }
+                        refused_before = true;
+                        tracing::debug!(%error, "refused at the greeting; waiting for a pooled connection");
+                        continue;
+                    }
+                },
+            }
+            let wait = tokio::time::sleep_until(wake_at);
+            match deadline {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = wait => {}
+                        _ = tokio::time::sleep_until(deadline) => {
+                            return Err(deadline_passed("waiting for a pooled connection"));
+                        }
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = wait => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A usable idle connection, checking with NOOP one that sat long.
+    async fn take_idle(&self, deadline: Option<Instant>) -> Option<Pooled> {
         // Bounded: each turn removes one connection from the idle list.
         loop {
-            let candidate = self.lock_idle().pop();
-            let Some(mut pooled) = candidate else {
-                break;
-            };
+            let mut pooled = self.lock_idle().pop()?;
             if self.expired(&pooled.connection) {
                 self.retire(pooled, None);
                 continue;
             }
             let idle_for = pooled.connection.last_used_at().elapsed();
+            let mut check = NOOP_CHECK_TIMEOUT;
+            if let Some(deadline) = deadline {
+                check = check.min(deadline.saturating_duration_since(Instant::now()));
+            }
             if idle_for >= self.inner.settings.check_after_idle
-                && pooled
-                    .connection
-                    .noop_within(NOOP_CHECK_TIMEOUT)
-                    .await
-                    .is_err()
+                && pooled.connection.noop_within(check).await.is_err()
             {
                 continue;
             }
-            return Ok((pooled, true));
+            return Some(pooled);
         }
-        Ok((self.open().await?, false))
     }
 
-    async fn open(&self) -> Result<Pooled, Error> {
-        let connection = Connection::connect(&self.inner.config).await?;
-        self.inner.counters.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Pooled {
-            connection,
-            counters: Arc::clone(&self.inner.counters),
-        })
+    /// Whether a new connection may be opened now: under the lowered size
+    /// (if any) and past the reconnect delay. `Err` holds when to look
+    /// again: the end of the delay, or a moment from now when the pool is
+    /// full (then a connection going idle or closing wakes the caller).
+    fn may_open(&self) -> Result<(), Instant> {
+        let counters = &self.inner.counters;
+        let live = counters.open.load(Ordering::Relaxed) + counters.opening.load(Ordering::Relaxed);
+        let mut throttle = self.lock_throttle();
+        let now = Instant::now();
+        if throttle.limit.is_some() && now >= throttle.until {
+            tracing::debug!("pool size restored after the throttle period");
+            throttle.limit = None;
+        }
+        let limit = throttle
+            .limit
+            .unwrap_or(self.inner.settings.max_connections);
+        // With nothing established, a send may always try (after the
+        // delay): a lowered size must not queue sends behind connections
+        // that may never come.
+        let open = counters.open.load(Ordering::Relaxed);
+        if !(live < limit || open == 0) {
+            return Err(now + WAIT_RECHECK);
+        }
+        if now < throttle.not_before {
+            return Err(throttle.not_before);
+        }
+        Ok(())
+    }
+
+    /// After a failed open: a 4xx at the greeting while other connections
+    /// are open is the server's per-client limit, so the pool lowers its
+    /// size to those connections and the caller waits for one. Connections
+    /// still being opened count for a send's first refusal only: they may
+    /// be refused too, and a send must not wait for them forever.
+    fn refused_at_limit(&self, error: &Error, refused_before: bool) -> bool {
+        let refused = error.step() == Step::Greeting
+            && error.reply().is_some_and(|reply| reply.is_transient());
+        if !refused {
+            return false;
+        }
+        let counters = &self.inner.counters;
+        let open = counters.open.load(Ordering::Relaxed);
+        let opening = counters.opening.load(Ordering::Relaxed);
+        let live = open + opening;
+        if open == 0 && (refused_before || opening == 0) {
+            return false;
+        }
+        let mut throttle = self.lock_throttle();
+        let limit = throttle.limit.map_or(live, |limit| limit.min(live)).max(1);
+        if throttle.limit != Some(limit) {
+            tracing::info!(
+                limit,
+                "the server refused a connection at the greeting; lowering the pool size"
+            );
+        }
+        throttle.limit = Some(limit);
+        throttle.until = Instant::now() + self.inner.settings.throttle_period;
+        true
+    }
+
+    async fn open(&self, deadline: Option<Instant>) -> Result<Pooled, Error> {
+        let counters = &self.inner.counters;
+        counters.opening.fetch_add(1, Ordering::Relaxed);
+        let opening = Opening(counters);
+        let result = Connection::connect_until(&self.inner.config, deadline).await;
+        let mut throttle = self.lock_throttle();
+        match result {
+            Ok(connection) => {
+                throttle.failures = 0;
+                drop(throttle);
+                counters.open.fetch_add(1, Ordering::Relaxed);
+                drop(opening);
+                Ok(Pooled {
+                    connection,
+                    counters: Arc::clone(counters),
+                })
+            }
+            Err(error) => {
+                if matches!(
+                    error.step(),
+                    Step::Connect | Step::Greeting | Step::TlsHandshake
+                ) {
+                    // Opens that fail together count as one failure, so
+                    // the delay doubles per round, not per connection.
+                    let now = Instant::now();
+                    if now >= throttle.not_before {
+                        throttle.failures = throttle.failures.saturating_add(1);
+                        let factor = 2u32.saturating_pow(throttle.failures - 1);
+                        let delay = RECONNECT_DELAY
+                            .saturating_mul(factor)
+                            .min(RECONNECT_DELAY_MAX);
+                        throttle.not_before = now + delay;
+                    }
+                }
+                drop(throttle);
+                drop(opening);
+                Err(error)
+            }
+        }
     }
 
     /// Returns a connection to the idle list (before its slot is released,
@@ -250,6 +570,7 @@ impl Pool {
                 idle.push(pooled);
                 drop(idle);
                 drop(permit);
+                self.inner.counters.changed.notify_waiters();
             }
             stale
         };
@@ -302,6 +623,24 @@ impl Pool {
         }
     }
 
+    fn lock_throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        // Every change is a plain field store: a poisoned lock is good.
+        self.inner
+            .throttle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The pool's size now: `max_connections`, or less while a server's
+    /// per-client connection limit lowered it (see [`Pool`]).
+    pub fn effective_size(&self) -> usize {
+        let throttle = self.lock_throttle();
+        match throttle.limit {
+            Some(limit) if Instant::now() < throttle.until => limit,
+            _ => self.inner.settings.max_connections,
+        }
+    }
+
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
         // A panic while holding the lock cannot leave the list half
         // changed (every change is one push, pop or swap), so a poisoned
@@ -316,6 +655,33 @@ impl Pool {
 /// `QUIT` and close; the open counter drops with `pooled`.
 async fn close_pooled(mut pooled: Pooled) {
     let _ = pooled.connection.quit_in_place().await;
+}
+
+/// The error for a send that ran out of its whole-send deadline while
+/// waiting in the pool.
+fn deadline_passed(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        Step::Connect,
+        format!("the send deadline passed while {what}"),
+    )
+}
+
+/// Whether a failure happened before any message data was sent, so that
+/// starting the send again cannot deliver the message twice.
+fn before_data(error: &Error) -> bool {
+    matches!(
+        error.step(),
+        Step::Connect
+            | Step::TlsHandshake
+            | Step::Greeting
+            | Step::Hello
+            | Step::StartTls
+            | Step::Auth
+            | Step::Mail
+            | Step::Rcpt
+            | Step::Data
+    ) && error.kind() != ErrorKind::InvalidInput
 }
 
 /// Whether a send failed because the connection was gone before any

@@ -54,6 +54,27 @@ impl Tls {
 /// let tls = TlsConfig::new().server_name("mail.example.com");
 /// assert!(tls.build().is_ok());
 /// ```
+///
+/// A server whose certificate comes from a private CA (a test server, a
+/// company relay): trust that CA instead of turning verification off. The
+/// certificate is still checked against the name; when the host is an IP
+/// address but the certificate names a host, say which name to expect.
+///
+/// ```no_run
+/// use smtp_client::{ClientConfig, Tls, TlsConfig};
+/// let ca = std::fs::read("ca.pem").expect("the CA certificate");
+/// let config = ClientConfig::builder("127.0.0.1")
+///     .port(2525)
+///     .tls(Tls::Required)
+///     .tls_config(
+///         TlsConfig::new()
+///             .add_root_certificates_pem(&ca)?
+///             .server_name("localhost"),
+///     )
+///     .build()?;
+/// # drop(config);
+/// # Ok::<(), smtp_client::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct TlsConfig {
     custom_roots: Vec<CertificateDer<'static>>,

@@ -10,11 +10,7 @@ use common::{Script, config, serve_each};
 use smtp_client::{Envelope, ErrorKind, Pool, PoolConfig, Step};
 
 fn envelope() -> Envelope {
-    Envelope::new(
-        Some("alice@example.com".parse().unwrap()),
-        ["bob@example.org".parse().unwrap()],
-    )
-    .unwrap()
+    Envelope::new("alice@example.com", ["bob@example.org"]).unwrap()
 }
 
 /// What the server saw, across all connections.

@@ -9,11 +9,7 @@ use common::{Script, config, serve};
 use smtp_client::{Client, ClientConfig, Connection, Envelope, ErrorKind, Protocol, Step, Tls};
 
 fn envelope(to: &[&str]) -> Envelope {
-    Envelope::new(
-        Some("alice@example.com".parse().unwrap()),
-        to.iter().map(|to| to.parse().unwrap()),
-    )
-    .unwrap()
+    Envelope::new("alice@example.com", to.iter().copied()).unwrap()
 }
 
 #[tokio::test]
@@ -144,4 +140,116 @@ async fn a_server_that_never_answers_quit_does_not_hold_the_caller() {
         started.elapsed()
     );
     server.abort();
+}
+
+#[tokio::test]
+async fn a_second_354_after_the_data_is_an_unknown_outcome_never_a_delivery() {
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.greet(&[]).await;
+        s.expect("MAIL FROM:<alice@example.com>").await;
+        s.send("250 ok").await;
+        s.expect("RCPT TO:<bob@example.org>").await;
+        s.send("250 ok").await;
+        s.expect("DATA").await;
+        s.send("354 go").await;
+        s.read_data().await;
+        s.send("354 go ahead again").await;
+        let _ = s.read_to_end().await;
+    })
+    .await;
+    let error = Client::new(config(addr).build().unwrap())
+        .send(&envelope(&["bob@example.org"]), "x")
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    assert_eq!(
+        (error.kind(), error.step()),
+        (ErrorKind::Protocol, Step::DataEnd)
+    );
+    assert!(
+        error.is_transient(),
+        "an unknown outcome is never permanent"
+    );
+    let bob = &error.recipients()[0];
+    assert!(!bob.accepted);
+    assert!(bob.reply().is_none(), "354 decides nothing: {bob:?}");
+    assert!(bob.is_transient());
+}
+
+#[tokio::test]
+async fn a_250_to_data_is_a_protocol_error_and_nothing_is_sent() {
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.greet(&[]).await;
+        s.expect("MAIL FROM:<alice@example.com>").await;
+        s.send("250 ok").await;
+        s.expect("RCPT TO:<bob@example.org>").await;
+        s.send("250 ok").await;
+        s.expect("DATA").await;
+        s.send("250 what data").await;
+        // The client must not send the body after a reply that is not 354.
+        s.read_to_end().await
+    })
+    .await;
+    let error = Client::new(config(addr).build().unwrap())
+        .send(&envelope(&["bob@example.org"]), "BODY-MARKER\r\n")
+        .await
+        .unwrap_err();
+    let rest = server.await.unwrap();
+    assert!(!String::from_utf8_lossy(&rest).contains("BODY-MARKER"));
+    assert_eq!(
+        (error.kind(), error.step()),
+        (ErrorKind::Protocol, Step::Data)
+    );
+    assert!(error.to_string().contains("instead of 354"), "{error}");
+    assert!(error.is_transient());
+    assert!(!error.recipients()[0].accepted);
+}
+
+#[tokio::test]
+async fn implicit_tls_against_a_plaintext_greeting_says_what_to_do() {
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.send("220 test.example ESMTP").await;
+        let _ = s.read_to_end().await;
+    })
+    .await;
+    let config = ClientConfig::builder(addr.ip().to_string())
+        .port(addr.port())
+        .tls(Tls::Implicit)
+        .build()
+        .unwrap();
+    let error = Client::new(config)
+        .send(&envelope(&["bob@example.org"]), "x")
+        .await
+        .unwrap_err();
+    server.abort();
+    assert_eq!(error.kind(), ErrorKind::Tls);
+    let text = error.to_string();
+    assert!(
+        text.contains(
+            "the server greeted in plain text: use STARTTLS (port 587/25) or implicit TLS on 465"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn auth_offered_only_after_starttls_is_explained_with_tls_none() {
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.greet(&["STARTTLS"]).await;
+        let _ = s.read_to_end().await;
+    })
+    .await;
+    let config = config(addr)
+        .credentials(smtp_client::Credentials::password("alice", "secret"))
+        .allow_plaintext_auth(true)
+        .build()
+        .unwrap();
+    let error = Connection::connect(&config).await.unwrap_err();
+    server.await.unwrap();
+    assert_eq!(error.kind(), ErrorKind::Auth);
+    let text = error.to_string();
+    assert!(
+        text.contains("offers STARTTLS") && text.contains("AUTH is usually offered only after"),
+        "{text}"
+    );
 }

@@ -17,7 +17,7 @@ fn mailbox(text: &str) -> Address {
 
 fn envelope(to: &[&str]) -> Envelope {
     Envelope::new(
-        Some(mailbox("alice@example.com")),
+        mailbox("alice@example.com"),
         to.iter().map(|to| mailbox(to)),
     )
     .expect("envelope")
@@ -521,7 +521,7 @@ async fn capabilities_are_checked_before_mail() {
         .await
         .unwrap_err();
     assert_eq!(eight_bit.kind(), ErrorKind::Unsupported);
-    let utf8 = Envelope::new(None, [mailbox("j\u{f6}rg@example.org")]).unwrap();
+    let utf8 = Envelope::null_sender([mailbox("j\u{f6}rg@example.org")]).unwrap();
     let needs_utf8 = connection.send(&utf8, "x").await.unwrap_err();
     assert_eq!(needs_utf8.kind(), ErrorKind::Unsupported);
     let binary = connection
@@ -570,7 +570,7 @@ async fn extensions_add_their_parameters() {
     let envelope = Envelope::builder()
         .from(mailbox("alice@example.com"))
         .recipient(
-            Recipient::new(mailbox("j\u{f6}rg@example.org"))
+            Recipient::from(mailbox("j\u{f6}rg@example.org"))
                 .notify(Notify::On {
                     success: true,
                     failure: true,
@@ -619,7 +619,7 @@ async fn dsn_parameters_are_left_out_when_dsn_is_not_offered() {
     .await;
     let envelope = Envelope::builder()
         .from(mailbox("alice@example.com"))
-        .recipient(Recipient::new(mailbox("b@example.org")).notify(Notify::Never))
+        .recipient(Recipient::from(mailbox("b@example.org")).notify(Notify::Never))
         .ret(Ret::Full)
         .build()
         .unwrap();
@@ -938,11 +938,13 @@ async fn the_transcript_shows_both_sides_and_masks_auth() {
     let config = config(addr)
         .credentials(smtp_client::Credentials::password("alice", "hunter2"))
         .allow_plaintext_auth(true)
-        .transcript(Arc::new(move |direction: Direction, line: &str| {
-            sink.lock()
-                .unwrap()
-                .push(format!("{}: {line}", direction.prefix()));
-        }))
+        .transcript(move |line| {
+            assert!(line.session_id.starts_with('c'), "{line:?}");
+            if line.direction == Direction::Server {
+                assert_eq!(line.kind, smtp_client::LineKind::Wire);
+            }
+            sink.lock().unwrap().push(line.to_string());
+        })
         .build()
         .unwrap();
     let connection = Connection::connect(&config).await.unwrap();
@@ -952,10 +954,7 @@ async fn the_transcript_shows_both_sides_and_masks_auth() {
     let lines = lines.lock().unwrap().clone();
     assert_eq!(lines[0], "S: 220 test.example ESMTP");
     assert_eq!(lines[1], "C: EHLO localhost");
-    assert!(
-        lines.contains(&"C: AUTH PLAIN ****".to_owned()),
-        "{lines:?}"
-    );
+    assert!(lines.contains(&"C: AUTH PLAIN ***".to_owned()), "{lines:?}");
     assert!(lines.contains(&"S: 235 ok".to_owned()));
     assert_eq!(lines.last().unwrap(), "S: 221 bye");
     let joined = lines.join("\n");
@@ -977,12 +976,12 @@ fn line_breaks_in_envelope_values_are_errors_before_any_connection() {
         .build();
     assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
     let bad = Envelope::builder()
-        .recipient(Recipient::new(mailbox("b@example.org")).orcpt("rfc822", "b@x\r\nDATA"))
+        .recipient(Recipient::from(mailbox("b@example.org")).orcpt("rfc822", "b@x\r\nDATA"))
         .build();
     assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
     assert!("a\r\n@example.org".parse::<Address>().is_err());
     assert!("a@exa\0mple.org".parse::<Address>().is_err());
-    let no_recipients = Envelope::new(None, []);
+    let no_recipients = Envelope::null_sender(Vec::<Address>::new());
     assert_eq!(no_recipients.unwrap_err().kind(), ErrorKind::InvalidInput);
 }
 
@@ -1095,4 +1094,56 @@ async fn a_rejected_bdat_chunk_drains_the_window_and_resets() {
     assert!(connection.is_usable());
     connection.quit().await.unwrap();
     server.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_transcript_summarises_bodies_and_escapes_server_text() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (addr, server) = serve(|mut s: Script| async move {
+        s.greet(&[]).await;
+        s.expect("MAIL FROM:<alice@example.com>").await;
+        s.send("250 ok").await;
+        s.expect("RCPT TO:<bob@example.org>").await;
+        s.send("250 ok\x1b[2J").await;
+        s.expect("DATA").await;
+        s.send("354 go").await;
+        s.read_data().await;
+        s.send("250 queued").await;
+        s.quit().await;
+    })
+    .await;
+    let sink = Arc::clone(&lines);
+    let config = config(addr)
+        .transcript(move |line| {
+            sink.lock()
+                .unwrap()
+                .push((line.kind, line.to_string(), line.session_id.to_owned()));
+        })
+        .build()
+        .unwrap();
+    Client::new(config)
+        .send(
+            &envelope(&["bob@example.org"]),
+            "Subject: x\r\n\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+    server.await.unwrap();
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().all(|(_, _, id)| id == &lines[0].2),
+        "one connection id"
+    );
+    assert!(
+        lines.contains(&(
+            smtp_client::LineKind::Summary,
+            "C: <message body: 21 octets>".to_owned(),
+            lines[0].2.clone()
+        )),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|(_, text, _)| text == "S: 250 ok\\x1b[2J"),
+        "{lines:?}"
+    );
 }

@@ -18,11 +18,7 @@ fn config(addr: std::net::SocketAddr) -> ClientConfigBuilder {
 }
 
 fn envelope() -> Envelope {
-    Envelope::new(
-        Some("alice@example.com".parse().unwrap()),
-        ["bob@example.org".parse().unwrap()],
-    )
-    .unwrap()
+    Envelope::new("alice@example.com", ["bob@example.org"]).unwrap()
 }
 
 /// Longer than any default timeout.

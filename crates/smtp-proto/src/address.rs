@@ -115,6 +115,33 @@ impl FromStr for Address {
     }
 }
 
+impl TryFrom<&str> for Address {
+    type Error = AddressError;
+
+    /// Parses a mailbox with UTF-8 allowed; see [`Address::parse`].
+    fn try_from(mailbox: &str) -> Result<Self, Self::Error> {
+        Address::parse(mailbox, true)
+    }
+}
+
+impl TryFrom<&String> for Address {
+    type Error = AddressError;
+
+    /// Parses a mailbox with UTF-8 allowed; see [`Address::parse`].
+    fn try_from(mailbox: &String) -> Result<Self, Self::Error> {
+        Address::parse(mailbox, true)
+    }
+}
+
+impl TryFrom<String> for Address {
+    type Error = AddressError;
+
+    /// Parses a mailbox with UTF-8 allowed; see [`Address::parse`].
+    fn try_from(mailbox: String) -> Result<Self, Self::Error> {
+        Address::parse(&mailbox, true)
+    }
+}
+
 /// Parses a reverse-path (the argument of `MAIL FROM:`), angle brackets
 /// included. `<>`, the null reverse-path of bounces, gives `None`.
 pub fn parse_reverse_path(path: &str, utf8: bool) -> Result<Option<Address>, AddressError> {

@@ -15,6 +15,7 @@
 //! | [`body`] | DATA dot-stuffing and unstuffing, BDAT chunk framing |
 //! | [`sasl`] | AUTH PLAIN, LOGIN and XOAUTH2 steps |
 //! | [`limits`] | every RFC limit as a named constant |
+//! | [`transcript`] | transcript lines, their direction, the hook type and the AUTH masking rule shared by client and server |
 //! | `codec` | tokio-util `Decoder`/`Encoder` implementations (default feature `codec`) |
 //!
 //! Architecture invariants of this crate:
@@ -32,6 +33,7 @@ pub mod ehlo;
 pub mod limits;
 pub mod reply;
 pub mod sasl;
+pub mod transcript;
 pub mod xtext;
 
 #[cfg(feature = "codec")]

@@ -86,7 +86,7 @@ pub use session::{
     Session, TlsInfo,
 };
 pub use tls::{TlsConfig, TlsError};
-pub use transcript::{Direction, LineKind, TranscriptLine};
+pub use transcript::{Direction, LineKind, TranscriptHook, TranscriptLine};
 
 /// Network ranges for [`ServerBuilder::proxy_protocol`].
 pub use ipnet::IpNet;

@@ -11,83 +11,23 @@
 //! - AUTH payloads never reach the hook (RFC 4954 responses carry
 //!   passwords and tokens): the initial response of `AUTH <mechanism>
 //!   <initial-response>` and every line answering a `334` challenge are
-//!   replaced by `***`, and so is any unparsable line a client sends right
-//!   after `AUTH` (a response pipelined blind behind a refused `AUTH`).
+//!   replaced by [`MASK`](smtp_proto::transcript::MASK), and so is any
+//!   unparsable line a client sends right after `AUTH` (a response
+//!   pipelined blind behind a refused `AUTH`).
+//!
+//! The types and the masking rule live in [`smtp_proto::transcript`],
+//! shared with smtp-client.
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use smtp_proto::codec::{ServerCodec, ServerFrame};
 use smtp_proto::command::CommandError;
 use smtp_proto::limits;
+pub use smtp_proto::transcript::{Direction, LineKind, TranscriptHook, TranscriptLine};
+use smtp_proto::transcript::{MASK, escape, is_auth_command, mask_auth_command};
 use tokio_util::codec::Decoder;
-
-/// What replaces a redacted AUTH payload.
-const REDACTED: &str = "***";
-
-/// Longest SASL mechanism name (RFC 4422 §3.1); a longer "mechanism" in an
-/// `AUTH` line is redacted like a payload.
-const MECHANISM_NAME_MAX: usize = 20;
-
-/// Which side of the connection a transcript line comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Sent by the client: a command, an AUTH response, or a summary of
-    /// message data.
-    Client,
-    /// Sent by the server: one line of a reply.
-    Server,
-}
-
-impl Direction {
-    /// The conventional transcript prefix: `C:` or `S:`.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Self::Client => "C:",
-            Self::Server => "S:",
-        }
-    }
-}
-
-/// What a transcript line stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum LineKind {
-    /// A line as it went over the wire, without its CRLF, escaped, with
-    /// AUTH payloads replaced by `***`. Never starts with `<`.
-    Wire,
-    /// A line the library wrote in place of data it does not show, such as
-    /// `<message body: 1234 octets>`. Always starts with `<`.
-    Summary,
-}
-
-/// One line of the conversation, as handed to the hook set with
-/// [`ServerBuilder::transcript`](crate::ServerBuilder::transcript).
-///
-/// Its [`Display`](fmt::Display) form is `C: text` or `S: text`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TranscriptLine<'a> {
-    /// The session the line belongs to ([`ConnectionInfo::id`](crate::ConnectionInfo::id)).
-    pub session_id: &'a str,
-    /// Who sent it.
-    pub direction: Direction,
-    /// Whether `text` is wire text or a summary.
-    pub kind: LineKind,
-    /// The line: printable, never containing a CR or LF.
-    pub text: &'a str,
-}
-
-impl fmt::Display for TranscriptLine<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.direction.prefix(), self.text)
-    }
-}
-
-/// The hook's type, shared by every connection of a server.
-pub(crate) type TranscriptHook = Arc<dyn Fn(&TranscriptLine<'_>) + Send + Sync + 'static>;
 
 /// One connection's transcript state.
 pub(crate) struct Transcript {
@@ -119,12 +59,7 @@ impl Transcript {
     }
 
     fn emit(&mut self, direction: Direction, kind: LineKind, text: &str) {
-        let line = TranscriptLine {
-            session_id: &self.session_id,
-            direction,
-            kind,
-            text,
-        };
+        let line = TranscriptLine::new(&self.session_id, direction, kind, text);
         // The transcript only observes: a panicking hook must not take the
         // session down with it.
         if std::panic::catch_unwind(AssertUnwindSafe(|| (self.hook)(&line))).is_err() {
@@ -152,20 +87,20 @@ impl Transcript {
     /// a command or AUTH response, when the codec kept it.
     pub(crate) fn client(&mut self, frame: &ServerFrame, line: Option<&[u8]>) {
         let text = match frame {
-            ServerFrame::AuthResponse(_) => REDACTED.to_owned(),
+            ServerFrame::AuthResponse(_) => MASK.to_owned(),
             ServerFrame::Command(Err(CommandError::LineTooLong)) => {
                 return self.client_summary("<command line too long, discarded>");
             }
             ServerFrame::Command(result) => {
                 let line = line.unwrap_or_default();
-                if is_auth_line(line) {
+                if is_auth_command(line) {
                     self.after_auth = true;
-                    redact_auth(line)
+                    mask_auth_command(line)
                 } else if result.is_ok() {
                     self.after_auth = false;
                     escape(line)
                 } else if self.after_auth {
-                    REDACTED.to_owned()
+                    MASK.to_owned()
                 } else {
                     escape(line)
                 }
@@ -186,71 +121,6 @@ impl Transcript {
         };
         self.emit(Direction::Client, LineKind::Wire, &text);
     }
-}
-
-/// True for a line whose verb is `AUTH`, whether or not it parsed.
-fn is_auth_line(line: &[u8]) -> bool {
-    line.get(..4)
-        .is_some_and(|verb| verb.eq_ignore_ascii_case(b"AUTH"))
-        && line.get(4).is_none_or(|&byte| byte == b' ')
-}
-
-/// `AUTH <mechanism> [<initial-response>]` with the response replaced by
-/// `***`. A mechanism that is not a plausible SASL name (RFC 4422 §3.1)
-/// may be a misplaced secret and is redacted too.
-fn redact_auth(line: &[u8]) -> String {
-    let mut text = escape(&line[..4]);
-    let mut rest = line[4..].splitn(3, |&byte| byte == b' ').skip(1);
-    if let Some(mechanism) = rest.next() {
-        text.push(' ');
-        let plausible = !mechanism.is_empty()
-            && mechanism.len() <= MECHANISM_NAME_MAX
-            && mechanism
-                .iter()
-                .all(|&byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-        if plausible {
-            text.push_str(&escape(mechanism));
-        } else {
-            text.push_str(REDACTED);
-            return text;
-        }
-    }
-    if rest.next().is_some() {
-        text.push(' ');
-        text.push_str(REDACTED);
-    }
-    text
-}
-
-/// Escapes client or server text so it is one printable line.
-pub(crate) fn escape(line: &[u8]) -> String {
-    use std::fmt::Write;
-
-    let mut text = String::with_capacity(line.len());
-    for chunk in line.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\r' => text.push_str("\\r"),
-                '\n' => text.push_str("\\n"),
-                '\t' => text.push_str("\\t"),
-                '\\' => text.push_str("\\\\"),
-                '<' if text.is_empty() => text.push_str("\\x3c"),
-                c if c.is_ascii_control() => {
-                    let _ = write!(text, "\\x{:02x}", u32::from(c));
-                }
-                // C1 controls (NEL among them) and the Unicode line and
-                // paragraph separators break lines in some viewers.
-                c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
-                    let _ = write!(text, "\\u{{{:04x}}}", u32::from(c));
-                }
-                c => text.push(c),
-            }
-        }
-        for byte in chunk.invalid() {
-            let _ = write!(text, "\\x{byte:02x}");
-        }
-    }
-    text
 }
 
 /// The server codec, keeping a copy of each command or AUTH response line
@@ -352,43 +222,11 @@ impl Decoder for RecordingCodec {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use smtp_proto::command::Command;
 
     use super::*;
-
-    #[test]
-    fn escape_makes_one_printable_line() {
-        assert_eq!(escape(b"MAIL FROM:<a@b>"), "MAIL FROM:<a@b>");
-        assert_eq!(escape(b"a\rb\nc\td\\e\0"), "a\\rb\\nc\\td\\\\e\\x00");
-        assert_eq!(
-            escape(b"<message body: 1 octets>"),
-            "\\x3cmessage body: 1 octets>"
-        );
-        assert_eq!(escape(b"x\xffy"), "x\\xffy");
-        assert_eq!(escape("é\u{85}\u{2028}".as_bytes()), "é\\u{0085}\\u{2028}");
-        assert_eq!(escape(b"\x7f"), "\\x7f");
-    }
-
-    #[test]
-    fn auth_lines_lose_their_payloads() {
-        assert_eq!(
-            redact_auth(b"AUTH PLAIN AGFsaWNlAHNlY3JldA=="),
-            "AUTH PLAIN ***"
-        );
-        assert_eq!(redact_auth(b"auth login"), "auth login");
-        assert_eq!(redact_auth(b"AUTH"), "AUTH");
-        assert_eq!(redact_auth(b"AUTH PLAIN "), "AUTH PLAIN ***");
-        assert_eq!(redact_auth(b"AUTH  secret"), "AUTH ***");
-        assert_eq!(
-            redact_auth(b"AUTH c2VjcmV0LXBhc3N3b3JkLXRva2Vu"),
-            "AUTH ***"
-        );
-        assert_eq!(redact_auth(b"AUTH X/Y"), "AUTH ***");
-        assert!(is_auth_line(b"AUTH"));
-        assert!(is_auth_line(b"Auth PLAIN x"));
-        assert!(!is_auth_line(b"AUTHX"));
-        assert!(!is_auth_line(b"MAIL FROM:<a@b> AUTH=<>"));
-    }
 
     fn transcript() -> (Transcript, Arc<std::sync::Mutex<Vec<String>>>) {
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
