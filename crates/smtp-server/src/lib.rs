@@ -77,7 +77,7 @@ pub use config::{
 };
 pub use error::{ConfigError, SmtpError};
 pub use received::ReceivedHeader;
-pub use server::{Listening, Server, ServerBuilder};
+pub use server::{Listening, Server, ServerBuilder, ServerHandle};
 pub use session::{
     Backend, Body, BodyError, ConnectionInfo, Envelope, Identity, ProxiedAddresses, Recipient,
     Session, TlsInfo,
