@@ -1057,9 +1057,10 @@ fn hundred_octet_lines(lines: usize) -> Vec<u8> {
 #[tokio::test]
 async fn size_too_big_is_refused_before_anything_is_sent() {
     let mut server = TestServer::start(Options::with(|builder, _| {
-        let mut limits = Limits::default();
-        limits.max_message_size = 10_000;
-        builder.limits(limits)
+        builder.limits(Limits {
+            max_message_size: 10_000,
+            ..Limits::default()
+        })
     }))
     .await;
     let config = client(server.addr, Tls::None).build().unwrap();

@@ -1062,19 +1062,9 @@ where
         violation: Option<BodyError>,
         output: HandlerOutput,
     ) -> Flow {
-        let violation_reply = violation.map(|violation| match violation {
-            BodyError::TooLarge => reply(
-                552,
-                (5, 3, 4),
-                "Message size exceeds fixed maximum message size",
-            ),
-            BodyError::BareLineEnding => reply(
-                550,
-                (5, 5, 2),
-                "Message contains a bare CR or LF; lines must end with CRLF",
-            ),
-            _ => internal_error(),
-        });
+        // The same replies as `From<BodyError> for SmtpError`.
+        let violation_reply =
+            violation.map(|violation| SmtpError::from(violation).to_reply_or(internal_error));
         if let Some(refusal) = &violation_reply {
             tracing::info!(reply = %refusal, "message refused");
         }
@@ -1565,7 +1555,7 @@ fn auth_error_reply(error: SmtpError) -> Reply {
 fn login_credentials(user: String, password: String) -> Credentials {
     Credentials {
         authzid: None,
-        authcid: user,
+        username: user,
         password,
     }
 }

@@ -234,14 +234,36 @@ impl Body {
         }
     }
 
-    /// Reads the whole body into memory, failing with
-    /// [`BodyError::TooLarge`] past `max` octets. For handlers that need the
-    /// whole message at once; streaming handlers use the [`Stream`] impl.
-    pub async fn read_to_end(mut self, max: usize) -> Result<Vec<u8>, BodyError> {
+    /// Reads the whole body into memory. The server's own size limit
+    /// ([`Limits::max_message_size`](crate::Limits::max_message_size))
+    /// bounds it: past the limit the stream fails with
+    /// [`BodyError::TooLarge`]. For handlers that need the whole message at
+    /// once; streaming handlers use the [`Stream`] impl. With `?` in a hook
+    /// the error becomes the matching reply (see
+    /// [`From<BodyError> for SmtpError`](SmtpError#impl-From%3CBodyError%3E-for-SmtpError)).
+    ///
+    /// ```
+    /// # use smtp_server::{Body, Envelope, Session, SmtpError};
+    /// struct Collect(Vec<Vec<u8>>);
+    ///
+    /// impl Session for Collect {
+    ///     async fn data(&mut self, _envelope: &Envelope, body: Body) -> Result<(), SmtpError> {
+    ///         self.0.push(body.read_to_end().await?);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub async fn read_to_end(self) -> Result<Vec<u8>, BodyError> {
+        self.read_to_end_max(usize::MAX).await
+    }
+
+    /// Like [`Body::read_to_end`], with a lower cap of the handler's own:
+    /// fails with [`BodyError::TooLarge`] past `max` octets.
+    pub async fn read_to_end_max(mut self, max: usize) -> Result<Vec<u8>, BodyError> {
         let mut out = Vec::new();
         while let Some(chunk) = futures::StreamExt::next(&mut self).await {
             let chunk = chunk?;
-            if out.len() + chunk.len() > max {
+            if out.len().saturating_add(chunk.len()) > max {
                 return Err(BodyError::TooLarge);
             }
             out.extend_from_slice(&chunk);
