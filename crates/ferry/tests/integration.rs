@@ -97,6 +97,7 @@ impl Backend for Recorder {
 impl Session for RecorderSession {
     async fn mail(
         &mut self,
+        _session: &smtp_server::Envelope,
         _from: Option<&Address>,
         _parameters: &MailParameters,
     ) -> Result<(), SmtpError> {
@@ -104,7 +105,12 @@ impl Session for RecorderSession {
         Ok(())
     }
 
-    async fn rcpt(&mut self, to: &Address, _parameters: &RcptParameters) -> Result<(), SmtpError> {
+    async fn rcpt(
+        &mut self,
+        _transaction: &smtp_server::Envelope,
+        to: &Address,
+        _parameters: &RcptParameters,
+    ) -> Result<(), SmtpError> {
         if to.local_part().starts_with(UNKNOWN) {
             return Err(SmtpError::new(
                 550,
