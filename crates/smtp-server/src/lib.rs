@@ -64,9 +64,11 @@ pub mod proxy;
 mod received;
 mod server;
 mod session;
+mod throttle;
 mod tls;
 mod transcript;
 mod transport;
+mod users;
 
 pub use auth::{Authenticator, SaslStep, invalid_credentials, unsupported_mechanism};
 pub use config::{
@@ -83,8 +85,20 @@ pub use session::{
     Backend, Body, BodyError, ConnectionInfo, Envelope, Identity, ProxiedAddresses, Recipient,
     Session, TlsInfo,
 };
+pub use throttle::{
+    AuthThrottle, DEFAULT_AUTH_THROTTLE_DELAY, DEFAULT_AUTH_THROTTLE_DELAY_MAX,
+    DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_LOCKOUT, DEFAULT_AUTH_THROTTLE_TRACKED,
+    DEFAULT_AUTH_THROTTLE_WINDOW,
+};
 pub use tls::{TlsConfig, TlsError};
 pub use transcript::{Direction, LineKind, TranscriptLine};
+#[cfg(feature = "argon2")]
+pub use users::hash_password;
+pub use users::{
+    DEFAULT_ARGON2_MAX_ITERATIONS, DEFAULT_ARGON2_MAX_MEMORY_KIB, DEFAULT_ARGON2_MAX_PARALLELISM,
+    DEFAULT_USERS_FILE_MAX, DEFAULT_USERS_LINE_MAX, DEFAULT_VERIFY_QUEUE_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT, PasswordLimits, StaticUsers, UsersError, VerifyStats,
+};
 
 /// Network ranges for [`ServerBuilder::proxy_protocol`].
 pub use ipnet::IpNet;
