@@ -43,6 +43,57 @@
 //! # }
 //! ```
 //!
+//! A receiver for one domain with STARTTLS and `AUTH` (the README's
+//! quickstart; needs the default `argon2` and `self-signed` features):
+//!
+//! ```no_run
+//! use smtp_server::{
+//!     Address, AuthPolicy, Backend, Body, ConnectionInfo, EnhancedCode, Envelope, RcptParameters,
+//!     Server, Session, SmtpError, StaticUsers, TlsConfig,
+//! };
+//!
+//! struct Inbox;
+//!
+//! impl Backend for Inbox {
+//!     type Session = Inbox;
+//!     async fn new_session(&self, _: &ConnectionInfo) -> Result<Inbox, SmtpError> {
+//!         Ok(Inbox)
+//!     }
+//! }
+//!
+//! impl Session for Inbox {
+//!     async fn rcpt(&mut self, _: &Envelope, to: &Address, _: &RcptParameters) -> Result<(), SmtpError> {
+//!         match to.domain() {
+//!             Some(domain) if domain.eq_ignore_ascii_case("example.net") => Ok(()),
+//!             _ => Err(SmtpError::new(550, EnhancedCode::new(5, 1, 1), "No such user here")),
+//!         }
+//!     }
+//!
+//!     async fn data(&mut self, envelope: &Envelope, body: Body) -> Result<(), SmtpError> {
+//!         let message = body.read_to_end().await?; // bounded by the server's size limit
+//!         println!("{} octets from {:?}", message.len(), envelope.identity);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let certificate = TlsConfig::self_signed(["localhost", "127.0.0.1"])?;
+//!     std::fs::write("cert.pem", &certificate.certificate_pem)?; // for the client to trust
+//!     let users = StaticUsers::from_plain([("alice@example.net", "wonderland")])?;
+//!     let server = Server::builder(Inbox)
+//!         .hostname("localhost")
+//!         .listen("127.0.0.1:2587".parse()?)
+//!         .tls(certificate.tls) // STARTTLS; AUTH is offered only after it
+//!         .auth(users, AuthPolicy::new().require(true))
+//!         .build()?;
+//!     let handle = server.bind().await?.spawn();
+//!     tokio::signal::ctrl_c().await?;
+//!     handle.shutdown().await?; // lets transactions in flight finish
+//!     Ok(())
+//! }
+//! ```
+//!
 //! What the library guarantees (the defences and their defaults are listed
 //! in `docs/security.md`):
 //! - a `250` after the message means the handler returned `Ok` for a
@@ -90,6 +141,8 @@ pub use throttle::{
     DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_LOCKOUT, DEFAULT_AUTH_THROTTLE_TRACKED,
     DEFAULT_AUTH_THROTTLE_WINDOW,
 };
+#[cfg(feature = "self-signed")]
+pub use tls::SelfSigned;
 pub use tls::{TlsConfig, TlsError};
 pub use transcript::{Direction, LineKind, TranscriptLine};
 #[cfg(feature = "argon2")]
