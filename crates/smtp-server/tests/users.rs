@@ -449,3 +449,56 @@ async fn auth_lines_may_carry_a_12288_octet_response() {
         .await;
     client.expect("500 5.5.2").await;
 }
+
+#[tokio::test]
+async fn a_dual_stack_listener_counts_ipv4_clients_as_ipv4() {
+    // On `[::]` an IPv4 client appears as `::ffff:127.0.0.1`; its failures
+    // must count under 127.0.0.1 whichever way it connects. Skipped where
+    // the machine has no IPv6.
+    let users = StaticUsers::from_plain([("alice", "secret")]).unwrap();
+    let throttle = AuthThrottle {
+        max_failures: 1,
+        delay: Duration::ZERO,
+        ..AuthThrottle::default()
+    };
+    let server = builder(&TestBackend::new())
+        .listen("[::]:0".parse().unwrap())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .auth(users, AuthPolicy::new().allow_insecure(true))
+        .auth_throttle(throttle)
+        .build()
+        .unwrap();
+    let Ok(listening) = server.bind().await else {
+        eprintln!("no IPv6 listener here; skipped");
+        return;
+    };
+    let handle = listening.spawn();
+    let dual_port = handle.local_addrs()[0].port();
+    let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", dual_port)).await else {
+        eprintln!("the IPv6 listener is not dual-stack here; skipped");
+        return;
+    };
+    let mut client = Client::new(stream);
+    client.hello().await;
+    client
+        .send(format!(
+            "AUTH PLAIN {}\r\n",
+            sasl::plain_response(None, "alice", "guess")
+        ))
+        .await;
+    client.expect("535").await;
+    // The plain IPv4 listener sees 127.0.0.1: the same network, refused.
+    let stream = tokio::net::TcpStream::connect(handle.local_addrs()[1])
+        .await
+        .unwrap();
+    let mut client = Client::new(stream);
+    client.hello().await;
+    client
+        .send(format!(
+            "AUTH PLAIN {}\r\n",
+            sasl::plain_response(None, "alice", "secret")
+        ))
+        .await;
+    client.expect("454 4.7.0").await;
+    handle.abort().await;
+}
