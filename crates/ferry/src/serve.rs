@@ -1,6 +1,6 @@
 //! `ferry serve`: an smtp-server [`Backend`] that stores into a Maildir
-//! (or discards), an [`Authenticator`] over [`Users`], and the command
-//! that wires them to the flags.
+//! (or discards), and the command that wires it, smtp-server's
+//! [`StaticUsers`](smtp_server::StaticUsers) and TLS to the flags.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use smtp_server::smtp_proto::EnhancedCode;
-use smtp_server::smtp_proto::sasl::Credentials;
 use smtp_server::{
-    AuthPolicy, Authenticator, Backend, BareLineEndings, Body, ConnectionInfo, Envelope,
-    Extensions, Identity, Limits, Server, Session, SmtpError, Timeouts, TlsConfig,
-    invalid_credentials,
+    AuthPolicy, Backend, BareLineEndings, Body, ConnectionInfo, Envelope, Extensions, Limits,
+    Server, Session, SmtpError, Timeouts, TlsConfig,
 };
 
 use crate::certs;
@@ -21,7 +19,7 @@ use crate::fd_limit;
 use crate::maildir::Maildir;
 use crate::serve_config as config;
 use crate::store::{self, Store};
-use crate::users::Users;
+use crate::users;
 
 /// Opens one [`StoreSession`] per connection.
 #[derive(Debug, Clone)]
@@ -84,8 +82,9 @@ impl Session for StoreSession {
     /// read.
     async fn mail(
         &mut self,
-        _from: Option<&smtp_server::smtp_proto::address::Address>,
-        parameters: &smtp_server::smtp_proto::command::MailParameters,
+        _session: &Envelope,
+        _from: Option<&smtp_server::Address>,
+        parameters: &smtp_server::MailParameters,
     ) -> Result<(), SmtpError> {
         let Store::Maildir(maildir) = &self.backend.store else {
             return Ok(());
@@ -138,7 +137,7 @@ impl Session for StoreSession {
             // A body error (too large, bare line ending, aborted) drops
             // `incoming`, which removes the partial files; the library
             // sends the reply that matches the error.
-            let chunk = chunk.map_err(SmtpError::other)?;
+            let chunk = chunk?;
             incoming.write(chunk).await.map_err(|e| storage_error(&e))?;
         }
         let stored = incoming.commit().await.map_err(|e| storage_error(&e))?;
@@ -148,52 +147,6 @@ impl Session for StoreSession {
             "message stored"
         );
         Ok(())
-    }
-}
-
-/// Checks PLAIN and LOGIN credentials against [`Users`].
-#[derive(Debug, Clone)]
-pub struct UsersAuthenticator {
-    users: Arc<Users>,
-}
-
-impl UsersAuthenticator {
-    /// An authenticator for `users`.
-    pub fn new(users: Users) -> Self {
-        UsersAuthenticator {
-            users: Arc::new(users),
-        }
-    }
-}
-
-impl Authenticator for UsersAuthenticator {
-    async fn authenticate(
-        &self,
-        _info: &ConnectionInfo,
-        _mechanism: &str,
-        credentials: &Credentials,
-    ) -> Result<Identity, SmtpError> {
-        // RFC 4616 §2: an authorization identity other than the login
-        // itself asks to act as someone else; ferry grants no such right.
-        if credentials
-            .authzid
-            .as_deref()
-            .is_some_and(|authzid| authzid != credentials.authcid)
-        {
-            return Err(invalid_credentials());
-        }
-        let users = Arc::clone(&self.users);
-        let name = credentials.authcid.clone();
-        let password = credentials.password.clone();
-        // Password hashing is deliberately slow: keep it off the reactor.
-        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
-            .await
-            .unwrap_or(false);
-        if ok {
-            Ok(Identity::new(credentials.authcid.clone()))
-        } else {
-            Err(invalid_credentials())
-        }
     }
 }
 
@@ -227,13 +180,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     if hostname.is_empty() || !hostname.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!("--hostname {hostname:?}: not a host name"));
     }
-    let mut users = Users::new();
-    for spec in &args.user {
-        users.add_spec(spec).map_err(|e| e.to_string())?;
-    }
-    if let Some(path) = &args.users_file {
-        users.load_file(path).map_err(|e| e.to_string())?;
-    }
+    let users = users::load(&args.user, args.users_file.as_deref())?;
     if args.require_auth && users.is_empty() {
         return Err("--require-auth needs --user or --users-file".to_owned());
     }
@@ -312,10 +259,12 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         Some(TlsConfig::new(config))
     };
 
-    let mut limits = Limits::default();
-    limits.max_message_size = args.max_message_size;
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    limits.max_recipients = count(args.max_recipients);
+    let mut limits = Limits {
+        max_message_size: args.max_message_size,
+        max_recipients: count(args.max_recipients),
+        ..Limits::default()
+    };
     if let Some(n) = args.max_connections {
         limits.max_connections = count(n);
     }
@@ -327,8 +276,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     // ferry serve is a final destination that cannot send mail, so it cannot
     // honour NOTIFY=SUCCESS with a delivery report (RFC 3461 §5.2.2):
     // it does not offer DSN at all rather than promise what it won't do.
-    let mut extensions = Extensions::default();
-    extensions.dsn = false;
+    let extensions = Extensions {
+        dsn: false,
+        ..Extensions::default()
+    };
     let mut builder = Server::builder(StoreBackend::new(store, &hostname))
         .hostname(hostname.clone())
         .limits(limits)
@@ -355,7 +306,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         let policy = AuthPolicy::new()
             .allow_insecure(args.allow_insecure_auth)
             .require(args.require_auth);
-        builder = builder.auth(UsersAuthenticator::new(users), policy);
+        builder = builder.auth(users, policy);
     }
     if !args.proxy_protocol.is_empty() {
         builder = builder.proxy_protocol(args.proxy_protocol.clone());
@@ -397,41 +348,4 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("server stopped: {e}"))?;
     println!("shut down");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn authenticator() -> UsersAuthenticator {
-        let mut users = Users::new();
-        users.add_spec("alice:secret").unwrap();
-        UsersAuthenticator::new(users)
-    }
-
-    fn credentials(authzid: Option<&str>, authcid: &str, password: &str) -> Credentials {
-        Credentials {
-            authzid: authzid.map(str::to_owned),
-            authcid: authcid.to_owned(),
-            password: password.to_owned(),
-        }
-    }
-
-    #[tokio::test]
-    async fn plain_credentials_are_checked_including_the_authorization_identity() {
-        let info = ConnectionInfo::new(
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:2525".parse().unwrap(),
-        );
-        let auth = authenticator();
-        let (auth, info) = (&auth, &info);
-        let ok = |c: Credentials| async move { auth.authenticate(info, "PLAIN", &c).await.is_ok() };
-        assert!(ok(credentials(None, "alice", "secret")).await);
-        assert!(ok(credentials(Some("alice"), "alice", "secret")).await);
-        assert!(!ok(credentials(None, "alice", "wrong")).await);
-        assert!(!ok(credentials(None, "bob", "secret")).await);
-        // Asking to act as another identity is refused even with the
-        // right password.
-        assert!(!ok(credentials(Some("admin"), "alice", "secret")).await);
-    }
 }

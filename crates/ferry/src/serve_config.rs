@@ -184,20 +184,21 @@ mod tests {
             "127.0.0.1:2525".parse().unwrap(),
         );
         let params = MailParameters::default();
+        let envelope = smtp_server::Envelope::default();
         let backend = StoreBackend::new(Store::Maildir(maildir.clone()), "mx");
         let mut session = backend.new_session(&info).await.unwrap();
         // Off by default in the library type.
-        session.mail(None, &params).await.unwrap();
+        session.mail(&envelope, None, &params).await.unwrap();
         // More than the file system has free: refused.
         maildir.set_min_free_space(free * 2);
-        let err = session.mail(None, &params).await.unwrap_err();
+        let err = session.mail(&envelope, None, &params).await.unwrap_err();
         let reply = err.as_reply().unwrap().to_string();
         assert!(reply.starts_with("452 4.3.1"), "{reply}");
         // A small threshold passes, unless the declared size does not fit.
         maildir.set_min_free_space(1);
-        session.mail(None, &params).await.unwrap();
+        session.mail(&envelope, None, &params).await.unwrap();
         let mut big = MailParameters::default();
         big.size = Some(free.saturating_mul(2));
-        assert!(session.mail(None, &big).await.is_err());
+        assert!(session.mail(&envelope, None, &big).await.is_err());
     }
 }

@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry::maildir::{Maildir, Received, TraceHeaders};
-use ferry::serve::{StoreBackend, StoreSession, UsersAuthenticator};
+use ferry::serve::{StoreBackend, StoreSession};
 use ferry::store::Store;
-use ferry::users::Users;
 use futures::StreamExt;
 use smtp_client::{
     Address, AuthMechanism, BodyType, ClientConfig, ClientConfigBuilder, Connection, Credentials,
@@ -26,7 +25,7 @@ use smtp_server::smtp_proto::sasl::Credentials as SaslCredentials;
 use smtp_server::smtp_proto::{EnhancedCode, Reply};
 use smtp_server::{
     AuthPolicy, Authenticator, Backend, Body, ConnectionInfo, Extensions, Identity, Limits, Server,
-    ServerBuilder, Session, SmtpError,
+    ServerBuilder, Session, SmtpError, StaticUsers,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
@@ -97,6 +96,7 @@ impl Backend for Recorder {
 impl Session for RecorderSession {
     async fn mail(
         &mut self,
+        _session: &smtp_server::Envelope,
         _from: Option<&Address>,
         _parameters: &MailParameters,
     ) -> Result<(), SmtpError> {
@@ -104,7 +104,12 @@ impl Session for RecorderSession {
         Ok(())
     }
 
-    async fn rcpt(&mut self, to: &Address, _parameters: &RcptParameters) -> Result<(), SmtpError> {
+    async fn rcpt(
+        &mut self,
+        _transaction: &smtp_server::Envelope,
+        to: &Address,
+        _parameters: &RcptParameters,
+    ) -> Result<(), SmtpError> {
         if to.local_part().starts_with(UNKNOWN) {
             return Err(SmtpError::new(
                 550,
@@ -153,10 +158,10 @@ impl Session for RecorderSession {
     }
 }
 
-/// ferry's [`UsersAuthenticator`], advertising chosen mechanisms and
-/// recording each attempt.
+/// The [`StaticUsers`] authenticator `ferry serve` uses, advertising
+/// chosen mechanisms and recording each attempt.
 struct RecordingAuth {
-    inner: UsersAuthenticator,
+    inner: StaticUsers,
     mechanisms: Vec<String>,
     log: Arc<Log>,
 }
@@ -179,10 +184,8 @@ impl Authenticator for RecordingAuth {
 
 /// AUTH for the user `alice` with password `secret`, offering `mechanisms`.
 fn alice(log: &Arc<Log>, mechanisms: &[&str]) -> RecordingAuth {
-    let mut users = Users::new();
-    users.add_spec("alice:secret").unwrap();
     RecordingAuth {
-        inner: UsersAuthenticator::new(users),
+        inner: ferry::users::load(&["alice:secret".to_owned()], None).unwrap(),
         mechanisms: mechanisms.iter().map(|m| (*m).to_owned()).collect(),
         log: Arc::clone(log),
     }
@@ -1059,9 +1062,10 @@ fn hundred_octet_lines(lines: usize) -> Vec<u8> {
 #[tokio::test]
 async fn size_too_big_is_refused_before_anything_is_sent() {
     let mut server = TestServer::start(Options::with(|builder, _| {
-        let mut limits = Limits::default();
-        limits.max_message_size = 10_000;
-        builder.limits(limits)
+        builder.limits(Limits {
+            max_message_size: 10_000,
+            ..Limits::default()
+        })
     }))
     .await;
     let config = client(server.addr, Tls::None).build().unwrap();

@@ -50,7 +50,7 @@ impl Session for SinkSession {
         envelope: &smtp_server::Envelope,
         body: Body,
     ) -> Result<(), SmtpError> {
-        let _ = body.read_to_end(1 << 20).await;
+        let _ = body.read_to_end().await;
         let from = envelope
             .from
             .as_ref()

@@ -5,13 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use smtp_server::smtp_proto::EnhancedCode;
-use smtp_server::smtp_proto::address::Address;
-use smtp_server::smtp_proto::command::{MailParameters, RcptParameters};
-use smtp_server::smtp_proto::sasl::Credentials;
+// Everything a hook signature uses comes from the crate root.
 use smtp_server::{
-    Authenticator, Backend, Body, BodyError, ConnectionInfo, Envelope, Identity, Server,
-    ServerBuilder, Session, SmtpError,
+    Address, Authenticator, Backend, Body, BodyError, ConnectionInfo, Credentials, EnhancedCode,
+    Envelope, Identity, MailParameters, RcptParameters, Server, ServerBuilder, Session, SmtpError,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 
@@ -28,6 +25,8 @@ pub struct Log {
     pub events: Vec<String>,
     pub messages: Vec<Message>,
     pub infos: Vec<ConnectionInfo>,
+    /// What the `mail` and `rcpt` hooks saw of the session, in order.
+    pub views: Vec<(String, Envelope)>,
 }
 
 /// How the test session answers.
@@ -79,6 +78,10 @@ impl TestBackend {
 
     pub fn infos(&self) -> Vec<ConnectionInfo> {
         self.log.lock().unwrap().infos.clone()
+    }
+
+    pub fn views(&self) -> Vec<(String, Envelope)> {
+        self.log.lock().unwrap().views.clone()
     }
 }
 
@@ -140,9 +143,15 @@ impl Session for TestSession {
 
     async fn mail(
         &mut self,
+        session: &Envelope,
         from: Option<&Address>,
         _parameters: &MailParameters,
     ) -> Result<(), SmtpError> {
+        self.log
+            .lock()
+            .unwrap()
+            .views
+            .push(("mail".to_owned(), session.clone()));
         self.event(format!(
             "mail {}",
             from.map_or(String::new(), |a| a.to_string())
@@ -150,8 +159,18 @@ impl Session for TestSession {
         Ok(())
     }
 
-    async fn rcpt(&mut self, to: &Address, _parameters: &RcptParameters) -> Result<(), SmtpError> {
+    async fn rcpt(
+        &mut self,
+        transaction: &Envelope,
+        to: &Address,
+        _parameters: &RcptParameters,
+    ) -> Result<(), SmtpError> {
         let to = to.to_string();
+        self.log
+            .lock()
+            .unwrap()
+            .views
+            .push((format!("rcpt {to}"), transaction.clone()));
         if self.behavior.panic_rcpt.as_deref() == Some(to.as_str()) {
             panic!("rcpt hook panicked on purpose");
         }
@@ -231,7 +250,7 @@ impl Authenticator for TestAuthenticator {
         _mechanism: &str,
         credentials: &Credentials,
     ) -> Result<Identity, SmtpError> {
-        if credentials.authcid == "alice" && credentials.password == "secret" {
+        if credentials.username == "alice" && credentials.password == "secret" {
             Ok(Identity::new("alice"))
         } else {
             Err(smtp_server::invalid_credentials())
