@@ -72,13 +72,14 @@ pub(crate) fn timeouts_from(args: &ServeArgs) -> Timeouts {
 
 /// Stress mode from the flags.
 pub(crate) fn stress_from(args: &ServeArgs) -> smtp_server::Stress {
-    let mut stress = smtp_server::Stress::default();
-    stress.enabled = !args.no_stress;
-    stress.high_water = args
-        .stress_connections
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    stress.timeout = seconds(args.stress_timeout);
-    stress
+    smtp_server::Stress {
+        enabled: !args.no_stress,
+        high_water: args
+            .stress_connections
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        timeout: seconds(args.stress_timeout),
+        ..smtp_server::Stress::default()
+    }
 }
 
 /// How often `tmp/` is swept for crash leftovers while serving.

@@ -194,8 +194,10 @@ async fn fifty_megabytes_of_data_to_a_stalled_handler() {
 async fn pipelined_commands_from_a_client_that_never_reads() {
     let backend = TestBackend::new();
     // This measures buffering, not the junk command limit.
-    let mut limits = smtp_server::Limits::default();
-    limits.max_junk_commands = u32::MAX;
+    let limits = smtp_server::Limits {
+        max_junk_commands: u32::MAX,
+        ..smtp_server::Limits::default()
+    };
     let server = builder(&backend).limits(limits).build().unwrap();
     let (mut client, meter) = connect_metered(&server);
     client.hello().await;
