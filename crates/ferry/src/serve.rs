@@ -97,7 +97,7 @@ impl Session for StoreSession {
             // A body error (too large, bare line ending, aborted) drops
             // `incoming`, which removes the partial files; the library
             // sends the reply that matches the error.
-            let chunk = chunk.map_err(SmtpError::other)?;
+            let chunk = chunk?;
             incoming.write(chunk).await.map_err(|e| storage_error(&e))?;
         }
         let stored = incoming.commit().await.map_err(|e| storage_error(&e))?;
@@ -137,19 +137,19 @@ impl Authenticator for UsersAuthenticator {
         if credentials
             .authzid
             .as_deref()
-            .is_some_and(|authzid| authzid != credentials.authcid)
+            .is_some_and(|authzid| authzid != credentials.username)
         {
             return Err(invalid_credentials());
         }
         let users = Arc::clone(&self.users);
-        let name = credentials.authcid.clone();
+        let name = credentials.username.clone();
         let password = credentials.password.clone();
         // Password hashing is deliberately slow: keep it off the reactor.
         let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
             .await
             .unwrap_or(false);
         if ok {
-            Ok(Identity::new(credentials.authcid.clone()))
+            Ok(Identity::new(credentials.username.clone()))
         } else {
             Err(invalid_credentials())
         }
@@ -232,10 +232,12 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         Some(TlsConfig::new(config))
     };
 
-    let mut limits = Limits::default();
-    limits.max_message_size = args.max_message_size;
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    limits.max_recipients = count(args.max_recipients);
+    let mut limits = Limits {
+        max_message_size: args.max_message_size,
+        max_recipients: count(args.max_recipients),
+        ..Limits::default()
+    };
     if let Some(n) = args.max_connections {
         limits.max_connections = count(n);
     }
@@ -246,8 +248,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     // ferry serve is a final destination that cannot send mail, so it cannot
     // honour NOTIFY=SUCCESS with a delivery report (RFC 3461 §5.2.2):
     // it does not offer DSN at all rather than promise what it won't do.
-    let mut extensions = Extensions::default();
-    extensions.dsn = false;
+    let extensions = Extensions {
+        dsn: false,
+        ..Extensions::default()
+    };
     let mut builder = Server::builder(StoreBackend::new(store, &hostname))
         .hostname(hostname.clone())
         .limits(limits)
@@ -260,11 +264,12 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         });
     if let Some(secs) = args.timeout {
         let d = Duration::from_secs(secs);
-        let mut timeouts = Timeouts::default();
-        timeouts.command = d;
-        timeouts.data_block = d;
-        timeouts.data_termination = d;
-        builder = builder.timeouts(timeouts);
+        builder = builder.timeouts(Timeouts {
+            command: d,
+            data_block: d,
+            data_termination: d,
+            ..Timeouts::default()
+        });
     }
     for addr in &args.listen {
         builder = builder.listen(*addr);
@@ -336,7 +341,7 @@ mod tests {
     fn credentials(authzid: Option<&str>, authcid: &str, password: &str) -> Credentials {
         Credentials {
             authzid: authzid.map(str::to_owned),
-            authcid: authcid.to_owned(),
+            username: authcid.to_owned(),
             password: password.to_owned(),
         }
     }

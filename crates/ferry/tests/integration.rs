@@ -97,6 +97,7 @@ impl Backend for Recorder {
 impl Session for RecorderSession {
     async fn mail(
         &mut self,
+        _session: &smtp_server::Envelope,
         _from: Option<&Address>,
         _parameters: &MailParameters,
     ) -> Result<(), SmtpError> {
@@ -104,7 +105,12 @@ impl Session for RecorderSession {
         Ok(())
     }
 
-    async fn rcpt(&mut self, to: &Address, _parameters: &RcptParameters) -> Result<(), SmtpError> {
+    async fn rcpt(
+        &mut self,
+        _transaction: &smtp_server::Envelope,
+        to: &Address,
+        _parameters: &RcptParameters,
+    ) -> Result<(), SmtpError> {
         if to.local_part().starts_with(UNKNOWN) {
             return Err(SmtpError::new(
                 550,
@@ -1057,9 +1063,10 @@ fn hundred_octet_lines(lines: usize) -> Vec<u8> {
 #[tokio::test]
 async fn size_too_big_is_refused_before_anything_is_sent() {
     let mut server = TestServer::start(Options::with(|builder, _| {
-        let mut limits = Limits::default();
-        limits.max_message_size = 10_000;
-        builder.limits(limits)
+        builder.limits(Limits {
+            max_message_size: 10_000,
+            ..Limits::default()
+        })
     }))
     .await;
     let config = client(server.addr, Tls::None).build().unwrap();

@@ -89,9 +89,13 @@ impl Timeouts {
 pub enum Credentials {
     /// A user name and password, sent with `PLAIN` (RFC 4616) or `LOGIN`.
     Password {
-        /// The identity to act as, when different from `username`.
+        /// The authorization identity (RFC 4616 §2 `authzid`): the
+        /// identity to act as, when different from `username`. The server
+        /// must grant that right; most refuse it.
         authzid: Option<String>,
-        /// The user name.
+        /// The user name: the authentication identity (RFC 4616 §2
+        /// `authcid`), the same field as smtp-proto's
+        /// `sasl::Credentials::username`.
         username: String,
         /// The password.
         password: String,

@@ -66,8 +66,14 @@ pub use message::Message;
 pub use pool::{Pool, PoolConfig, PoolStats};
 pub use tls::{Tls, TlsConfig};
 
-/// The protocol types the API uses, re-exported so callers need not
-/// depend on `smtp-proto` directly.
+/// The protocol crate this client is built on, for what the root does not
+/// re-export.
+pub use smtp_proto;
+
+// The protocol types the API uses, re-exported so callers need not depend
+// on smtp-proto directly. smtp-server re-exports the shared ones
+// (`Address`, `EnhancedCode`, `Reply`, `BodyType`, `Notify`, `Ret`) the same
+// way, so both crates name the same types.
 pub use smtp_proto::address::Address;
 pub use smtp_proto::command::{BodyType, Notify, Ret};
 pub use smtp_proto::ehlo::Capabilities;

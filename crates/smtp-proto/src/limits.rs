@@ -44,8 +44,9 @@ pub const DOMAIN_MAX: usize = 255;
 /// 256 octets.
 pub const PATH_MAX: usize = 256;
 
-/// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per
-/// message. This is both the default and the floor for the recipient limit.
+/// RFC 5321 §4.5.3.1.8: the minimum total number of recipients that must
+/// be buffered is 100. Servers use it as the default recipient limit;
+/// operators may set a lower one (a submission service often does).
 pub const RECIPIENTS_MIN: usize = 100;
 
 /// RFC 4954 §4: a SASL response line sent by the client (after base64) is

@@ -13,7 +13,7 @@
 //! let line = plain_response(None, "user", "secret");
 //! assert_eq!(line, "AHVzZXIAc2VjcmV0");
 //! let credentials = parse_plain(&decode_response(line.as_bytes()).unwrap()).unwrap();
-//! assert_eq!(credentials.authcid, "user");
+//! assert_eq!(credentials.username, "user");
 //! assert_eq!(credentials.password, "secret");
 //! ```
 
@@ -99,18 +99,21 @@ impl FromStr for Mechanism {
 /// use smtp_proto::sasl::Credentials;
 /// let credentials = Credentials {
 ///     authzid: None,
-///     authcid: "user".into(),
+///     username: "user".into(),
 ///     password: "secret".into(),
 /// };
 /// assert!(!format!("{credentials:?}").contains("secret"));
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
-    /// The identity to act as (RFC 4616 `authzid`), when the client asked
-    /// for one other than its own.
+    /// The authorization identity (RFC 4616 §2 `authzid`): the identity
+    /// the client asks to act as, when it named one. `None` (or the same
+    /// name as `username`) means "act as myself"; any other value asks for
+    /// a right the server must grant explicitly.
     pub authzid: Option<String>,
-    /// The identity whose password this is (RFC 4616 `authcid`).
-    pub authcid: String,
+    /// The user name: the authentication identity whose password this is
+    /// (RFC 4616 §2 `authcid`; LOGIN's user name).
+    pub username: String,
     /// The password.
     pub password: String,
 }
@@ -119,7 +122,7 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
             .field("authzid", &self.authzid)
-            .field("authcid", &self.authcid)
+            .field("username", &self.username)
             .field("password", &"<redacted>")
             .finish()
     }
@@ -237,7 +240,7 @@ pub fn parse_plain(decoded: &[u8]) -> Result<Credentials, SaslError> {
         } else {
             Some(text(authzid)?)
         },
-        authcid: text(authcid)?,
+        username: text(authcid)?,
         password: text(password)?,
     })
 }
@@ -337,7 +340,7 @@ mod tests {
             parse_plain(b"\0user\0pass"),
             Ok(Credentials {
                 authzid: None,
-                authcid: "user".into(),
+                username: "user".into(),
                 password: "pass".into(),
             })
         );
@@ -345,7 +348,7 @@ mod tests {
             parse_plain("admin\0us\u{e9}r\0p\u{e4}ss word".as_bytes()),
             Ok(Credentials {
                 authzid: Some("admin".into()),
-                authcid: "us\u{e9}r".into(),
+                username: "us\u{e9}r".into(),
                 password: "p\u{e4}ss word".into(),
             })
         );
@@ -373,7 +376,7 @@ mod tests {
     fn credentials_debug_redacts_password() {
         let credentials = Credentials {
             authzid: Some("boss".into()),
-            authcid: "user".into(),
+            username: "user".into(),
             password: "hunter2".into(),
         };
         let shown = format!("{credentials:?}");
@@ -458,7 +461,7 @@ mod tests {
         ) {
             let line = plain_response(authzid.as_deref(), &authcid, &password);
             let credentials = parse_plain(&decode_response(line.as_bytes()).unwrap()).unwrap();
-            prop_assert_eq!(credentials, Credentials { authzid, authcid, password });
+            prop_assert_eq!(credentials, Credentials { authzid, username: authcid, password });
         }
 
         #[test]

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 
-use futures::StreamExt;
 use smtp_server::{Backend, Body, ConnectionInfo, Envelope, Server, Session, SmtpError};
 
 struct Printer;
@@ -27,13 +26,11 @@ impl Backend for Printer {
 }
 
 impl Session for PrinterSession {
-    async fn data(&mut self, envelope: &Envelope, mut body: Body) -> Result<(), SmtpError> {
-        let mut message = Vec::new();
-        while let Some(chunk) = body.next().await {
-            // An Err means the message is refused anyway (too large, bare
-            // line endings, connection lost): stop here.
-            message.extend_from_slice(&chunk.map_err(SmtpError::other)?);
-        }
+    async fn data(&mut self, envelope: &Envelope, body: Body) -> Result<(), SmtpError> {
+        // Bounded by the server's size limit. An error means the message is
+        // refused anyway (too large, bare line endings, connection lost);
+        // `?` turns it into the matching reply.
+        let message = body.read_to_end().await?;
         let from = envelope
             .from
             .as_ref()

@@ -12,6 +12,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_ERRORS: u32 = 20;
 /// Default number of failed `AUTH` attempts before `421 4.7.0` and close.
 pub const DEFAULT_MAX_AUTH_FAILURES: u32 = 3;
+/// Default recipients per transaction: RFC 5321 §4.5.3.1.8's 100, the
+/// number a server must be able to buffer. It is a default, not a floor:
+/// submission services commonly allow far fewer (Postfix's
+/// `smtpd_recipient_limit`), and any value of at least 1 is accepted.
+pub const DEFAULT_MAX_RECIPIENTS: usize = limits::RECIPIENTS_MIN;
 /// Default maximum number of connections served at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// Default maximum number of connections from one client IP address.
@@ -37,10 +42,24 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Smallest accepted timeout: shorter ones are raised to this.
 pub const TIMEOUT_MIN: Duration = Duration::from_millis(10);
 
-/// Size and count limits. Every field has a floor; [`Limits::normalized`]
-/// raises a value below its floor to the floor.
+/// Size and count limits: a plain struct, so set the fields you need and
+/// take the rest from [`Default`].
+///
+/// A value below its floor is raised to the floor when the server is
+/// built ([`Limits::normalized`]). Floors exist only where a smaller value
+/// would break the protocol (the 512-octet command line, a PROXY header
+/// that cannot fit) or make the server refuse everything (zero).
+///
+/// ```
+/// use smtp_server::Limits;
+/// let limits = Limits {
+///     max_recipients: 5,
+///     max_message_size: 10 * 1024 * 1024,
+///     ..Limits::default()
+/// };
+/// assert_eq!(limits.normalized().max_recipients, 5);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Limits {
     /// Longest command line, `<CRLF>` included. Default
     /// [`limits::DEFAULT_COMMAND_LINE_MAX`]; floor
@@ -49,8 +68,9 @@ pub struct Limits {
     /// Largest message, in octets after dot-unstuffing. Advertised with
     /// `SIZE`; a larger body gets `552 5.3.4`. Floor 1.
     pub max_message_size: u64,
-    /// Recipients per transaction; the next one gets `452 4.5.3`.
-    /// Default and floor [`limits::RECIPIENTS_MIN`] (RFC 5321 §4.5.3.1.8).
+    /// Recipients per transaction; the next one gets `452 4.5.3`
+    /// (RFC 5321 §4.5.3.1.10). Default [`DEFAULT_MAX_RECIPIENTS`] (100,
+    /// RFC 5321 §4.5.3.1.8); floor 1.
     pub max_recipients: usize,
     /// Protocol errors before `421 4.7.0` and close. Floor 1.
     pub max_errors: u32,
@@ -72,7 +92,7 @@ impl Default for Limits {
         Self {
             max_line: limits::DEFAULT_COMMAND_LINE_MAX,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_recipients: limits::RECIPIENTS_MIN,
+            max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_errors: DEFAULT_MAX_ERRORS,
             max_auth_failures: DEFAULT_MAX_AUTH_FAILURES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -88,7 +108,7 @@ impl Limits {
     pub fn normalized(mut self) -> Self {
         self.max_line = self.max_line.max(limits::COMMAND_LINE_MIN);
         self.max_message_size = self.max_message_size.max(1);
-        self.max_recipients = self.max_recipients.max(limits::RECIPIENTS_MIN);
+        self.max_recipients = self.max_recipients.max(1);
         self.max_errors = self.max_errors.max(1);
         self.max_auth_failures = self.max_auth_failures.max(1);
         self.max_connections = self.max_connections.max(1);
@@ -100,9 +120,20 @@ impl Limits {
 }
 
 /// Timeouts. When one expires the server sends `421 4.4.2` and closes.
-/// Each is raised to at least [`TIMEOUT_MIN`].
+/// Each is raised to at least [`TIMEOUT_MIN`] (a zero timeout would end
+/// every session at once). A plain struct: set the fields you need and take
+/// the rest from [`Default`].
+///
+/// ```
+/// use std::time::Duration;
+/// use smtp_server::Timeouts;
+/// let timeouts = Timeouts {
+///     command: Duration::from_secs(60),
+///     ..Timeouts::default()
+/// };
+/// assert_eq!(timeouts.data_block, Duration::from_secs(180));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Timeouts {
     /// Waiting for the next command: 5 minutes (RFC 5321 §4.5.3.2.7).
     pub command: Duration,
@@ -159,8 +190,16 @@ impl Timeouts {
 /// ESMTP extensions the server offers. All are on by default.
 /// `ENHANCEDSTATUSCODES` (RFC 2034) is always on; `STARTTLS` is offered when
 /// a TLS configuration is set; `AUTH` when an authenticator is set.
+///
+/// ```
+/// use smtp_server::Extensions;
+/// let extensions = Extensions {
+///     dsn: false,
+///     ..Extensions::default()
+/// };
+/// assert!(extensions.pipelining);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Extensions {
     /// RFC 2920 `PIPELINING`.
     pub pipelining: bool,
@@ -203,8 +242,16 @@ impl Default for Extensions {
 }
 
 /// When `AUTH` is allowed and whether it is required.
+///
+/// ```
+/// use smtp_server::AuthPolicy;
+/// let submission = AuthPolicy {
+///     require: true,
+///     ..AuthPolicy::default()
+/// };
+/// assert_eq!(submission, AuthPolicy::new().require(true));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct AuthPolicy {
     /// Allow `AUTH` (and advertise it) on connections without TLS. Off by
     /// default: `AUTH` before TLS gets `538 5.7.11` (RFC 4954 §4).

@@ -27,7 +27,6 @@ use crate::error::SmtpError;
 use crate::server::Config;
 use crate::session::{
     Backend, Body, BodyError, BodyMessage, ConnectionInfo, Envelope, Identity, Recipient, Session,
-    TlsInfo,
 };
 use crate::transcript::{RecordingCodec, Transcript};
 use crate::transport::Transport;
@@ -67,12 +66,6 @@ type Flow<T = ()> = Result<T, Ended>;
 enum Next {
     Continue,
     StartTls,
-}
-
-struct Transaction {
-    from: Option<Address>,
-    parameters: MailParameters,
-    recipients: Vec<Recipient>,
 }
 
 /// How a message transfer ended, seen from the wire.
@@ -218,15 +211,20 @@ where
         transport,
         RecordingCodec::new(config.limits.max_line, transcript.is_some()),
     );
+    let state = Envelope {
+        lmtp: config.lmtp,
+        tls: info.tls.clone(),
+        client_addr: Some(info.client_addr()),
+        session_id: info.id.clone(),
+        ..Envelope::default()
+    };
     let mut connection = Connection {
         config,
         framed,
-        tls: info.tls.clone(),
         info,
-        helo: None,
-        extended: false,
-        identity: None,
-        transaction: None,
+        state,
+        greeted: false,
+        in_transaction: false,
         errors: 0,
         auth_failures: 0,
         shutdown,
@@ -261,11 +259,13 @@ struct Connection<'c, S> {
     config: &'c Config,
     framed: Framed<Transport<S>, RecordingCodec>,
     info: ConnectionInfo,
-    tls: Option<TlsInfo>,
-    helo: Option<String>,
-    extended: bool,
-    identity: Option<Identity>,
-    transaction: Option<Transaction>,
+    /// What the hooks see: the session (greeting, TLS, identity) and the
+    /// transaction so far. Kept up to date as commands succeed.
+    state: Envelope,
+    /// A greeting (`HELO`, `EHLO` or `LHLO`) was accepted.
+    greeted: bool,
+    /// `MAIL` was accepted and the transaction has not ended.
+    in_transaction: bool,
     errors: u32,
     auth_failures: u32,
     shutdown: watch::Receiver<RunState>,
@@ -350,7 +350,7 @@ where
     /// Serves commands until one needs the transport changed.
     async fn run_commands<T: Session>(&mut self, session: &mut T) -> Flow<Next> {
         loop {
-            let in_transaction = self.transaction.is_some();
+            let in_transaction = self.in_transaction;
             let frame = self.next_frame(Wait::Command { in_transaction }).await?;
             let next = match frame {
                 ServerFrame::Command(Ok(command)) => self.command(command, session).await?,
@@ -579,7 +579,7 @@ where
                 }
                 Command::Bdat { size, last } => self.bdat(session, size, last).await?,
                 Command::Rset => {
-                    self.transaction = None;
+                    self.end_transaction();
                     let result = guarded(session.reset()).await;
                     self.hook(result).await?;
                     self.queue(reply(250, (2, 0, 0), "OK")).await?;
@@ -650,17 +650,26 @@ where
     /// The `530 5.7.0` a mail command gets before TLS or authentication
     /// when those are required (RFC 3207 §4, RFC 4954 §4).
     fn access_refusal(&self) -> Option<Reply> {
-        if self.config.require_tls && self.tls.is_none() {
+        if self.config.require_tls && self.state.tls.is_none() {
             return Some(reply(530, (5, 7, 0), "Must issue a STARTTLS command first"));
         }
-        if self.config.auth_policy.require && self.identity.is_none() {
+        if self.config.auth_policy.require && self.state.identity.is_none() {
             return Some(reply(530, (5, 7, 0), "Authentication required"));
         }
         None
     }
 
+    /// Forgets the transaction: sender, parameters and recipients.
+    fn end_transaction(&mut self) {
+        self.in_transaction = false;
+        self.state.from = None;
+        self.state.mail_parameters = MailParameters::default();
+        self.state.recipients.clear();
+    }
+
     async fn abandon_transaction<T: Session>(&mut self, session: &mut T) -> Flow {
-        if self.transaction.take().is_some() {
+        if self.in_transaction {
+            self.end_transaction();
             let result = guarded(session.reset()).await;
             self.hook(result).await?;
         }
@@ -670,7 +679,7 @@ where
     fn capabilities(&self) -> Capabilities {
         let config = self.config;
         let extensions = &config.extensions;
-        let encrypted = self.tls.is_some();
+        let encrypted = self.state.tls.is_some();
         let mut capabilities = Capabilities {
             domain: config.hostname.clone(),
             size: extensions.size.then_some(config.limits.max_message_size),
@@ -688,7 +697,7 @@ where
         };
         if let Some(authenticator) = &config.authenticator
             && (encrypted || config.auth_policy.allow_insecure)
-            && self.identity.is_none()
+            && self.state.identity.is_none()
         {
             capabilities.auth = authenticator.mechanisms();
         }
@@ -716,9 +725,10 @@ where
         if let Err(error) = self.hook(result).await? {
             return self.queue(error.to_reply_or(internal_error)).await;
         }
-        self.helo = Some(domain);
-        self.extended = kind != Greeting::Helo;
-        let answer = if self.extended {
+        self.state.helo = domain;
+        self.state.extended = kind != Greeting::Helo;
+        self.greeted = true;
+        let answer = if self.state.extended {
             self.capabilities().to_reply()
         } else {
             Reply::plain(250, self.config.hostname.clone())
@@ -757,7 +767,7 @@ where
         if (parameters.ret.is_some() || parameters.envid.is_some()) && !extensions.dsn {
             return Some(unsupported_parameter("DSN not supported"));
         }
-        if parameters.requiretls && !(extensions.requiretls && self.tls.is_some()) {
+        if parameters.requiretls && !(extensions.requiretls && self.state.tls.is_some()) {
             return Some(unsupported_parameter("REQUIRETLS not supported"));
         }
         if parameters.auth.is_some() && self.config.authenticator.is_none() {
@@ -772,7 +782,7 @@ where
         from: Option<Address>,
         parameters: MailParameters,
     ) -> Flow {
-        if self.helo.is_none() {
+        if !self.greeted {
             let greeting_first = if self.config.lmtp {
                 "Send LHLO first"
             } else {
@@ -783,7 +793,7 @@ where
         if let Some(refusal) = self.access_refusal() {
             return self.protocol_error(refusal).await;
         }
-        if self.transaction.is_some() {
+        if self.in_transaction {
             return self
                 .protocol_error(bad_sequence("Sender already specified"))
                 .await;
@@ -791,15 +801,13 @@ where
         if let Some(refusal) = self.mail_parameter_refusal(&parameters) {
             return self.protocol_error(refusal).await;
         }
-        let result = guarded(session.mail(from.as_ref(), &parameters)).await;
+        let result = guarded(session.mail(&self.state, from.as_ref(), &parameters)).await;
         if let Err(error) = self.hook(result).await? {
             return self.queue(error.to_reply_or(internal_error)).await;
         }
-        self.transaction = Some(Transaction {
-            from,
-            parameters,
-            recipients: Vec::new(),
-        });
+        self.state.from = from;
+        self.state.mail_parameters = parameters;
+        self.in_transaction = true;
         self.queue(reply(250, (2, 1, 0), "Sender OK")).await
     }
 
@@ -812,19 +820,19 @@ where
         if let Some(refusal) = self.access_refusal() {
             return self.protocol_error(refusal).await;
         }
-        let Some(transaction) = &self.transaction else {
+        if !self.in_transaction {
             return self
                 .protocol_error(bad_sequence("Need MAIL before RCPT"))
                 .await;
-        };
+        }
         // RFC 5321 §4.5.3.1.10: the earlier recipients keep their place.
-        if transaction.recipients.len() >= self.config.limits.max_recipients {
+        if self.state.recipients.len() >= self.config.limits.max_recipients {
             return self
                 .queue(reply(452, (4, 5, 3), "Too many recipients"))
                 .await;
         }
         // RFC 6531 §3.4: a UTF-8 address needs SMTPUTF8 on MAIL.
-        if to.is_utf8() && !transaction.parameters.smtputf8 {
+        if to.is_utf8() && !self.state.mail_parameters.smtputf8 {
             return self
                 .queue(reply(
                     553,
@@ -840,16 +848,14 @@ where
                 .protocol_error(unsupported_parameter("DSN not supported"))
                 .await;
         }
-        let result = guarded(session.rcpt(&to, &parameters)).await;
+        let result = guarded(session.rcpt(&self.state, &to, &parameters)).await;
         if let Err(error) = self.hook(result).await? {
             return self.queue(error.to_reply_or(internal_error)).await;
         }
-        if let Some(transaction) = &mut self.transaction {
-            transaction.recipients.push(Recipient {
-                address: to,
-                parameters,
-            });
-        }
+        self.state.recipients.push(Recipient {
+            address: to,
+            parameters,
+        });
         self.queue(reply(250, (2, 1, 5), "Recipient OK")).await
     }
 
@@ -858,17 +864,15 @@ where
         if let Some(refusal) = self.access_refusal() {
             return Some(refusal);
         }
-        match &self.transaction {
-            None => Some(bad_sequence("Need MAIL command")),
+        if !self.in_transaction {
+            return Some(bad_sequence("Need MAIL command"));
+        }
+        match self.state.recipients.is_empty() {
             // RFC 2033 §4.2: in LMTP, DATA without a successful RCPT MUST
             // fail with 503; SMTP answers 554 (RFC 5321 §3.3).
-            Some(transaction) if transaction.recipients.is_empty() && self.config.lmtp => {
-                Some(bad_sequence("No valid recipients"))
-            }
-            Some(transaction) if transaction.recipients.is_empty() => {
-                Some(reply(554, (5, 5, 1), "No valid recipients"))
-            }
-            Some(_) => None,
+            true if self.config.lmtp => Some(bad_sequence("No valid recipients")),
+            true => Some(reply(554, (5, 5, 1), "No valid recipients")),
+            false => None,
         }
     }
 
@@ -876,10 +880,7 @@ where
         if let Some(refusal) = self.message_refusal() {
             return self.protocol_error(refusal).await;
         }
-        let binary = self
-            .transaction
-            .as_ref()
-            .is_some_and(|t| t.parameters.body == Some(BodyType::BinaryMime));
+        let binary = self.state.mail_parameters.body == Some(BodyType::BinaryMime);
         if binary {
             // RFC 3030 §3: BINARYMIME content goes with BDAT only.
             return self
@@ -944,25 +945,6 @@ where
         }
     }
 
-    fn envelope(&self) -> Envelope {
-        let mut envelope = Envelope {
-            helo: self.helo.clone().unwrap_or_default(),
-            extended: self.extended,
-            lmtp: self.config.lmtp,
-            identity: self.identity.clone(),
-            tls: self.tls.clone(),
-            client_addr: Some(self.info.client_addr()),
-            session_id: self.info.id.clone(),
-            ..Envelope::default()
-        };
-        if let Some(transaction) = &self.transaction {
-            envelope.from = transaction.from.clone();
-            envelope.mail_parameters = transaction.parameters.clone();
-            envelope.recipients = transaction.recipients.clone();
-        }
-        envelope
-    }
-
     /// Streams one message to the handler while reading it, then answers.
     /// Returns a command that interrupted a BDAT transfer, to be served
     /// next.
@@ -971,7 +953,7 @@ where
         session: &mut T,
         transfer: Transfer,
     ) -> Flow<Option<Command>> {
-        let envelope = self.envelope();
+        let envelope = self.state.clone();
         let binary = envelope.mail_parameters.body == Some(BodyType::BinaryMime);
         let lmtp = self.config.lmtp;
         let handler_timeout = self.config.timeouts.data_termination;
@@ -1015,7 +997,7 @@ where
             };
             (feed, handled)
         };
-        self.transaction = None;
+        self.end_transaction();
         let closed = matches!(feed, Feed::Closed(_));
         let output = match handled {
             None => {
@@ -1062,19 +1044,9 @@ where
         violation: Option<BodyError>,
         output: HandlerOutput,
     ) -> Flow {
-        let violation_reply = violation.map(|violation| match violation {
-            BodyError::TooLarge => reply(
-                552,
-                (5, 3, 4),
-                "Message size exceeds fixed maximum message size",
-            ),
-            BodyError::BareLineEnding => reply(
-                550,
-                (5, 5, 2),
-                "Message contains a bare CR or LF; lines must end with CRLF",
-            ),
-            _ => internal_error(),
-        });
+        // The same replies as `From<BodyError> for SmtpError`.
+        let violation_reply =
+            violation.map(|violation| SmtpError::from(violation).to_reply_or(internal_error));
         if let Some(refusal) = &violation_reply {
             tracing::info!(reply = %refusal, "message refused");
         }
@@ -1289,12 +1261,12 @@ where
                 .await?;
             return Ok(Next::Continue);
         }
-        if self.tls.is_some() {
+        if self.state.tls.is_some() {
             self.protocol_error(bad_sequence("TLS already active"))
                 .await?;
             return Ok(Next::Continue);
         }
-        if self.transaction.is_some() {
+        if self.in_transaction {
             self.protocol_error(bad_sequence(
                 "STARTTLS not allowed during a mail transaction",
             ))
@@ -1333,16 +1305,17 @@ where
         let Some(transport) = handshake(self.config, stream, self.deadline).await else {
             return Err(Ended::Closed);
         };
-        self.tls = transport.tls_info();
+        self.state.tls = transport.tls_info();
         self.framed = Framed::new(
             transport,
             RecordingCodec::new(self.config.limits.max_line, self.transcript.is_some()),
         );
         // RFC 3207 §4.2: forget everything learned before TLS.
-        self.helo = None;
-        self.extended = false;
-        self.identity = None;
-        self.transaction = None;
+        self.state.helo.clear();
+        self.state.extended = false;
+        self.greeted = false;
+        self.state.identity = None;
+        self.end_transaction();
         let result = guarded(session.reset()).await;
         self.hook(result).await?;
         tracing::debug!("TLS started");
@@ -1363,20 +1336,20 @@ where
                 .protocol_error(reply(502, (5, 5, 1), "AUTH not supported"))
                 .await;
         };
-        if !self.extended {
+        if !self.state.extended {
             return self.protocol_error(bad_sequence("Send EHLO first")).await;
         }
-        if self.identity.is_some() {
+        if self.state.identity.is_some() {
             return self
                 .protocol_error(bad_sequence("Already authenticated"))
                 .await;
         }
-        if self.transaction.is_some() {
+        if self.in_transaction {
             return self
                 .protocol_error(bad_sequence("AUTH not allowed during a mail transaction"))
                 .await;
         }
-        if self.tls.is_none() && !config.auth_policy.allow_insecure {
+        if self.state.tls.is_none() && !config.auth_policy.allow_insecure {
             // RFC 4954 §6.
             return self
                 .protocol_error(reply(
@@ -1415,7 +1388,7 @@ where
                     .await?;
                 let result = guarded(session.authenticated(&identity)).await;
                 self.hook(result).await?;
-                self.identity = Some(identity);
+                self.state.identity = Some(identity);
                 Ok(())
             }
             Err(refusal) => {
@@ -1565,7 +1538,7 @@ fn auth_error_reply(error: SmtpError) -> Reply {
 fn login_credentials(user: String, password: String) -> Credentials {
     Credentials {
         authzid: None,
-        authcid: user,
+        username: user,
         password,
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use smtp_proto::{EnhancedCode, Reply};
 
+use crate::session::BodyError;
+
 /// The error a [`Session`](crate::Session), [`Backend`](crate::Backend) or
 /// [`Authenticator`](crate::Authenticator) hook returns.
 ///
@@ -110,6 +112,38 @@ impl From<std::io::Error> for SmtpError {
     }
 }
 
+/// The reply a body error stands for, so `body.read_to_end().await?` and
+/// `chunk?` work in a data hook:
+///
+/// | [`BodyError`] | reply |
+/// |---|---|
+/// | [`TooLarge`](BodyError::TooLarge) | `552 5.3.4` (RFC 1870 §6, RFC 3463) |
+/// | [`BareLineEnding`](BodyError::BareLineEnding) | `550 5.5.2` (RFC 5321 §2.3.8) |
+/// | [`Aborted`](BodyError::Aborted) | `451 4.3.0` |
+///
+/// The server sends the size and line-ending replies itself whatever the
+/// hook returns; the conversion keeps the hook's result consistent with
+/// them.
+impl From<BodyError> for SmtpError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::TooLarge => SmtpError::new(
+                552,
+                EnhancedCode::new(5, 3, 4),
+                "Message size exceeds fixed maximum message size",
+            ),
+            BodyError::BareLineEnding => SmtpError::new(
+                550,
+                EnhancedCode::new(5, 5, 2),
+                "Message contains a bare CR or LF; lines must end with CRLF",
+            ),
+            BodyError::Aborted => {
+                SmtpError::new(451, EnhancedCode::new(4, 3, 0), "Message transfer aborted")
+            }
+        }
+    }
+}
+
 /// A configuration the server cannot run with, reported by
 /// [`ServerBuilder::build`](crate::ServerBuilder::build).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,3 +179,23 @@ impl fmt::Display for ConfigError {
 }
 
 impl StdError for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_become_their_replies() {
+        let reply = |error: BodyError| {
+            let error = SmtpError::from(error);
+            let reply = error.as_reply().expect("a reply error").clone();
+            (reply.code(), reply.enhanced().map(|e| e.to_string()))
+        };
+        assert_eq!(reply(BodyError::TooLarge), (552, Some("5.3.4".to_owned())));
+        assert_eq!(
+            reply(BodyError::BareLineEnding),
+            (550, Some("5.5.2".to_owned()))
+        );
+        assert_eq!(reply(BodyError::Aborted), (451, Some("4.3.0".to_owned())));
+    }
+}

@@ -21,9 +21,10 @@
 //!
 //! impl Session for PrinterSession {
 //!     async fn data(&mut self, envelope: &Envelope, mut body: Body) -> Result<(), SmtpError> {
+//!         // Streamed chunk by chunk; `?` turns a body error into its reply.
 //!         let mut size = 0;
 //!         while let Some(chunk) = body.next().await {
-//!             size += chunk.map_err(SmtpError::other)?.len();
+//!             size += chunk?.len();
 //!         }
 //!         println!("{size} octets from {:?}", envelope.from);
 //!         Ok(())
@@ -71,13 +72,13 @@ pub use auth::{Authenticator, SaslStep, invalid_credentials, unsupported_mechani
 pub use config::{
     AuthPolicy, BareLineEndings, DEFAULT_MAX_AUTH_FAILURES, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_ERRORS, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_MAX_SASL_STEPS, DEFAULT_PROXY_HEADER_MAX, DEFAULT_PROXY_HEADER_TIMEOUT,
-    DEFAULT_SESSION_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TLS_HANDSHAKE_TIMEOUT, Extensions,
-    Limits, PROXY_HEADER_MIN, TIMEOUT_MIN, Timeouts,
+    DEFAULT_MAX_RECIPIENTS, DEFAULT_MAX_SASL_STEPS, DEFAULT_PROXY_HEADER_MAX,
+    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_SESSION_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT, Extensions, Limits, PROXY_HEADER_MIN, TIMEOUT_MIN, Timeouts,
 };
 pub use error::{ConfigError, SmtpError};
 pub use received::ReceivedHeader;
-pub use server::{Listening, Server, ServerBuilder};
+pub use server::{Listening, Server, ServerBuilder, ServerHandle};
 pub use session::{
     Backend, Body, BodyError, ConnectionInfo, Envelope, Identity, ProxiedAddresses, Recipient,
     Session, TlsInfo,
@@ -87,6 +88,15 @@ pub use transcript::{Direction, LineKind, TranscriptLine};
 
 /// Network ranges for [`ServerBuilder::proxy_protocol`].
 pub use ipnet::IpNet;
-/// The protocol crate this server is built on, for its types in the hooks
-/// (`Address`, `MailParameters`, `Reply`, ...).
+/// The protocol crate this server is built on, for what the root does not
+/// re-export.
 pub use smtp_proto;
+
+// The protocol types the hooks use, re-exported so a receiver needs no
+// direct dependency on smtp-proto. smtp-client re-exports the shared ones
+// (`Address`, `EnhancedCode`, `Reply`, `BodyType`, `Notify`, `Ret`) the same
+// way, so both crates name the same types.
+pub use smtp_proto::address::Address;
+pub use smtp_proto::command::{BodyType, MailParameters, Notify, RcptParameters, Ret};
+pub use smtp_proto::sasl::Credentials;
+pub use smtp_proto::{EnhancedCode, Reply};

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use smtp_proto::{EnhancedCode, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
 use crate::auth::{Authenticator, DynAuthenticator};
@@ -461,6 +461,131 @@ impl<B: Backend> Listening<B> {
             }
         }
         Ok(())
+    }
+}
+
+impl<B: Backend> Listening<B> {
+    /// Serves on a background tokio task and returns a handle to stop it,
+    /// like aiosmtpd's `Controller.start()` or go-smtp's `Serve` in a
+    /// goroutine. This is the way to run a server inside a test:
+    ///
+    /// ```
+    /// # use smtp_server::{Backend, Body, ConnectionInfo, Envelope, Server, Session, SmtpError};
+    /// # struct Sink;
+    /// # struct SinkSession;
+    /// # impl Session for SinkSession {
+    /// #     async fn data(&mut self, _: &Envelope, _: Body) -> Result<(), SmtpError> {
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// # impl Backend for Sink {
+    /// #     type Session = SinkSession;
+    /// #     async fn new_session(&self, _: &ConnectionInfo) -> Result<SinkSession, SmtpError> {
+    /// #         Ok(SinkSession)
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::builder(Sink)
+    ///     .listen("127.0.0.1:0".parse()?)
+    ///     .build()?;
+    /// let handle = server.bind().await?.spawn();
+    /// let addr = handle.local_addr();
+    /// // ... connect to `addr` and send mail ...
+    /// # let _ = addr;
+    /// handle.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Must be called within a tokio runtime.
+    pub fn spawn(self) -> ServerHandle {
+        let local_addrs = self.local_addrs();
+        let (stop, stopped) = oneshot::channel::<()>();
+        // The receiver also completes when the sender is dropped, so a
+        // dropped handle starts a graceful shutdown.
+        let task = tokio::spawn(self.serve(async move {
+            let _ = stopped.await;
+        }));
+        ServerHandle {
+            local_addrs,
+            stop: Some(stop),
+            task,
+        }
+    }
+}
+
+/// A server running on a background task, from [`Listening::spawn`].
+///
+/// - [`ServerHandle::shutdown`] stops it gracefully and waits: no new
+///   connections, idle sessions get `421 4.3.2`, transactions in flight may
+///   finish until the shutdown timeout
+///   ([`ServerBuilder::shutdown_timeout`]), then the rest get `421 4.3.2`
+///   (go-smtp's `Shutdown`).
+/// - [`ServerHandle::abort`] stops it at once: listeners and connections
+///   are closed without a reply, hooks in flight are cancelled (go-smtp's
+///   `Close`).
+/// - Dropping the handle starts the same graceful shutdown as
+///   [`ServerHandle::shutdown`] without waiting for it; the background task
+///   finishes on its own (or when the runtime shuts down).
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addrs: Vec<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl ServerHandle {
+    /// The bound addresses, in the order the listeners were added.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The first bound address: the only one for a server with one
+    /// listener.
+    ///
+    /// # Panics
+    ///
+    /// If the server has no listener.
+    pub fn local_addr(&self) -> SocketAddr {
+        *self
+            .local_addrs
+            .first()
+            .expect("the server has at least one listener")
+    }
+
+    /// Whether the background task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Shuts down gracefully (see [`Listening::serve`]) and waits until
+    /// every connection has ended: at most the shutdown timeout plus a few
+    /// seconds for the last `421` replies. The error is an I/O error of the
+    /// server, or a panic of its task as [`io::ErrorKind::Other`].
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(error) => Err(io::Error::other(error)),
+        }
+    }
+
+    /// Stops at once: closes the listeners and every connection without a
+    /// reply, cancelling hooks in flight. Returns when the listeners are
+    /// closed.
+    pub async fn abort(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        // Dropping `stop` completes the shutdown future; nothing else to do.
+        self.stop.take();
     }
 }
 

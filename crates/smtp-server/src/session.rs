@@ -114,6 +114,20 @@ impl Identity {
             authorization: None,
         }
     }
+
+    /// The same identity acting as `authorization` (the SASL authorization
+    /// identity, RFC 4616 §2), for an authenticator that granted `name`
+    /// the right to act as someone else.
+    ///
+    /// ```
+    /// use smtp_server::Identity;
+    /// let identity = Identity::new("helpdesk").with_authorization("alice");
+    /// assert_eq!(identity.authorization.as_deref(), Some("alice"));
+    /// ```
+    pub fn with_authorization(mut self, authorization: impl Into<String>) -> Self {
+        self.authorization = Some(authorization.into());
+        self
+    }
 }
 
 /// One accepted recipient.
@@ -125,11 +139,19 @@ pub struct Recipient {
     pub parameters: RcptParameters,
 }
 
-/// The transaction a message belongs to, given to the data hooks.
+/// A read-only view of the session and its transaction, given to the
+/// `mail`, `rcpt` and data hooks of [`Session`].
+///
+/// The session part (greeting, TLS, identity, client address, session id)
+/// is always filled in. The transaction part grows as commands succeed: in
+/// [`Session::mail`] it is empty, in [`Session::rcpt`] it has the sender
+/// and the recipients accepted so far, in [`Session::data`] it is the
+/// whole envelope of the message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Envelope {
-    /// The name the client gave in `HELO`, `EHLO` or `LHLO`.
+    /// The name the client gave in `HELO`, `EHLO` or `LHLO` (empty before
+    /// the greeting, and again after `STARTTLS` until the next one).
     pub helo: String,
     /// Whether the client greeted with `EHLO` or `LHLO` (extended SMTP).
     pub extended: bool,
@@ -140,7 +162,8 @@ pub struct Envelope {
     /// `MAIL` parameters: `SIZE`, `BODY`, `SMTPUTF8`, DSN's `RET` and
     /// `ENVID`, `AUTH=`, `REQUIRETLS`.
     pub mail_parameters: MailParameters,
-    /// Accepted recipients, in the order they were accepted.
+    /// Accepted recipients, in the order they were accepted (in
+    /// [`Session::rcpt`], those before the one being checked).
     pub recipients: Vec<Recipient>,
     /// The authenticated identity, if any.
     pub identity: Option<Identity>,
@@ -234,14 +257,36 @@ impl Body {
         }
     }
 
-    /// Reads the whole body into memory, failing with
-    /// [`BodyError::TooLarge`] past `max` octets. For handlers that need the
-    /// whole message at once; streaming handlers use the [`Stream`] impl.
-    pub async fn read_to_end(mut self, max: usize) -> Result<Vec<u8>, BodyError> {
+    /// Reads the whole body into memory. The server's own size limit
+    /// ([`Limits::max_message_size`](crate::Limits::max_message_size))
+    /// bounds it: past the limit the stream fails with
+    /// [`BodyError::TooLarge`]. For handlers that need the whole message at
+    /// once; streaming handlers use the [`Stream`] impl. With `?` in a hook
+    /// the error becomes the matching reply (see
+    /// [`From<BodyError> for SmtpError`](SmtpError#impl-From%3CBodyError%3E-for-SmtpError)).
+    ///
+    /// ```
+    /// # use smtp_server::{Body, Envelope, Session, SmtpError};
+    /// struct Collect(Vec<Vec<u8>>);
+    ///
+    /// impl Session for Collect {
+    ///     async fn data(&mut self, _envelope: &Envelope, body: Body) -> Result<(), SmtpError> {
+    ///         self.0.push(body.read_to_end().await?);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub async fn read_to_end(self) -> Result<Vec<u8>, BodyError> {
+        self.read_to_end_max(usize::MAX).await
+    }
+
+    /// Like [`Body::read_to_end`], with a lower cap of the handler's own:
+    /// fails with [`BodyError::TooLarge`] past `max` octets.
+    pub async fn read_to_end_max(mut self, max: usize) -> Result<Vec<u8>, BodyError> {
         let mut out = Vec::new();
         while let Some(chunk) = futures::StreamExt::next(&mut self).await {
             let chunk = chunk?;
-            if out.len() + chunk.len() > max {
+            if out.len().saturating_add(chunk.len()) > max {
                 return Err(BodyError::TooLarge);
             }
             out.extend_from_slice(&chunk);
@@ -320,23 +365,51 @@ pub trait Session: Send + 'static {
     }
 
     /// `MAIL FROM`; `from` is `None` for the null reverse-path `<>`.
-    /// Default: accept (`250 2.1.0`).
+    /// `session` is the session so far (greeting, TLS, identity); the
+    /// transaction starts only once this hook accepts, so its sender and
+    /// recipients are still empty. Default: accept (`250 2.1.0`).
+    ///
+    /// ```
+    /// # use smtp_server::{Address, Body, EnhancedCode, Envelope, MailParameters, Session, SmtpError};
+    /// struct Submission;
+    ///
+    /// impl Session for Submission {
+    ///     async fn mail(
+    ///         &mut self,
+    ///         session: &Envelope,
+    ///         from: Option<&Address>,
+    ///         _parameters: &MailParameters,
+    ///     ) -> Result<(), SmtpError> {
+    ///         // Authenticated users may only send as themselves.
+    ///         let user = session.identity.as_ref().map(|identity| identity.name.as_str());
+    ///         match (user, from) {
+    ///             (Some(user), Some(from)) if from.as_str() == user => Ok(()),
+    ///             _ => Err(SmtpError::new(553, EnhancedCode::new(5, 7, 1), "Sender not owned by you")),
+    ///         }
+    ///     }
+    ///     # async fn data(&mut self, _: &Envelope, _: Body) -> Result<(), SmtpError> { Ok(()) }
+    /// }
+    /// ```
     fn mail(
         &mut self,
+        session: &Envelope,
         from: Option<&Address>,
         parameters: &MailParameters,
     ) -> impl Future<Output = Result<(), SmtpError>> + Send {
-        let _ = (from, parameters);
+        let _ = (session, from, parameters);
         async { Ok(()) }
     }
 
-    /// `RCPT TO`. Default: accept (`250 2.1.5`).
+    /// `RCPT TO`. `transaction` is the session and the transaction so far:
+    /// greeting, TLS, identity, the sender and the recipients accepted
+    /// before this one. Default: accept (`250 2.1.5`).
     fn rcpt(
         &mut self,
+        transaction: &Envelope,
         to: &Address,
         parameters: &RcptParameters,
     ) -> impl Future<Output = Result<(), SmtpError>> + Send {
-        let _ = (to, parameters);
+        let _ = (transaction, to, parameters);
         async { Ok(()) }
     }
 

@@ -138,8 +138,10 @@ async fn fifty_megabytes_of_data_to_a_stalled_handler() {
         data_delay: Some(Duration::from_secs(60)),
         ..Behavior::default()
     });
-    let mut limits = Limits::default();
-    limits.max_message_size = 1 << 20;
+    let limits = Limits {
+        max_message_size: 1 << 20,
+        ..Limits::default()
+    };
     let server = builder(&backend).limits(limits).build().unwrap();
     let (mut client, meter) = connect_metered(&server);
     client.hello().await;

@@ -271,3 +271,73 @@ async fn shutdown_deadline_closes_transactions_in_flight() {
     let message = &backend.messages()[0];
     assert_eq!(message.error, Some(smtp_server::BodyError::Aborted));
 }
+
+#[tokio::test]
+async fn spawned_server_shutdown_waits_for_the_transaction_in_flight() {
+    let backend = TestBackend::new();
+    let server = builder(&backend)
+        .listen(loopback())
+        .shutdown_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let handle = server.bind().await.unwrap().spawn();
+    assert_eq!(handle.local_addrs().len(), 1);
+    let addr = handle.local_addr();
+    let mut busy = tcp(addr).await;
+    busy.hello().await;
+    busy.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n")
+        .await;
+    busy.expect("250 2.1.0").await;
+    busy.expect("250 2.1.5").await;
+    busy.expect("354").await;
+    busy.send("first half\r\n").await;
+
+    let shutdown = tokio::spawn(handle.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the transaction"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections"
+    );
+    busy.send("second half\r\n.\r\n").await;
+    busy.expect("250 2.0.0").await;
+    assert_eq!(busy.reply().await, "421 4.3.2 Server shutting down\r\n");
+    busy.expect_closed().await;
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown returns once the connection ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(backend.messages()[0].body, b"first half\r\nsecond half\r\n");
+}
+
+#[tokio::test]
+async fn spawned_server_abort_closes_connections_without_a_reply() {
+    let backend = TestBackend::new();
+    let server = builder(&backend).listen(loopback()).build().unwrap();
+    let handle = server.bind().await.unwrap().spawn();
+    let addr = handle.local_addr();
+    let mut client = tcp(addr).await;
+    client.hello().await;
+    handle.abort().await;
+    client.expect_closed().await;
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn dropping_a_spawned_server_shuts_it_down_gracefully() {
+    let backend = TestBackend::new();
+    let server = builder(&backend).listen(loopback()).build().unwrap();
+    let handle = server.bind().await.unwrap().spawn();
+    let addr = handle.local_addr();
+    let mut client = tcp(addr).await;
+    client.hello().await;
+    drop(handle);
+    assert_eq!(client.reply().await, "421 4.3.2 Server shutting down\r\n");
+    client.expect_closed().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(TcpStream::connect(addr).await.is_err());
+}

@@ -328,6 +328,36 @@ async fn recipient_limit_keeps_earlier_recipients() {
 }
 
 #[tokio::test]
+async fn a_recipient_limit_below_the_rfc_default_is_honoured() {
+    // RFC 5321's 100 is the default, not a floor (submission services cap
+    // recipients far lower); the config structs take `..Default::default()`.
+    let backend = TestBackend::new();
+    let limits = Limits {
+        max_recipients: 5,
+        ..Limits::default()
+    };
+    let server = builder(&backend).limits(limits).build().unwrap();
+    let mut client = connect(&server);
+    client.hello().await;
+    client.send("MAIL FROM:<a@x.test>\r\n").await;
+    client.expect("250 2.1.0").await;
+    let mut batch = String::new();
+    for index in 0..6 {
+        batch.push_str(&format!("RCPT TO:<user{index}@x.test>\r\n"));
+    }
+    client.send(batch).await;
+    for _ in 0..5 {
+        client.expect("250 2.1.5").await;
+    }
+    assert_eq!(client.reply().await, "452 4.5.3 Too many recipients\r\n");
+    client.send("DATA\r\n").await;
+    client.expect("354").await;
+    client.send("x\r\n.\r\n").await;
+    client.expect("250 2.0.0").await;
+    assert_eq!(backend.messages()[0].envelope.recipients.len(), 5);
+}
+
+#[tokio::test]
 async fn size_limit_is_enforced_while_streaming_and_the_session_goes_on() {
     let backend = TestBackend::new();
     let mut limits = Limits::default();

@@ -277,3 +277,61 @@ async fn extension_mechanism_runs_through_steps() {
     client.expect("235 2.7.0").await;
     assert!(backend.events().contains(&"auth token-user".to_owned()));
 }
+
+#[tokio::test]
+async fn mail_and_rcpt_hooks_see_the_session_state() {
+    let backend = TestBackend::new();
+    let (tls, root) = test_tls("mx.test");
+    let server = builder(&backend)
+        .tls(tls)
+        .auth(TestAuthenticator, AuthPolicy::new())
+        .build()
+        .unwrap();
+    let mut client = connect(&server);
+    client.hello().await;
+    client.send("STARTTLS\r\n").await;
+    client.expect("220").await;
+    let stream = tls_connector(&root)
+        .connect(server_name("mx.test"), client.into_inner())
+        .await
+        .unwrap();
+    let mut client = Client::new(stream);
+    client.send("EHLO secure.test\r\n").await;
+    client.expect("250-mx.test").await;
+    client
+        .send(format!(
+            "AUTH PLAIN {}\r\n",
+            sasl::plain_response(None, "alice", "secret")
+        ))
+        .await;
+    client.expect("235").await;
+    client
+        .send("MAIL FROM:<alice@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nQUIT\r\n")
+        .await;
+    client.expect("250 2.1.0").await;
+    client.expect("250 2.1.5").await;
+    client.expect("250 2.1.5").await;
+    let views = backend.views();
+    let names: Vec<&str> = views.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["mail", "rcpt b@x.test", "rcpt c@x.test"]);
+    for (_, view) in &views {
+        assert_eq!(view.helo, "secure.test");
+        assert!(view.extended);
+        assert!(view.tls.is_some());
+        assert_eq!(view.identity, Some(Identity::new("alice")));
+        assert_eq!(view.client_addr, Some("192.0.2.10:40000".parse().unwrap()));
+    }
+    // MAIL sees no transaction yet; each RCPT sees the sender and the
+    // recipients accepted before it.
+    assert_eq!(views[0].1.from, None);
+    assert!(views[0].1.recipients.is_empty());
+    assert_eq!(views[1].1.from.as_ref().unwrap().as_str(), "alice@x.test");
+    assert!(views[1].1.recipients.is_empty());
+    let earlier: Vec<&str> = views[2]
+        .1
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(earlier, ["b@x.test"]);
+}

@@ -28,6 +28,8 @@ pub struct Log {
     pub events: Vec<String>,
     pub messages: Vec<Message>,
     pub infos: Vec<ConnectionInfo>,
+    /// What the `mail` and `rcpt` hooks saw of the session, in order.
+    pub views: Vec<(String, Envelope)>,
 }
 
 /// How the test session answers.
@@ -79,6 +81,10 @@ impl TestBackend {
 
     pub fn infos(&self) -> Vec<ConnectionInfo> {
         self.log.lock().unwrap().infos.clone()
+    }
+
+    pub fn views(&self) -> Vec<(String, Envelope)> {
+        self.log.lock().unwrap().views.clone()
     }
 }
 
@@ -140,9 +146,15 @@ impl Session for TestSession {
 
     async fn mail(
         &mut self,
+        session: &Envelope,
         from: Option<&Address>,
         _parameters: &MailParameters,
     ) -> Result<(), SmtpError> {
+        self.log
+            .lock()
+            .unwrap()
+            .views
+            .push(("mail".to_owned(), session.clone()));
         self.event(format!(
             "mail {}",
             from.map_or(String::new(), |a| a.to_string())
@@ -150,8 +162,18 @@ impl Session for TestSession {
         Ok(())
     }
 
-    async fn rcpt(&mut self, to: &Address, _parameters: &RcptParameters) -> Result<(), SmtpError> {
+    async fn rcpt(
+        &mut self,
+        transaction: &Envelope,
+        to: &Address,
+        _parameters: &RcptParameters,
+    ) -> Result<(), SmtpError> {
         let to = to.to_string();
+        self.log
+            .lock()
+            .unwrap()
+            .views
+            .push((format!("rcpt {to}"), transaction.clone()));
         if self.behavior.panic_rcpt.as_deref() == Some(to.as_str()) {
             panic!("rcpt hook panicked on purpose");
         }
@@ -231,7 +253,7 @@ impl Authenticator for TestAuthenticator {
         _mechanism: &str,
         credentials: &Credentials,
     ) -> Result<Identity, SmtpError> {
-        if credentials.authcid == "alice" && credentials.password == "secret" {
+        if credentials.username == "alice" && credentials.password == "secret" {
             Ok(Identity::new("alice"))
         } else {
             Err(smtp_server::invalid_credentials())
