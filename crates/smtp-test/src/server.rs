@@ -63,11 +63,8 @@ impl Backend for Keeper {
 
 impl Session for KeeperSession {
     async fn data(&mut self, envelope: &Envelope, body: Body) -> Result<(), SmtpError> {
-        // The server enforces its own size limit while the body streams.
-        let raw = body
-            .read_to_end(usize::MAX)
-            .await
-            .map_err(SmtpError::other)?;
+        // Bounded by the server's own size limit.
+        let raw = body.read_to_end().await?;
         self.mailbox
             .push(ReceivedMessage::new(envelope.clone(), raw));
         Ok(())
@@ -100,13 +97,13 @@ impl Authenticator for Users {
         if credentials
             .authzid
             .as_deref()
-            .is_some_and(|authzid| authzid != credentials.authcid)
+            .is_some_and(|authzid| authzid != credentials.username)
         {
             return Err(invalid_credentials());
         }
-        match self.passwords.get(&credentials.authcid) {
+        match self.passwords.get(&credentials.username) {
             Some(password) if same(password, &credentials.password) => {
-                Ok(Identity::new(credentials.authcid.clone()))
+                Ok(Identity::new(credentials.username.clone()))
             }
             _ => Err(invalid_credentials()),
         }

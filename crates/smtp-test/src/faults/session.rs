@@ -195,18 +195,24 @@ impl<S: Session> Session for FaultSession<S> {
 
     async fn mail(
         &mut self,
+        session: &Envelope,
         from: Option<&Address>,
         parameters: &MailParameters,
     ) -> Result<(), SmtpError> {
         self.message = Some(self.engine.note_message(&self.connection));
         self.from = Some(from.map(|a| a.as_str().to_owned()).unwrap_or_default());
         self.check(Stage::Mail, &[]).await?;
-        self.inner.mail(from, parameters).await
+        self.inner.mail(session, from, parameters).await
     }
 
-    async fn rcpt(&mut self, to: &Address, parameters: &RcptParameters) -> Result<(), SmtpError> {
+    async fn rcpt(
+        &mut self,
+        transaction: &Envelope,
+        to: &Address,
+        parameters: &RcptParameters,
+    ) -> Result<(), SmtpError> {
         self.check(Stage::Rcpt, &[to.as_str().to_owned()]).await?;
-        self.inner.rcpt(to, parameters).await
+        self.inner.rcpt(transaction, to, parameters).await
     }
 
     async fn data(&mut self, envelope: &Envelope, body: Body) -> Result<(), SmtpError> {
