@@ -237,7 +237,7 @@ impl TestServerBuilder {
             .map_err(StartError::Bind)?;
         let addr = listener.local_addr().map_err(StartError::Bind)?;
         let task = tokio::spawn(async move {
-            let _ = faults::serve(server, listener, std::future::pending()).await;
+            let _ = faults::serve(server, [listener], std::future::pending()).await;
         });
         Ok(TestServer {
             addr,

@@ -90,7 +90,7 @@ struct State {
 }
 
 struct Shared {
-    faults: RwLock<Faults>,
+    faults: RwLock<Arc<Faults>>,
     state: Mutex<State>,
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     observer: RwLock<Option<Observer>>,
@@ -111,7 +111,7 @@ pub struct FaultEngine {
 impl fmt::Debug for FaultEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FaultEngine")
-            .field("faults", &*read(&self.shared.faults))
+            .field("faults", &**read(&self.shared.faults))
             .finish_non_exhaustive()
     }
 }
@@ -163,7 +163,7 @@ impl FaultEngine {
         let seed = faults.rules.seed.unwrap_or(0);
         Self {
             shared: Arc::new(Shared {
-                faults: RwLock::new(faults),
+                faults: RwLock::new(Arc::new(faults)),
                 state: Mutex::new(State {
                     rng: seed,
                     ..State::default()
@@ -176,7 +176,7 @@ impl FaultEngine {
 
     /// The rules in force.
     pub fn faults(&self) -> Faults {
-        read(&self.shared.faults).clone()
+        Faults::clone(&read(&self.shared.faults))
     }
 
     /// Replaces the rules for every later check. A new `seed` restarts the
@@ -185,6 +185,7 @@ impl FaultEngine {
         if let Some(seed) = faults.rules.seed {
             lock(&self.shared.state).rng = seed;
         }
+        let faults = Arc::new(faults);
         match self.shared.faults.write() {
             Ok(mut guard) => *guard = faults,
             Err(poisoned) => *poisoned.into_inner() = faults,
@@ -256,11 +257,17 @@ impl FaultEngine {
     }
 
     /// Counts a new message (at `MAIL`) and returns its server-wide number.
+    /// Message times are kept only while a rule has a rate, so a server
+    /// without one keeps no per-message memory.
     pub(crate) fn note_message(&self, connection: &Connection) -> u64 {
         let now = Instant::now();
+        let uses_rates = read(&self.shared.faults).uses_rates();
         let mut state = lock(&self.shared.state);
         state.messages += 1;
         let number = state.messages;
+        if !uses_rates {
+            return number;
+        }
         prune(&mut state.server_times, now);
         state.server_times.push_back(now);
         let client = state.client_times.entry(connection.client).or_default();
@@ -275,7 +282,10 @@ impl FaultEngine {
 
     /// The first rule (or magic address) that fires for `event`.
     pub(crate) fn decide(&self, event: &Event<'_>) -> Option<Decision> {
-        let faults = read(&self.shared.faults).clone();
+        let faults = Arc::clone(&read(&self.shared.faults));
+        if faults.rules.rules.is_empty() && !faults.rules.magic {
+            return None;
+        }
         let decision = faults
             .rules
             .rules

@@ -161,6 +161,15 @@ impl Faults {
         self.rules.magic
     }
 
+    /// Whether a rule counts messages over time.
+    pub(crate) fn uses_rates(&self) -> bool {
+        self.rules.rules.iter().any(|rule| {
+            rule.conditions
+                .iter()
+                .any(|condition| matches!(condition, Condition::Rate { .. }))
+        })
+    }
+
     /// The seed of the `chance` generator, if one was given.
     pub fn seed(&self) -> Option<u64> {
         self.rules.seed

@@ -1,7 +1,9 @@
 //! The accept loop that puts a [`FaultStream`] under every connection.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
+use std::net::SocketAddr;
+use std::task::Poll;
 
 use smtp_server::{Backend, ConnectionInfo, Server};
 use tokio::net::TcpListener;
@@ -14,7 +16,7 @@ use super::wire::FaultStream;
 /// descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Serves `server` on `listener` until `shutdown` completes, with the
+/// Serves `server` on `listeners` until `shutdown` completes, with the
 /// fault engine's wire actions (drip, stop reading, closing without a
 /// reply) in effect on every connection.
 ///
@@ -25,16 +27,17 @@ const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis
 /// here; `STARTTLS` does.
 pub async fn serve<B: Backend>(
     server: Server<FaultBackend<B>>,
-    listener: TcpListener,
+    listeners: impl IntoIterator<Item = TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
+    let listeners: Vec<TcpListener> = listeners.into_iter().collect();
     let engine = server.backend().engine().clone();
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            accepted = accept_any(&listeners) => accepted,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let (stream, peer) = match accepted {
@@ -64,11 +67,27 @@ pub async fn serve<B: Backend>(
             engine.detach(&id);
         });
     }
-    drop(listener);
+    drop(listeners);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// Waits for a connection on any listener.
+async fn accept_any(listeners: &[TcpListener]) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    if listeners.is_empty() {
+        return std::future::pending().await;
+    }
+    poll_fn(|cx| {
+        for listener in listeners {
+            if let Poll::Ready(result) = listener.poll_accept(cx) {
+                return Poll::Ready(result);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
