@@ -362,3 +362,26 @@ async fn rules_can_be_replaced_while_the_server_runs() {
         "550 5.7.1 second rules"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn quit_can_be_answered_late_differently_or_not_at_all() {
+    let server =
+        server("quit connection 1 delay 2s reply 421 4.3.2 \"bye now\"\nquit connection 2 close")
+            .await;
+    let mut first = Wire::ready(server.addr()).await;
+    let start = Instant::now();
+    assert_eq!(first.command("QUIT").await, "421 4.3.2 bye now");
+    assert!((Duration::from_secs(2)..Duration::from_millis(2100)).contains(&start.elapsed()));
+    assert_eq!(
+        first.next(Duration::from_secs(5)).await,
+        Got::Closed(String::new())
+    );
+    let mut second = Wire::ready(server.addr()).await;
+    second.send("QUIT").await;
+    assert_eq!(
+        second.next(Duration::from_secs(5)).await,
+        Got::Closed(String::new())
+    );
+    let mut third = Wire::ready(server.addr()).await;
+    assert!(third.command("QUIT").await.starts_with("221 2.0.0"));
+}

@@ -22,7 +22,8 @@
 //! sent), `greeting` (before the `220`), `ehlo` (also `helo`, `lhlo`),
 //! `auth` (once the credentials are in), `mail`, `rcpt` (per recipient),
 //! `data` (`DATA`/`BDAT`: after the `354`, before the message is read),
-//! `end-of-data` (also `eod`: the message is in, its reply is next).
+//! `end-of-data` (also `eod`: the message is in, its reply is next),
+//! `quit` (before the `221`; the connection closes whatever the reply).
 //!
 //! **Conditions** (all must hold):
 //! - `from "GLOB"`: the sender (`""` is `<>`); from `mail` on.

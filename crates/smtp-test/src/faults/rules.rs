@@ -29,6 +29,8 @@ pub enum Stage {
     Data,
     /// The message has been read; its final reply is about to be sent.
     EndOfData,
+    /// `QUIT`, before the `221`.
+    Quit,
 }
 
 impl Stage {
@@ -43,6 +45,7 @@ impl Stage {
             Self::Rcpt => "rcpt",
             Self::Data => "data",
             Self::EndOfData => "end-of-data",
+            Self::Quit => "quit",
         }
     }
 
@@ -56,6 +59,7 @@ impl Stage {
             "rcpt" => Self::Rcpt,
             "data" | "bdat" => Self::Data,
             "end-of-data" | "eod" | "dot" => Self::EndOfData,
+            "quit" => Self::Quit,
             _ => return None,
         })
     }
@@ -733,7 +737,7 @@ pub(crate) fn parse(source: &str) -> Result<RuleSet, ParseError> {
                     cursor.error(
                         first.column,
                         format!(
-                            "expected a stage (connect, greeting, ehlo, auth, mail, rcpt, data, end-of-data), seed or magic, found {:?}",
+                            "expected a stage (connect, greeting, ehlo, auth, mail, rcpt, data, end-of-data, quit), seed or magic, found {:?}",
                             first.text
                         ),
                     )
@@ -820,11 +824,13 @@ mod tests {
             end-of-data message 5.. drop
             eod reply 452 4.3.1 \"line one\" \"line two\"
             auth close 421
+            quit delay 1s reply 421 4.3.2 \"bye now\"
         ";
         let set = parse(source).unwrap();
         assert!(set.magic);
         assert_eq!(set.seed, Some(7));
-        assert_eq!(set.rules.len(), 11);
+        assert_eq!(set.rules.len(), 12);
+        assert_eq!(set.rules[11].stage, Stage::Quit);
         assert_eq!(set.rules[0].line, 5);
         assert_eq!(set.rules[0].text, "connect connection 3 close");
         assert_eq!(

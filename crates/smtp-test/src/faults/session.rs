@@ -270,6 +270,11 @@ impl<S: Session> Session for FaultSession<S> {
         self.inner.reset().await;
     }
 
+    async fn quit(&mut self) -> Result<(), SmtpError> {
+        self.check(Stage::Quit, &[]).await?;
+        self.inner.quit().await
+    }
+
     async fn close(&mut self) {
         self.engine.detach(&self.connection.id);
         self.inner.close().await;
