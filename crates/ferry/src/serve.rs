@@ -1,6 +1,6 @@
 //! `ferry serve`: an smtp-server [`Backend`] that stores into a Maildir
-//! (or discards), an [`Authenticator`] over [`Users`], and the command
-//! that wires them to the flags.
+//! (or discards), and the command that wires it, smtp-server's
+//! [`StaticUsers`](smtp_server::StaticUsers) and TLS to the flags.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use smtp_server::smtp_proto::EnhancedCode;
-use smtp_server::smtp_proto::sasl::Credentials;
 use smtp_server::{
-    AuthPolicy, Authenticator, Backend, BareLineEndings, Body, ConnectionInfo, Envelope,
-    Extensions, Identity, Limits, Server, Session, SmtpError, Timeouts, TlsConfig,
-    invalid_credentials,
+    AuthPolicy, Backend, BareLineEndings, Body, ConnectionInfo, Envelope, Extensions, Limits,
+    Server, Session, SmtpError, Timeouts, TlsConfig,
 };
 use smtp_test::faults::{self, FaultAuthenticator, FaultBackend, FaultEngine, Faults};
 
@@ -20,7 +18,7 @@ use crate::certs;
 use crate::cli::{BareLf, ServeArgs, system_hostname};
 use crate::maildir::Maildir;
 use crate::store::{self, Store};
-use crate::users::Users;
+use crate::users;
 
 /// Opens one [`StoreSession`] per connection.
 #[derive(Debug, Clone)]
@@ -111,52 +109,6 @@ impl Session for StoreSession {
     }
 }
 
-/// Checks PLAIN and LOGIN credentials against [`Users`].
-#[derive(Debug, Clone)]
-pub struct UsersAuthenticator {
-    users: Arc<Users>,
-}
-
-impl UsersAuthenticator {
-    /// An authenticator for `users`.
-    pub fn new(users: Users) -> Self {
-        UsersAuthenticator {
-            users: Arc::new(users),
-        }
-    }
-}
-
-impl Authenticator for UsersAuthenticator {
-    async fn authenticate(
-        &self,
-        _info: &ConnectionInfo,
-        _mechanism: &str,
-        credentials: &Credentials,
-    ) -> Result<Identity, SmtpError> {
-        // RFC 4616 §2: an authorization identity other than the login
-        // itself asks to act as someone else; ferry grants no such right.
-        if credentials
-            .authzid
-            .as_deref()
-            .is_some_and(|authzid| authzid != credentials.username)
-        {
-            return Err(invalid_credentials());
-        }
-        let users = Arc::clone(&self.users);
-        let name = credentials.username.clone();
-        let password = credentials.password.clone();
-        // Password hashing is deliberately slow: keep it off the reactor.
-        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
-            .await
-            .unwrap_or(false);
-        if ok {
-            Ok(Identity::new(credentials.username.clone()))
-        } else {
-            Err(invalid_credentials())
-        }
-    }
-}
-
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
@@ -225,13 +177,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     if hostname.is_empty() || !hostname.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!("--hostname {hostname:?}: not a host name"));
     }
-    let mut users = Users::new();
-    for spec in &args.user {
-        users.add_spec(spec).map_err(|e| e.to_string())?;
-    }
-    if let Some(path) = &args.users_file {
-        users.load_file(path).map_err(|e| e.to_string())?;
-    }
+    let users = users::load(&args.user, args.users_file.as_deref())?;
     if args.require_auth && users.is_empty() {
         return Err("--require-auth needs --user or --users-file".to_owned());
     }
@@ -329,8 +275,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         let policy = AuthPolicy::new()
             .allow_insecure(args.allow_insecure_auth)
             .require(args.require_auth);
-        let authenticator = FaultAuthenticator::new(UsersAuthenticator::new(users), engine.clone());
-        builder = builder.auth(authenticator, policy);
+        builder = builder.auth(FaultAuthenticator::new(users, engine.clone()), policy);
     }
     if !args.proxy_protocol.is_empty() {
         builder = builder.proxy_protocol(args.proxy_protocol.clone());
@@ -410,41 +355,4 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     .map_err(|e| format!("server stopped: {e}"))?;
     println!("shut down");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn authenticator() -> UsersAuthenticator {
-        let mut users = Users::new();
-        users.add_spec("alice:secret").unwrap();
-        UsersAuthenticator::new(users)
-    }
-
-    fn credentials(authzid: Option<&str>, authcid: &str, password: &str) -> Credentials {
-        Credentials {
-            authzid: authzid.map(str::to_owned),
-            username: authcid.to_owned(),
-            password: password.to_owned(),
-        }
-    }
-
-    #[tokio::test]
-    async fn plain_credentials_are_checked_including_the_authorization_identity() {
-        let info = ConnectionInfo::new(
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:2525".parse().unwrap(),
-        );
-        let auth = authenticator();
-        let (auth, info) = (&auth, &info);
-        let ok = |c: Credentials| async move { auth.authenticate(info, "PLAIN", &c).await.is_ok() };
-        assert!(ok(credentials(None, "alice", "secret")).await);
-        assert!(ok(credentials(Some("alice"), "alice", "secret")).await);
-        assert!(!ok(credentials(None, "alice", "wrong")).await);
-        assert!(!ok(credentials(None, "bob", "secret")).await);
-        // Asking to act as another identity is refused even with the
-        // right password.
-        assert!(!ok(credentials(Some("admin"), "alice", "secret")).await);
-    }
 }

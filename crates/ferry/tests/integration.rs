@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry::maildir::{Maildir, Received, TraceHeaders};
-use ferry::serve::{StoreBackend, StoreSession, UsersAuthenticator};
+use ferry::serve::{StoreBackend, StoreSession};
 use ferry::store::Store;
-use ferry::users::Users;
 use futures::StreamExt;
 use smtp_client::{
     Address, AuthMechanism, BodyType, ClientConfig, ClientConfigBuilder, Connection, Credentials,
@@ -26,7 +25,7 @@ use smtp_server::smtp_proto::sasl::Credentials as SaslCredentials;
 use smtp_server::smtp_proto::{EnhancedCode, Reply};
 use smtp_server::{
     AuthPolicy, Authenticator, Backend, Body, ConnectionInfo, Extensions, Identity, Limits, Server,
-    ServerBuilder, Session, SmtpError,
+    ServerBuilder, Session, SmtpError, StaticUsers,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
@@ -159,10 +158,10 @@ impl Session for RecorderSession {
     }
 }
 
-/// ferry's [`UsersAuthenticator`], advertising chosen mechanisms and
-/// recording each attempt.
+/// The [`StaticUsers`] authenticator `ferry serve` uses, advertising
+/// chosen mechanisms and recording each attempt.
 struct RecordingAuth {
-    inner: UsersAuthenticator,
+    inner: StaticUsers,
     mechanisms: Vec<String>,
     log: Arc<Log>,
 }
@@ -185,10 +184,8 @@ impl Authenticator for RecordingAuth {
 
 /// AUTH for the user `alice` with password `secret`, offering `mechanisms`.
 fn alice(log: &Arc<Log>, mechanisms: &[&str]) -> RecordingAuth {
-    let mut users = Users::new();
-    users.add_spec("alice:secret").unwrap();
     RecordingAuth {
-        inner: UsersAuthenticator::new(users),
+        inner: ferry::users::load(&["alice:secret".to_owned()], None).unwrap(),
         mechanisms: mechanisms.iter().map(|m| (*m).to_owned()).collect(),
         log: Arc::clone(log),
     }

@@ -380,3 +380,47 @@ fn transcript_shows_the_conversation_with_auth_masked() {
         assert!(!text.contains(secret), "{secret} leaked into\n{text}");
     }
 }
+
+/// RFC 5321's 100 recipients is the default, not a floor: a submission
+/// service may allow five.
+#[test]
+fn serve_honours_a_recipient_limit_below_the_rfc_default() {
+    use std::io::Write as _;
+    let serve = Serve::start(&["--sink", "--no-tls", "--max-recipients", "5"]);
+    let stream = std::net::TcpStream::connect(serve.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut reply = || {
+        let mut last = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(!line.is_empty(), "connection closed");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                last.push_str(&line);
+                return last;
+            }
+        }
+    };
+    assert!(reply().starts_with("220 "));
+    writer.write_all(b"EHLO client.test\r\n").unwrap();
+    assert!(reply().starts_with("250 "));
+    writer.write_all(b"MAIL FROM:<a@client.test>\r\n").unwrap();
+    assert!(reply().starts_with("250 2.1.0"));
+    for index in 0..6 {
+        writer
+            .write_all(format!("RCPT TO:<user{index}@mx.test>\r\n").as_bytes())
+            .unwrap();
+        let answer = reply();
+        if index < 5 {
+            assert!(answer.starts_with("250 2.1.5"), "{answer}");
+        } else {
+            assert_eq!(answer, "452 4.5.3 Too many recipients\r\n");
+        }
+    }
+    writer.write_all(b"QUIT\r\n").unwrap();
+    assert!(reply().starts_with("221"));
+}

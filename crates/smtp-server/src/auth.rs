@@ -26,7 +26,53 @@ pub enum SaslStep {
 /// [`Authenticator::step`].
 ///
 /// A refusal is an [`SmtpError`]; the usual one is [`invalid_credentials`].
-/// Each refusal counts toward the failed-`AUTH` limit.
+/// Each refusal counts toward the failed-`AUTH` limit of the connection
+/// and toward the client network's [`AuthThrottle`](crate::AuthThrottle).
+/// An internal error ([`SmtpError::other`]) is answered `454 4.7.0`, a
+/// temporary failure (RFC 4954 §6).
+///
+/// For a fixed set of accounts use [`StaticUsers`](crate::StaticUsers),
+/// which also bounds the cost of password hashing. A custom authenticator,
+/// for example over a user database:
+///
+/// ```
+/// use smtp_server::{
+///     Authenticator, ConnectionInfo, Credentials, Identity, SmtpError, invalid_credentials,
+/// };
+///
+/// struct Directory;
+///
+/// impl Directory {
+///     async fn check_password(&self, user: &str, password: &str) -> Result<bool, std::io::Error> {
+///         Ok(user == "alice" && password == "wonderland")
+///     }
+/// }
+///
+/// impl Authenticator for Directory {
+///     async fn authenticate(
+///         &self,
+///         _info: &ConnectionInfo,
+///         _mechanism: &str,
+///         credentials: &Credentials,
+///     ) -> Result<Identity, SmtpError> {
+///         // RFC 4616 §2: acting as another identity needs a right that
+///         // this directory grants nobody.
+///         if credentials
+///             .authzid
+///             .as_deref()
+///             .is_some_and(|authzid| authzid != credentials.username)
+///         {
+///             return Err(invalid_credentials());
+///         }
+///         // `?` on an I/O error answers 454 4.7.0 (try again later).
+///         if self.check_password(&credentials.username, &credentials.password).await? {
+///             Ok(Identity::new(credentials.username.clone()))
+///         } else {
+///             Err(invalid_credentials())
+///         }
+///     }
+/// }
+/// ```
 pub trait Authenticator: Send + Sync + 'static {
     /// Mechanism names to advertise, uppercase. Default: `PLAIN` and
     /// `LOGIN`.

@@ -1368,22 +1368,50 @@ where
                 .protocol_error(reply(504, (5, 5, 4), "Unrecognized authentication type"))
                 .await;
         }
-        // Only the mechanism is logged: responses carry secrets.
-        tracing::debug!(%mechanism, "authentication started");
-        let outcome = match mechanism.as_str() {
-            "PLAIN" => {
-                self.auth_plain(authenticator, initial_response.as_deref())
-                    .await?
-            }
-            "LOGIN" => {
-                self.auth_login(authenticator, initial_response.as_deref())
-                    .await?
-            }
-            _ => {
-                self.auth_exchange(authenticator, &mechanism, initial_response.as_deref())
-                    .await?
-            }
+        let client_ip = self.info.client_addr().ip();
+        // Refused at once while the client's network is locked out; this
+        // still counts toward the connection's own limit.
+        let outcome = if config.auth_throttle.is_locked(client_ip) {
+            tracing::info!(%mechanism, "AUTH refused: too many failures from this network");
+            Err(reply(
+                454,
+                (4, 7, 0),
+                "Too many failed authentication attempts, try again later",
+            ))
+        } else {
+            // Only the mechanism is logged: responses carry secrets.
+            tracing::debug!(%mechanism, "authentication started");
+            self.auth_outcome(authenticator, &mechanism, initial_response.as_deref())
+                .await?
         };
+        self.auth_finish(session, &mechanism, outcome, client_ip)
+            .await
+    }
+
+    async fn auth_outcome(
+        &mut self,
+        authenticator: &dyn DynAuthenticator,
+        mechanism: &str,
+        initial_response: Option<&str>,
+    ) -> Flow<Result<Identity, Reply>> {
+        Ok(match mechanism {
+            "PLAIN" => self.auth_plain(authenticator, initial_response).await?,
+            "LOGIN" => self.auth_login(authenticator, initial_response).await?,
+            _ => {
+                self.auth_exchange(authenticator, mechanism, initial_response)
+                    .await?
+            }
+        })
+    }
+
+    async fn auth_finish<T: Session>(
+        &mut self,
+        session: &mut T,
+        mechanism: &str,
+        outcome: Result<Identity, Reply>,
+        client_ip: std::net::IpAddr,
+    ) -> Flow {
+        let config: &'c Config = self.config;
         match outcome {
             Ok(identity) => {
                 tracing::info!(user = %identity.name, %mechanism, "authenticated");
@@ -1396,6 +1424,16 @@ where
             }
             Err(refusal) => {
                 tracing::info!(%mechanism, code = refusal.code(), "authentication failed");
+                // Shared by every connection from the network: a growing
+                // delay before the reply (Dovecot's auth penalty).
+                let delay = config.auth_throttle.record_failure(client_ip);
+                if !delay.is_zero() {
+                    self.flush().await?;
+                    tokio::time::sleep(
+                        delay.min(self.deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                }
                 self.queue(refusal).await?;
                 self.auth_failures += 1;
                 if self.auth_failures >= config.limits.max_auth_failures {

@@ -43,6 +43,57 @@
 //! # }
 //! ```
 //!
+//! A receiver for one domain with STARTTLS and `AUTH` (the README's
+//! quickstart; needs the default `argon2` and `self-signed` features):
+//!
+//! ```no_run
+//! use smtp_server::{
+//!     Address, AuthPolicy, Backend, Body, ConnectionInfo, EnhancedCode, Envelope, RcptParameters,
+//!     Server, Session, SmtpError, StaticUsers, TlsConfig,
+//! };
+//!
+//! struct Inbox;
+//!
+//! impl Backend for Inbox {
+//!     type Session = Inbox;
+//!     async fn new_session(&self, _: &ConnectionInfo) -> Result<Inbox, SmtpError> {
+//!         Ok(Inbox)
+//!     }
+//! }
+//!
+//! impl Session for Inbox {
+//!     async fn rcpt(&mut self, _: &Envelope, to: &Address, _: &RcptParameters) -> Result<(), SmtpError> {
+//!         match to.domain() {
+//!             Some(domain) if domain.eq_ignore_ascii_case("example.net") => Ok(()),
+//!             _ => Err(SmtpError::new(550, EnhancedCode::new(5, 1, 1), "No such user here")),
+//!         }
+//!     }
+//!
+//!     async fn data(&mut self, envelope: &Envelope, body: Body) -> Result<(), SmtpError> {
+//!         let message = body.read_to_end().await?; // bounded by the server's size limit
+//!         println!("{} octets from {:?}", message.len(), envelope.identity);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let certificate = TlsConfig::self_signed(["localhost", "127.0.0.1"])?;
+//!     std::fs::write("cert.pem", &certificate.certificate_pem)?; // for the client to trust
+//!     let users = StaticUsers::from_plain([("alice@example.net", "wonderland")])?;
+//!     let server = Server::builder(Inbox)
+//!         .hostname("localhost")
+//!         .listen("127.0.0.1:2587".parse()?)
+//!         .tls(certificate.tls) // STARTTLS; AUTH is offered only after it
+//!         .auth(users, AuthPolicy::new().require(true))
+//!         .build()?;
+//!     let handle = server.bind().await?.spawn();
+//!     tokio::signal::ctrl_c().await?;
+//!     handle.shutdown().await?; // lets transactions in flight finish
+//!     Ok(())
+//! }
+//! ```
+//!
 //! What the library guarantees (the defences and their defaults are listed
 //! in `docs/security.md`):
 //! - a `250` after the message means the handler returned `Ok` for a
@@ -64,9 +115,11 @@ pub mod proxy;
 mod received;
 mod server;
 mod session;
+mod throttle;
 mod tls;
 mod transcript;
 mod transport;
+mod users;
 
 pub use auth::{Authenticator, SaslStep, invalid_credentials, unsupported_mechanism};
 pub use config::{
@@ -83,8 +136,22 @@ pub use session::{
     Backend, Body, BodyError, ConnectionInfo, Envelope, Identity, ProxiedAddresses, Recipient,
     Session, TlsInfo,
 };
+pub use throttle::{
+    AuthThrottle, DEFAULT_AUTH_THROTTLE_DELAY, DEFAULT_AUTH_THROTTLE_DELAY_MAX,
+    DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_LOCKOUT, DEFAULT_AUTH_THROTTLE_TRACKED,
+    DEFAULT_AUTH_THROTTLE_WINDOW,
+};
+#[cfg(feature = "self-signed")]
+pub use tls::SelfSigned;
 pub use tls::{TlsConfig, TlsError};
 pub use transcript::{Direction, LineKind, TranscriptLine};
+#[cfg(feature = "argon2")]
+pub use users::hash_password;
+pub use users::{
+    DEFAULT_ARGON2_MAX_ITERATIONS, DEFAULT_ARGON2_MAX_MEMORY_KIB, DEFAULT_ARGON2_MAX_PARALLELISM,
+    DEFAULT_USERS_FILE_MAX, DEFAULT_USERS_LINE_MAX, DEFAULT_VERIFY_QUEUE_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT, PasswordLimits, StaticUsers, UsersError, VerifyStats,
+};
 
 /// Network ranges for [`ServerBuilder::proxy_protocol`].
 pub use ipnet::IpNet;

@@ -25,6 +25,7 @@ use crate::error::ConfigError;
 use crate::limiter::ConnectionLimiter;
 use crate::proxy::{self, ProxyHeader};
 use crate::session::{Backend, ConnectionInfo};
+use crate::throttle::{AuthThrottle, Throttle};
 use crate::tls::TlsConfig;
 use crate::transcript::{Transcript, TranscriptHook, TranscriptLine};
 
@@ -51,6 +52,7 @@ pub(crate) struct Config {
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) transcript: Option<TranscriptHook>,
+    pub(crate) auth_throttle: Arc<Throttle>,
 }
 
 struct Shared<B> {
@@ -127,6 +129,7 @@ impl<B: Backend> Server<B> {
                 tls: None,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 transcript: None,
+                auth_throttle: Arc::new(Throttle::new(AuthThrottle::default())),
             },
             listeners: Vec::new(),
         }
@@ -248,6 +251,15 @@ impl<B: Backend> ServerBuilder<B> {
     pub fn auth<A: Authenticator>(mut self, authenticator: A, policy: AuthPolicy) -> Self {
         self.config.authenticator = Some(Arc::new(authenticator));
         self.config.auth_policy = policy;
+        self
+    }
+
+    /// Failed-`AUTH` accounting per client network, shared by all
+    /// connections: growing delays before failure replies, then refusal
+    /// for a while (see [`AuthThrottle`]). On by default; pass
+    /// [`AuthThrottle::disabled`] to turn it off.
+    pub fn auth_throttle(mut self, throttle: AuthThrottle) -> Self {
+        self.config.auth_throttle = Arc::new(Throttle::new(throttle));
         self
     }
 

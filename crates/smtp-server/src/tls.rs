@@ -60,6 +60,68 @@ impl TlsConfig {
     }
 }
 
+/// A generated certificate and the server configuration that uses it, from
+/// [`TlsConfig::self_signed`].
+#[cfg(feature = "self-signed")]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SelfSigned {
+    /// The server's TLS configuration, for
+    /// [`ServerBuilder::tls`](crate::ServerBuilder::tls).
+    pub tls: TlsConfig,
+    /// The certificate in PEM, for the client's trust store (for example
+    /// smtp-client's `TlsConfig::add_root_certificates_pem`, swaks'
+    /// `--tls-ca-path`, `ferry send --ca`). It is its own CA.
+    pub certificate_pem: String,
+    /// The same certificate in DER.
+    pub certificate_der: CertificateDer<'static>,
+}
+
+#[cfg(feature = "self-signed")]
+impl TlsConfig {
+    /// Generates a self-signed certificate for `names` (DNS names, or IP
+    /// addresses such as `127.0.0.1` and `::1`, which become IP address
+    /// names) with a fresh key that never leaves memory, for tests and
+    /// development. Needs the `self-signed` feature (on by default; it
+    /// brings rcgen on the ring provider).
+    ///
+    /// ```
+    /// use smtp_server::TlsConfig;
+    /// let generated = TlsConfig::self_signed(["localhost", "127.0.0.1"])?;
+    /// assert!(generated.certificate_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    /// # let _ = generated.tls;
+    /// # Ok::<(), smtp_server::TlsError>(())
+    /// ```
+    pub fn self_signed<I, S>(names: I) -> Result<SelfSigned, TlsError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        if names.is_empty() {
+            return Err(TlsError::Certificate(
+                "a self-signed certificate needs at least one name".to_owned(),
+            ));
+        }
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(|error| TlsError::Certificate(error.to_string()))?;
+        let certificate_der = certified.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(TlsError::Rustls)?
+                .with_no_client_auth()
+                .with_single_cert(vec![certificate_der.clone()], key)
+                .map_err(TlsError::Rustls)?;
+        Ok(SelfSigned {
+            tls: TlsConfig::new(config),
+            certificate_pem: certified.cert.pem(),
+            certificate_der,
+        })
+    }
+}
+
 impl fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConfig").finish_non_exhaustive()

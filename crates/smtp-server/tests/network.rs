@@ -341,3 +341,30 @@ async fn dropping_a_spawned_server_shuts_it_down_gracefully() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_self_signed_configuration_serves_implicit_tls_for_its_names() {
+    let generated = smtp_server::TlsConfig::self_signed(["mx.test", "127.0.0.1"]).unwrap();
+    assert!(
+        generated
+            .certificate_pem
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let backend = TestBackend::new();
+    let server = builder(&backend)
+        .listen_tls(loopback())
+        .tls(generated.tls)
+        .build()
+        .unwrap();
+    let handle = server.bind().await.unwrap().spawn();
+    for name in ["mx.test", "127.0.0.1"] {
+        let stream = TcpStream::connect(handle.local_addr()).await.unwrap();
+        let stream = tls_connector(&generated.certificate_der)
+            .connect(server_name(name), stream)
+            .await
+            .unwrap();
+        Client::new(stream).hello().await;
+    }
+    assert!(smtp_server::TlsConfig::self_signed(Vec::<String>::new()).is_err());
+    handle.shutdown().await.unwrap();
+}

@@ -1,15 +1,14 @@
 //! The in-process test server: one per test, on its own port.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use smtp_proto::sasl::Credentials;
 use smtp_server::{
-    AuthPolicy, Authenticator, Backend, Body, ConnectionInfo, Envelope, Identity, Server, Session,
-    SmtpError, Timeouts, TlsConfig, invalid_credentials,
+    AuthPolicy, Backend, Body, ConnectionInfo, Envelope, Server, Session, SmtpError, StaticUsers,
+    Timeouts, TlsConfig, UsersError,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -71,45 +70,6 @@ impl Session for KeeperSession {
     }
 }
 
-/// Users and passwords for `AUTH PLAIN` and `LOGIN`.
-#[derive(Debug, Clone, Default)]
-struct Users {
-    passwords: HashMap<String, String>,
-}
-
-/// Compares without stopping at the first difference.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
-            == 0
-}
-
-impl Authenticator for Users {
-    async fn authenticate(
-        &self,
-        _info: &ConnectionInfo,
-        _mechanism: &str,
-        credentials: &Credentials,
-    ) -> Result<Identity, SmtpError> {
-        // RFC 4616 §2: acting as another identity is not granted here.
-        if credentials
-            .authzid
-            .as_deref()
-            .is_some_and(|authzid| authzid != credentials.username)
-        {
-            return Err(invalid_credentials());
-        }
-        match self.passwords.get(&credentials.username) {
-            Some(password) if same(password, &credentials.password) => {
-                Ok(Identity::new(credentials.username.clone()))
-            }
-            _ => Err(invalid_credentials()),
-        }
-    }
-}
-
 /// Why a [`TestServer`] did not start.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -118,6 +78,9 @@ pub enum StartError {
     Tls(String),
     /// smtp-server refused the configuration.
     Config(smtp_server::ConfigError),
+    /// A user given to [`TestServerBuilder::user`] was refused (an empty
+    /// name or password).
+    Users(UsersError),
     /// No port on 127.0.0.1 could be bound.
     Bind(std::io::Error),
 }
@@ -127,6 +90,7 @@ impl fmt::Display for StartError {
         match self {
             Self::Tls(why) => write!(f, "test certificate: {why}"),
             Self::Config(error) => write!(f, "server configuration: {error}"),
+            Self::Users(error) => write!(f, "test user: {error}"),
             Self::Bind(error) => write!(f, "cannot listen on 127.0.0.1: {error}"),
         }
     }
@@ -141,7 +105,7 @@ pub struct TestServerBuilder {
     tls: bool,
     require_tls: bool,
     require_auth: bool,
-    users: Users,
+    users: Vec<(String, String)>,
     faults: Faults,
     hostname: String,
     timeouts: Option<Timeouts>,
@@ -167,7 +131,7 @@ impl TestServerBuilder {
     /// Adds a user for `AUTH PLAIN` and `AUTH LOGIN`. AUTH is offered
     /// with or without TLS (this is a test server).
     pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
-        self.users.passwords.insert(name.into(), password.into());
+        self.users.push((name.into(), password.into()));
         self
     }
 
@@ -218,15 +182,17 @@ impl TestServerBuilder {
             .shutdown_timeout(Duration::from_secs(1));
         let mut ca_pem = None;
         if self.tls {
-            let (tls, pem) = self_signed().map_err(StartError::Tls)?;
-            builder = builder.tls(tls).require_tls(self.require_tls);
-            ca_pem = Some(pem);
+            let generated = TlsConfig::self_signed(["localhost", "127.0.0.1"])
+                .map_err(|error| StartError::Tls(error.to_string()))?;
+            builder = builder.tls(generated.tls).require_tls(self.require_tls);
+            ca_pem = Some(generated.certificate_pem);
         }
-        if !self.users.passwords.is_empty() || self.require_auth {
+        if !self.users.is_empty() || self.require_auth {
+            let users = StaticUsers::from_plain(self.users).map_err(StartError::Users)?;
             let policy = AuthPolicy::new()
                 .allow_insecure(true)
                 .require(self.require_auth);
-            builder = builder.auth(FaultAuthenticator::new(self.users, engine.clone()), policy);
+            builder = builder.auth(FaultAuthenticator::new(users, engine.clone()), policy);
         }
         if let Some(timeouts) = self.timeouts {
             builder = builder.timeouts(timeouts);
@@ -248,17 +214,6 @@ impl TestServerBuilder {
             task,
         })
     }
-}
-
-fn self_signed() -> Result<(TlsConfig, String), String> {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let params = rcgen::CertificateParams::new(names).map_err(|e| e.to_string())?;
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-    let pem = cert.pem();
-    let tls = TlsConfig::from_pem(pem.as_bytes(), key.serialize_pem().as_bytes())
-        .map_err(|e| e.to_string())?;
-    Ok((tls, pem))
 }
 
 /// `wait_for` gave up: what did arrive.
@@ -368,7 +323,7 @@ impl TestServer {
             tls: false,
             require_tls: false,
             require_auth: false,
-            users: Users::default(),
+            users: Vec::new(),
             faults: Faults::default(),
             hostname: "localhost".to_owned(),
             timeouts: None,

@@ -11,4 +11,4 @@ mod client;
 mod server;
 
 pub use client::{ClientCodec, ClientCodecError};
-pub use server::{ServerCodec, ServerFrame};
+pub use server::{AUTH_COMMAND_LINE_MAX, ServerCodec, ServerFrame};

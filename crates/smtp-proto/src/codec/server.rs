@@ -52,7 +52,9 @@ enum Mode {
 /// applies to the bytes already buffered, which is what pipelining needs.
 ///
 /// Only `<CRLF>` ends a line (RFC 5321 §2.3.8). A bare CR or LF stays inside
-/// the line and makes it [`CommandError::BareLineEnding`]. A line longer
+/// the line and makes it [`CommandError::BareLineEnding`]. An `AUTH` command
+/// line may be [`AUTH_COMMAND_LINE_MAX`] long whatever the command-line
+/// limit, for its initial response (RFC 4954 §4). A line longer
 /// than the limit is discarded up to its `<CRLF>` and reported once as
 /// [`CommandError::LineTooLong`], so memory stays bounded whatever the
 /// client sends.
@@ -177,6 +179,19 @@ impl ServerCodec {
     }
 }
 
+/// Longest `AUTH` command line, `<CRLF>` included: RFC 4954 §4 lets the
+/// initial response be as long as any SASL response
+/// ([`limits::SASL_LINE_MAX`], 12288 octets), plus room for `AUTH`, a
+/// mechanism name (at most 20 characters, RFC 4422 §3.1) and the spaces.
+pub const AUTH_COMMAND_LINE_MAX: usize = limits::SASL_LINE_MAX + 32;
+
+/// Whether a command line starts with `AUTH ` (any case): such a line may
+/// be [`AUTH_COMMAND_LINE_MAX`] long. Fewer than five octets are not yet
+/// an `AUTH` line; the ordinary limit is far above that.
+fn is_auth_line(line: &[u8]) -> bool {
+    line.len() >= 5 && line[..4].eq_ignore_ascii_case(b"AUTH") && line[4] == b' '
+}
+
 /// Position of the first `<CRLF>` in `haystack`. Jumps from LF to LF,
 /// which is cheaper for short lines than building a substring searcher.
 fn find_crlf(haystack: &[u8]) -> Option<usize> {
@@ -198,7 +213,14 @@ impl Decoder for ServerCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<ServerFrame>, io::Error> {
         let frame = match &mut self.mode {
             Mode::Command => {
-                let max = self.max_line;
+                // The line starts at the front of the buffer (unless a
+                // too-long line is being dropped, when the limit no longer
+                // matters).
+                let max = if is_auth_line(src) {
+                    self.max_line.max(AUTH_COMMAND_LINE_MAX)
+                } else {
+                    self.max_line
+                };
                 self.next_line(src, max, Command::parse).map(|line| {
                     ServerFrame::Command(match line {
                         Ok(command) => command,
