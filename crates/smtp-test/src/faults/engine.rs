@@ -536,6 +536,26 @@ mod tests {
         assert!(!mail(&two), "the window slid past");
     }
 
+    #[test]
+    fn a_server_wide_rate_and_a_client_glob() {
+        let engine = engine(
+            "mail client \"127.0.0.2\" reply 550 5.7.1 \"not you\"\n\
+             mail rate 2/min per server reply 421 4.7.0 \"busy\"",
+        );
+        let one = engine.open("one", IpAddr::from([127, 0, 0, 1]));
+        let two = engine.open("two", IpAddr::from([127, 0, 0, 3]));
+        let other = engine.open("three", IpAddr::from([127, 0, 0, 2]));
+        let mail = |connection: &Connection| {
+            let number = engine.note_message(connection);
+            let mut event = event(Stage::Mail, connection, Some("a@b"), &[]);
+            event.message = Some(number);
+            engine.decide(&event).map(|decision| decision.fired.line)
+        };
+        assert_eq!(mail(&other), Some(1));
+        assert_eq!(mail(&one), None);
+        assert_eq!(mail(&two), Some(2), "the third message on the server");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn greylisting_accepts_a_retry_after_the_delay() {
         let engine = engine("rcpt greylist 10s");

@@ -19,9 +19,11 @@ use super::rules::{Stage, Then};
 /// Wraps a [`Backend`] so that the engine's rules apply to its sessions.
 ///
 /// Serve it with [`serve`](super::serve) so that the actions below the
-/// protocol (drip, stop reading, closing without a reply) reach the
-/// connection; with smtp-server's own listener those three only end the
-/// command with a `421`.
+/// protocol (drip, stop reading, closing) reach the connection. Served by
+/// smtp-server's own listener, they cannot touch the bytes: a drip sends
+/// at full speed, and `close`, `close 421`, `stop-reading` and any `421`
+/// reply leave the client with a `421` reply on a connection that stays
+/// open.
 #[derive(Debug, Clone)]
 pub struct FaultBackend<B> {
     inner: B,
