@@ -385,3 +385,36 @@ async fn quit_can_be_answered_late_differently_or_not_at_all() {
     let mut third = Wire::ready(server.addr()).await;
     assert!(third.command("QUIT").await.starts_with("221 2.0.0"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_at_connect_holds_the_greeting_back() {
+    let server = server("connect delay 2s").await;
+    let mut wire = Wire::connect(server.addr()).await;
+    assert_eq!(wire.next(Duration::from_millis(1990)).await, Got::Nothing);
+    assert_eq!(wire.reply().await, "220 localhost ESMTP ready");
+    let elapsed = wire.connected_at.elapsed();
+    assert!(
+        (Duration::from_secs(2)..Duration::from_millis(2100)).contains(&elapsed),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_reading_at_data_leaves_the_message_unread_and_unanswered() {
+    let server = server("data stop-reading 10s").await;
+    let mut wire = Wire::ready(server.addr()).await;
+    wire.command("MAIL FROM:<a@example.com>").await;
+    wire.command("RCPT TO:<b@example.com>").await;
+    assert!(wire.command("DATA").await.starts_with("354"));
+    let start = Instant::now();
+    let _ = wire
+        .write_raw(b"Subject: unread\r\n\r\nbody\r\n.\r\n")
+        .await;
+    assert_eq!(wire.next(Duration::from_secs(9)).await, Got::Nothing);
+    assert_eq!(
+        wire.next(Duration::from_secs(5)).await,
+        Got::Closed(String::new())
+    );
+    assert!(start.elapsed() >= Duration::from_secs(10));
+    assert!(server.messages().is_empty());
+}
