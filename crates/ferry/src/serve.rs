@@ -343,10 +343,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         }
         let _ = out.flush();
     }
-    match (listening, &args.faults) {
-        (Some(listening), _) => listening.serve(shutdown_signal()).await,
-        (None, spec) => {
-            if let Some(spec) = spec {
+    match listening {
+        Some(listening) => listening.serve(shutdown_signal()).await,
+        None => {
+            if let Some(spec) = &args.faults {
                 tokio::spawn(reload_on_hangup(spec.clone(), engine.clone()));
             }
             faults::serve(server, fault_listeners, shutdown_signal()).await

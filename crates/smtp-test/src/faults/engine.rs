@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ use super::wire::WireControl;
 
 /// The longest window a rate can have; older message times are forgotten.
 const LONGEST_WINDOW: Duration = Duration::from_secs(3600);
+/// Past this many remembered clients or greylisting triples, entries older
+/// than [`LONGEST_WINDOW`] are dropped, so a long-running server's memory
+/// stays bounded by its traffic of the last hour.
+const SWEEP_ABOVE: usize = 10_000;
 
 /// A rule that fired, as reported to the observer set with
 /// [`FaultEngine::on_fire`].
@@ -81,8 +86,6 @@ pub(crate) struct Decision {
 
 #[derive(Debug, Default)]
 struct State {
-    connections: u64,
-    messages: u64,
     server_times: VecDeque<Instant>,
     client_times: HashMap<IpAddr, VecDeque<Instant>>,
     greylist: HashMap<(IpAddr, String, String), Instant>,
@@ -91,6 +94,8 @@ struct State {
 
 struct Shared {
     faults: RwLock<Arc<Faults>>,
+    connections_seen: AtomicU64,
+    messages_seen: AtomicU64,
     state: Mutex<State>,
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     observer: RwLock<Option<Observer>>,
@@ -164,6 +169,8 @@ impl FaultEngine {
         Self {
             shared: Arc::new(Shared {
                 faults: RwLock::new(Arc::new(faults)),
+                connections_seen: AtomicU64::new(0),
+                messages_seen: AtomicU64::new(0),
                 state: Mutex::new(State {
                     rng: seed,
                     ..State::default()
@@ -205,10 +212,7 @@ impl FaultEngine {
     /// Registers the wire control of a connection about to be served.
     pub(crate) fn attach(&self, id: &str) -> Arc<WireControl> {
         let wire = Arc::new(WireControl::default());
-        let mut state = lock(&self.shared.state);
-        state.connections += 1;
-        let number = state.connections;
-        drop(state);
+        let number = self.shared.connections_seen.fetch_add(1, Ordering::Relaxed) + 1;
         let connection = Connection {
             id: id.to_owned(),
             number,
@@ -229,11 +233,10 @@ impl FaultEngine {
         let existing = connections.get(id).map(|c| (c.number, Arc::clone(&c.wire)));
         let (number, wire) = match existing {
             Some(found) => found,
-            None => {
-                let mut state = lock(&self.shared.state);
-                state.connections += 1;
-                (state.connections, Arc::new(WireControl::default()))
-            }
+            None => (
+                self.shared.connections_seen.fetch_add(1, Ordering::Relaxed) + 1,
+                Arc::new(WireControl::default()),
+            ),
         };
         let connection = Arc::new(Connection {
             id: id.to_owned(),
@@ -260,13 +263,17 @@ impl FaultEngine {
     /// Message times are kept only while a rule has a rate, so a server
     /// without one keeps no per-message memory.
     pub(crate) fn note_message(&self, connection: &Connection) -> u64 {
-        let now = Instant::now();
-        let uses_rates = read(&self.shared.faults).uses_rates();
-        let mut state = lock(&self.shared.state);
-        state.messages += 1;
-        let number = state.messages;
-        if !uses_rates {
+        let number = self.shared.messages_seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if !read(&self.shared.faults).uses_rates() {
             return number;
+        }
+        let now = Instant::now();
+        let mut state = lock(&self.shared.state);
+        if state.client_times.len() > SWEEP_ABOVE {
+            state.client_times.retain(|_, times| {
+                prune(times, now);
+                !times.is_empty()
+            });
         }
         prune(&mut state.server_times, now);
         state.server_times.push_back(now);
@@ -385,6 +392,11 @@ impl FaultEngine {
         );
         let now = Instant::now();
         let mut state = lock(&self.shared.state);
+        if state.greylist.len() > SWEEP_ABOVE {
+            state
+                .greylist
+                .retain(|_, first| now.saturating_duration_since(*first) < LONGEST_WINDOW);
+        }
         let first = *state.greylist.entry(key).or_insert(now);
         now.saturating_duration_since(first) >= retry_after
     }
