@@ -259,6 +259,12 @@ impl FaultEngine {
         lock(&self.shared.connections).remove(id);
     }
 
+    /// How many connections the engine knows as open.
+    #[cfg(test)]
+    pub(crate) fn open_connections(&self) -> usize {
+        lock(&self.shared.connections).len()
+    }
+
     /// Counts a new message (at `MAIL`) and returns its server-wide number.
     /// Message times are kept only while a rule has a rate, so a server
     /// without one keeps no per-message memory.

@@ -278,8 +278,15 @@ impl<S: Session> Session for FaultSession<S> {
     }
 
     async fn close(&mut self) {
-        self.engine.detach(&self.connection.id);
         self.inner.close().await;
+    }
+}
+
+impl<S> Drop for FaultSession<S> {
+    /// Forgets the connection however the session ended (smtp-server does
+    /// not call `close` after a hook panicked).
+    fn drop(&mut self) {
+        self.engine.detach(&self.connection.id);
     }
 }
 
@@ -347,3 +354,62 @@ impl<A: Authenticator> Authenticator for FaultAuthenticator<A> {
 /// How long the accept loop gives sessions to finish after shutdown
 /// starts.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtp_server::Server;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Panicky;
+    struct PanickySession;
+
+    impl Backend for Panicky {
+        type Session = PanickySession;
+        async fn new_session(&self, _: &ConnectionInfo) -> Result<PanickySession, SmtpError> {
+            Ok(PanickySession)
+        }
+    }
+
+    impl Session for PanickySession {
+        async fn rcpt(
+            &mut self,
+            _: &Envelope,
+            _: &Address,
+            _: &RcptParameters,
+        ) -> Result<(), SmtpError> {
+            panic!("a hook panicked on purpose");
+        }
+
+        async fn data(&mut self, _: &Envelope, _: Body) -> Result<(), SmtpError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_hook_panicked_is_forgotten() {
+        let engine = FaultEngine::new(crate::faults::Faults::default());
+        let server = Server::builder(FaultBackend::new(Panicky, engine.clone()))
+            .build()
+            .unwrap();
+        let (near, mut far) = tokio::io::duplex(4096);
+        let info = ConnectionInfo::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:25".parse().unwrap(),
+        );
+        let served = tokio::spawn(async move { server.serve_connection(near, info).await });
+        let mut greeting = [0u8; 5];
+        far.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(&greeting, b"220 l");
+        assert_eq!(engine.open_connections(), 1);
+        far.write_all(b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        far.read_to_end(&mut out).await.unwrap();
+        served.await.unwrap().unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains("421 4.3.0"), "{out}");
+        assert_eq!(engine.open_connections(), 0);
+    }
+}
