@@ -418,3 +418,27 @@ async fn stop_reading_at_data_leaves_the_message_unread_and_unanswered() {
     assert!(start.elapsed() >= Duration::from_secs(10));
     assert!(server.messages().is_empty());
 }
+
+#[tokio::test]
+async fn servers_are_isolated_and_dropping_one_stops_it() {
+    let first = TestServer::start().await.unwrap();
+    let second = TestServer::start().await.unwrap();
+    assert_ne!(first.addr(), second.addr());
+    let mut wire = Wire::ready(first.addr()).await;
+    wire.message("a@example.com", &["b@example.com"], "Subject: one")
+        .await;
+    assert_eq!(first.messages().len(), 1);
+    assert!(second.messages().is_empty());
+
+    let addr = first.addr();
+    drop(first);
+    assert_eq!(
+        wire.next(Duration::from_secs(5)).await,
+        Got::Closed(String::new())
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still listening after drop");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
