@@ -72,7 +72,8 @@ pub struct ServeArgs {
     /// An account for AUTH PLAIN and LOGIN (repeatable).
     #[arg(long, value_name = "NAME:PASSWORD")]
     pub user: Vec<String>,
-    /// Accounts for AUTH, one `name:argon2-PHC-hash` per line.
+    /// Accounts for AUTH, one `name:argon2-PHC-hash` per line (at most
+    /// 16 MiB; argon2 parameters up to m=256 MiB, t=16, p=16).
     #[arg(long, value_name = "FILE")]
     pub users_file: Option<PathBuf>,
     /// Refuse mail from clients that have not authenticated (530 5.7.0).

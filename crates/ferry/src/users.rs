@@ -67,6 +67,12 @@ mod tests {
                 "users:1: user \"alice\": not a PHC password hash",
             ),
             ("alice:$5$rounds=5000$abc$def\n", "users:1: user \"alice\""),
+            // One verification would take 4 GiB: refused at start, not at
+            // the first AUTH.
+            (
+                "alice:$argon2id$v=19$m=4194304,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$k9ohroejZy1PN5E1SbHNPug6vB8eQAahb5SOAp6iGF4\n",
+                "users:1: user \"alice\": argon2 memory cost",
+            ),
         ];
         for (text, start) in cases {
             let path = dir.path().join("users");

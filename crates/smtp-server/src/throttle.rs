@@ -36,10 +36,12 @@ pub const DEFAULT_AUTH_THROTTLE_TRACKED: usize = 65_536;
 ///
 /// Each failure from a network delays the failure reply: [`delay`] for
 /// the first, doubling up to [`delay_max`]. After [`max_failures`] the
-/// network's `AUTH` attempts are refused at once with `454 4.7.0` for
-/// [`lockout`], correct password or not. A network's count is forgotten
-/// [`window`] after its last failure; a successful login does not reset it,
-/// so a valid account cannot be used to launder guesses.
+/// network's `AUTH` attempts are refused with `454 4.7.0` for [`lockout`],
+/// correct password or not (attempts during the refusal are delayed like
+/// failures but do not extend it). A network's count is forgotten
+/// [`window`] after its last failure (until then, one more failure after a
+/// refusal ended starts another); a successful login does not reset it, so
+/// a valid account cannot be used to launder guesses.
 ///
 /// The per-connection limit ([`Limits::max_auth_failures`]) still closes a
 /// connection after its own failures.
@@ -212,7 +214,10 @@ impl Throttle {
         }
         entry.failures = entry.failures.saturating_add(1);
         entry.last_failure = now;
-        if entry.failures >= self.config.max_failures {
+        let locked = entry.locked_until.is_some_and(|until| until > now);
+        // The refusal period runs from the failure that reached the limit;
+        // attempts during it do not extend it.
+        if entry.failures >= self.config.max_failures && !locked {
             entry.locked_until = now.checked_add(self.config.lockout);
             tracing::warn!(network = %key, failures = entry.failures, "AUTH refused for a while");
         }

@@ -810,3 +810,24 @@ mod tests {
         assert!(!format!("{users:?}").contains("s3cr"));
     }
 }
+
+#[cfg(all(test, feature = "argon2"))]
+mod hashing_tests {
+    use super::*;
+
+    #[test]
+    fn hash_password_makes_a_verifiable_argon2id_hash() {
+        let phc = hash_password("correct horse");
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        assert!(verify_phc(&phc, "correct horse"));
+        assert!(!verify_phc(&phc, "battery staple"));
+        assert_ne!(phc, hash_password("correct horse"), "salts are random");
+        let mut users = StaticUsers::new();
+        users.add_argon2("alice", &phc).unwrap();
+        // The dummy for unknown users shares the parameters, not the hash.
+        let dummy = users.dummy.clone().unwrap();
+        assert!(dummy.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert_ne!(&*dummy, phc.as_str());
+        assert!(!verify_phc(&dummy, "correct horse"));
+    }
+}

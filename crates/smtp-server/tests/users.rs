@@ -116,7 +116,7 @@ async fn argon2_users_over_the_wire() {
 async fn unknown_users_cost_a_verification_like_known_ones() {
     let mut users = StaticUsers::new();
     users
-        .add_argon2("alice", &hash("wonderland", 2048, 2))
+        .add_argon2("alice", &hash("wonderland", 8192, 2))
         .unwrap();
     let info = info("192.0.2.10");
     let time = |name: &'static str| {
@@ -131,20 +131,23 @@ async fn unknown_users_cost_a_verification_like_known_ones() {
             start.elapsed()
         }
     };
-    // Warm up, then take the best of three of each (the least disturbed by
-    // other load on the machine).
+    // Warm up, then take the best of five of each, interleaved (the least
+    // disturbed by other load on the machine).
     time("alice").await;
     let before = users.stats().verifications;
     let mut known = Duration::MAX;
     let mut unknown = Duration::MAX;
-    for _ in 0..3 {
+    for _ in 0..5 {
         known = known.min(time("alice").await);
         unknown = unknown.min(time("nobody").await);
     }
-    // Every attempt ran one argon2 verification, the unknown name too.
-    assert_eq!(users.stats().verifications - before, 6);
+    // Every attempt ran one argon2 verification, the unknown name too: the
+    // deterministic part of the check.
+    assert_eq!(users.stats().verifications - before, 10);
+    // And the times are alike (without the dummy hash an unknown name
+    // answers in microseconds, a known one in milliseconds).
     assert!(
-        unknown * 2 >= known,
+        unknown * 3 >= known,
         "an unknown user answers much faster than a known one: {unknown:?} vs {known:?}"
     );
 }
@@ -157,9 +160,9 @@ async fn concurrent_wrong_passwords_are_bounded_and_do_not_starve_a_valid_login(
     };
     let mut users = StaticUsers::with_limits(limits);
     users
-        .add_argon2("alice", &hash("wonderland", 256, 1))
+        .add_argon2("alice", &hash("wonderland", 1024, 1))
         .unwrap();
-    users.add_argon2("bob", &hash("builder", 256, 1)).unwrap();
+    users.add_argon2("bob", &hash("builder", 1024, 1)).unwrap();
     let server = server(users.clone(), AuthThrottle::disabled());
 
     // 150 connections from five addresses, each trying a wrong password.
@@ -205,9 +208,9 @@ async fn slow_verifications_time_out_with_454() {
         ..PasswordLimits::default()
     };
     let mut users = StaticUsers::with_limits(limits);
-    // Milliseconds at least, in any build.
+    // Tens of milliseconds, optimised or not.
     users
-        .add_argon2("alice", &hash("wonderland", 2048, 2))
+        .add_argon2("alice", &hash("wonderland", 16384, 4))
         .unwrap();
     let server = server(users.clone(), AuthThrottle::disabled());
     let mut client = session(&server, "192.0.2.10").await;
@@ -225,7 +228,7 @@ async fn the_queue_for_a_verification_slot_times_out_with_454() {
     };
     let mut users = StaticUsers::with_limits(limits);
     users
-        .add_argon2("alice", &hash("wonderland", 2048, 2))
+        .add_argon2("alice", &hash("wonderland", 16384, 4))
         .unwrap();
     let first = {
         let users = users.clone();
@@ -448,4 +451,57 @@ async fn auth_lines_may_carry_a_12288_octet_response() {
         .send(format!("AUTH PLAIN {}\r\n", "A".repeat(13_000)))
         .await;
     client.expect("500 5.5.2").await;
+}
+
+#[tokio::test]
+async fn a_dual_stack_listener_counts_ipv4_clients_as_ipv4() {
+    // On `[::]` an IPv4 client appears as `::ffff:127.0.0.1`; its failures
+    // must count under 127.0.0.1 whichever way it connects. Skipped where
+    // the machine has no IPv6.
+    let users = StaticUsers::from_plain([("alice", "secret")]).unwrap();
+    let throttle = AuthThrottle {
+        max_failures: 1,
+        delay: Duration::ZERO,
+        ..AuthThrottle::default()
+    };
+    let server = builder(&TestBackend::new())
+        .listen("[::]:0".parse().unwrap())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .auth(users, AuthPolicy::new().allow_insecure(true))
+        .auth_throttle(throttle)
+        .build()
+        .unwrap();
+    let Ok(listening) = server.bind().await else {
+        eprintln!("no IPv6 listener here; skipped");
+        return;
+    };
+    let handle = listening.spawn();
+    let dual_port = handle.local_addrs()[0].port();
+    let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", dual_port)).await else {
+        eprintln!("the IPv6 listener is not dual-stack here; skipped");
+        return;
+    };
+    let mut client = Client::new(stream);
+    client.hello().await;
+    client
+        .send(format!(
+            "AUTH PLAIN {}\r\n",
+            sasl::plain_response(None, "alice", "guess")
+        ))
+        .await;
+    client.expect("535").await;
+    // The plain IPv4 listener sees 127.0.0.1: the same network, refused.
+    let stream = tokio::net::TcpStream::connect(handle.local_addrs()[1])
+        .await
+        .unwrap();
+    let mut client = Client::new(stream);
+    client.hello().await;
+    client
+        .send(format!(
+            "AUTH PLAIN {}\r\n",
+            sasl::plain_response(None, "alice", "secret")
+        ))
+        .await;
+    client.expect("454 4.7.0").await;
+    handle.abort().await;
 }

@@ -416,6 +416,33 @@ AUTH PLAIN\r\nAGEAYg==\r\nNOOP\r\nQUIT\r\n";
     }
 
     #[test]
+    fn auth_lines_may_carry_a_sasl_sized_initial_response() {
+        // RFC 4954 §4: the initial response may be as long as any response.
+        let mut codec = ServerCodec::new(512);
+        let response = "A".repeat(limits::SASL_LINE_MAX);
+        let mut buffer = BytesMut::from(format!("auth PLAIN {response}\r\n").as_bytes());
+        match codec.decode(&mut buffer).unwrap() {
+            Some(ServerFrame::Command(Ok(Command::Auth {
+                initial_response, ..
+            }))) => assert_eq!(initial_response.as_deref(), Some(response.as_str())),
+            other => panic!("{other:?}"),
+        }
+        // Past the AUTH limit, and any other command past its own.
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(b"AUTH PLAIN ");
+        buffer.extend_from_slice(&[b'A'; AUTH_COMMAND_LINE_MAX]);
+        buffer.extend_from_slice(b"\r\nNOOP ");
+        buffer.extend_from_slice(&[b'x'; 600]);
+        buffer.extend_from_slice(b"\r\n");
+        for _ in 0..2 {
+            assert_eq!(
+                codec.decode(&mut buffer).unwrap(),
+                Some(ServerFrame::Command(Err(CommandError::LineTooLong)))
+            );
+        }
+    }
+
+    #[test]
     fn the_line_limit_counts_the_crlf() {
         let mut codec = ServerCodec::new(512);
         let mut exact = BytesMut::from(&b"NOOP "[..]);

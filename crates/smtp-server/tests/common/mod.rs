@@ -5,13 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use smtp_server::smtp_proto::EnhancedCode;
-use smtp_server::smtp_proto::address::Address;
-use smtp_server::smtp_proto::command::{MailParameters, RcptParameters};
-use smtp_server::smtp_proto::sasl::Credentials;
+// Everything a hook signature uses comes from the crate root.
 use smtp_server::{
-    Authenticator, Backend, Body, BodyError, ConnectionInfo, Envelope, Identity, Server,
-    ServerBuilder, Session, SmtpError,
+    Address, Authenticator, Backend, Body, BodyError, ConnectionInfo, Credentials, EnhancedCode,
+    Envelope, Identity, MailParameters, RcptParameters, Server, ServerBuilder, Session, SmtpError,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 
