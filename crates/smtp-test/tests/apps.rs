@@ -428,3 +428,33 @@ async fn a_client_timeout_fires_against_a_slow_greeting() {
     );
     assert!(server.messages().is_empty());
 }
+
+/// lettre 0.11's `timeout()` bounds the TCP connect only: against this
+/// server, a one-second timeout let a send wait three seconds for a
+/// delayed greeting, and as long for a delayed RCPT reply. An application
+/// that must not hang puts its own deadline around the send; this is the
+/// test that proves it does.
+#[tokio::test(start_paused = true)]
+async fn an_application_deadline_around_lettre_fires_against_a_slow_greeting() {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+    let server = TestServer::builder()
+        .faults(Faults::parse("greeting delay 10m").unwrap())
+        .start()
+        .await
+        .unwrap();
+    let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(server.port())
+        .timeout(Some(Duration::from_secs(5)))
+        .build();
+    let email = lettre::Message::builder()
+        .from("app@example.com".parse().unwrap())
+        .to("bob@example.com".parse().unwrap())
+        .subject("never")
+        .body("hi".to_owned())
+        .unwrap();
+    let start = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), mailer.send(email)).await;
+    assert!(outcome.is_err(), "the send finished: {outcome:?}");
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+    assert!(server.messages().is_empty());
+}
