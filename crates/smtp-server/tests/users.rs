@@ -160,10 +160,22 @@ async fn concurrent_wrong_passwords_are_bounded_and_do_not_starve_a_valid_login(
     };
     let mut users = StaticUsers::with_limits(limits);
     users
-        .add_argon2("alice", &hash("wonderland", 1024, 1))
+        .add_argon2("alice", &hash("wonderland", 4096, 1))
         .unwrap();
-    users.add_argon2("bob", &hash("builder", 1024, 1)).unwrap();
+    users.add_argon2("bob", &hash("builder", 4096, 1)).unwrap();
     let server = server(users.clone(), AuthThrottle::disabled());
+    // What one login costs on this machine, unloaded.
+    let mut single = Duration::MAX;
+    for _ in 0..3 {
+        let mut client = session(&server, "192.0.2.99").await;
+        let start = Instant::now();
+        assert!(
+            auth_plain(&mut client, "bob", "builder")
+                .await
+                .starts_with("235")
+        );
+        single = single.min(start.elapsed());
+    }
 
     // 150 connections from five addresses, each trying a wrong password.
     let mut attackers = Vec::new();
@@ -176,8 +188,8 @@ async fn concurrent_wrong_passwords_are_bounded_and_do_not_starve_a_valid_login(
         }));
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let start = Instant::now();
     let mut valid = session(&server, "192.0.2.10").await;
+    let start = Instant::now();
     let answer = auth_plain(&mut valid, "bob", "builder").await;
     let waited = start.elapsed();
     assert!(answer.starts_with("235"), "{answer}");
@@ -186,17 +198,18 @@ async fn concurrent_wrong_passwords_are_bounded_and_do_not_starve_a_valid_login(
         assert!(reply.starts_with("535"), "{reply}");
     }
     let stats = users.stats();
-    assert_eq!(stats.verifications, 151);
+    assert_eq!(stats.verifications, 154);
     assert!(
         stats.peak_in_flight <= 2,
         "{} verifications ran at once (each takes its argon2 memory)",
         stats.peak_in_flight
     );
-    // The valid login queues behind at most one attempt per attacking
-    // network, not behind all 150.
+    // The valid login queues behind about one attempt per attacking
+    // network (five, two at a time), not behind all 150 (75 times one
+    // login with two slots, more with the CPU shared by 150 threads).
     assert!(
-        waited < Duration::from_secs(5),
-        "valid login took {waited:?}"
+        waited < single * 30,
+        "valid login took {waited:?}, one login alone {single:?}"
     );
 }
 
