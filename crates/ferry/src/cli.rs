@@ -187,6 +187,12 @@ pub struct ServeArgs {
     /// by size only.
     #[arg(long)]
     pub transcript: bool,
+    /// Misbehave on purpose: fault rules from FILE (one per line, see
+    /// docs/testing.md), or `magic` for the magic addresses (550@...,
+    /// 451@..., 421@..., slow-5s@...). SIGHUP reloads the file. Connections
+    /// are then served without the connection limits.
+    #[arg(long, value_name = "FILE|magic", conflicts_with_all = ["tls_listen", "proxy_protocol"])]
+    pub faults: Option<String>,
 }
 
 /// How `ferry send` and `ferry bench` use TLS.

@@ -12,6 +12,7 @@ use smtp_server::{
     AuthPolicy, Backend, BareLineEndings, Body, ConnectionInfo, Envelope, Extensions, Limits,
     Server, Session, SmtpError, Timeouts, TlsConfig,
 };
+use smtp_test::faults::{self, FaultAuthenticator, FaultBackend, FaultEngine, Faults};
 
 use crate::certs;
 use crate::cli::{BareLf, ServeArgs, system_hostname};
@@ -173,6 +174,44 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// One line about the rules in force.
+fn describe(faults: &Faults) -> String {
+    let rules = match faults.rules().len() {
+        1 => "1 rule".to_owned(),
+        n => format!("{n} rules"),
+    };
+    if faults.has_magic() {
+        format!("{rules} and the magic addresses")
+    } else {
+        rules
+    }
+}
+
+/// Reloads the fault rules from `spec` on each SIGHUP; a file that does
+/// not parse leaves the rules in force and says why.
+async fn reload_on_hangup(spec: String, engine: FaultEngine) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match Faults::load(&spec) {
+                Ok(faults) => {
+                    println!("faults reloaded: {}", describe(&faults));
+                    engine.replace(faults);
+                }
+                Err(error) => println!("faults not reloaded, keeping the old rules: {error}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (spec, engine);
+    }
+}
+
 /// Runs `ferry serve` until SIGINT or SIGTERM. Prints `listening on ADDR`
 /// per listener once they are bound. Errors are one line for people.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
@@ -280,7 +319,13 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         dsn: false,
         ..Extensions::default()
     };
-    let mut builder = Server::builder(StoreBackend::new(store, &hostname))
+    // Without --faults the engine has no rules and passes every hook on.
+    let engine = match &args.faults {
+        Some(spec) => FaultEngine::new(Faults::load(spec).map_err(|e| e.to_string())?),
+        None => FaultEngine::new(Faults::default()),
+    };
+    let backend = FaultBackend::new(StoreBackend::new(store, &hostname), engine.clone());
+    let mut builder = Server::builder(backend)
         .hostname(hostname.clone())
         .limits(limits)
         .timeouts(timeouts)
@@ -306,7 +351,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         let policy = AuthPolicy::new()
             .allow_insecure(args.allow_insecure_auth)
             .require(args.require_auth);
-        builder = builder.auth(users, policy);
+        builder = builder.auth(FaultAuthenticator::new(users, engine.clone()), policy);
     }
     if !args.proxy_protocol.is_empty() {
         builder = builder.proxy_protocol(args.proxy_protocol.clone());
@@ -318,9 +363,13 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "[{}] {line}", line.session_id);
         });
+        engine.on_fire(|fired| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "[{}] !! {fired}", fired.session_id);
+        });
     }
     let server = builder.build().map_err(|e| e.to_string())?;
-    let listening = server.bind().await.map_err(|e| {
+    let cannot_listen = |e: std::io::Error| {
         let addrs: Vec<String> = args
             .listen
             .iter()
@@ -328,8 +377,33 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             .map(ToString::to_string)
             .collect();
         format!("cannot listen on {}: {e}", addrs.join(", "))
-    })?;
-    let addrs = listening.local_addrs();
+    };
+    // With --faults, smtp-test's accept loop serves plain listeners so the
+    // wire faults (drip, stop reading, closing without a reply) reach each
+    // connection; --tls-listen and --proxy-protocol are refused with it.
+    let (listening, fault_listeners) = if args.faults.is_some() {
+        let mut listeners = Vec::new();
+        for addr in &args.listen {
+            listeners.push(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(cannot_listen)?,
+            );
+        }
+        (None, listeners)
+    } else {
+        (
+            Some(server.bind().await.map_err(cannot_listen)?),
+            Vec::new(),
+        )
+    };
+    let addrs = match &listening {
+        Some(listening) => listening.local_addrs(),
+        None => fault_listeners
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect(),
+    };
     {
         let mut out = std::io::stdout().lock();
         for (i, addr) in addrs.iter().enumerate() {
@@ -340,12 +414,21 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             };
             let _ = writeln!(out, "listening on {addr}{kind}");
         }
+        if let Some(spec) = &args.faults {
+            let _ = writeln!(out, "faults from {spec}: {}", describe(&engine.faults()));
+        }
         let _ = out.flush();
     }
-    listening
-        .serve(shutdown_signal())
-        .await
-        .map_err(|e| format!("server stopped: {e}"))?;
+    match listening {
+        Some(listening) => listening.serve(shutdown_signal()).await,
+        None => {
+            if let Some(spec) = &args.faults {
+                tokio::spawn(reload_on_hangup(spec.clone(), engine.clone()));
+            }
+            faults::serve(server, fault_listeners, shutdown_signal()).await
+        }
+    }
+    .map_err(|e| format!("server stopped: {e}"))?;
     println!("shut down");
     Ok(())
 }

@@ -723,13 +723,16 @@ where
                     None
                 }
                 Command::Quit => {
-                    let _ = self
-                        .send_now(reply(
+                    let result = guarded(session.quit()).await;
+                    let answer = match self.hook(result).await? {
+                        Ok(()) => reply(
                             221,
                             (2, 0, 0),
                             format!("{} closing connection", self.config.hostname),
-                        ))
-                        .await;
+                        ),
+                        Err(error) => error.to_reply_or(internal_error),
+                    };
+                    let _ = self.send_now(answer).await;
                     return Err(Ended::Closed);
                 }
                 Command::Vrfy { argument } => {

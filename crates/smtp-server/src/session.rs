@@ -459,6 +459,13 @@ pub trait Session: Send + 'static {
         async {}
     }
 
+    /// `QUIT`, before the `221` reply. An error is sent instead of the
+    /// `221`; the connection closes either way (RFC 5321 §4.1.1.10).
+    /// Default: `221`.
+    fn quit(&mut self) -> impl Future<Output = Result<(), SmtpError>> + Send {
+        async { Ok(()) }
+    }
+
     /// The connection is closing. Default: nothing.
     fn close(&mut self) -> impl Future<Output = ()> + Send {
         async {}

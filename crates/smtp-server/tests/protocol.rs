@@ -75,6 +75,7 @@ async fn whole_transaction_with_exact_replies_and_stored_message() {
             "helo client.test",
             "mail alice@example.org",
             "rcpt bob@example.net",
+            "quit",
             "close"
         ]
     );
@@ -801,6 +802,38 @@ async fn vrfy_rset_noop_and_close_hooks() {
     tokio::task::yield_now().await;
     assert_eq!(
         backend.events(),
-        ["helo client.test", "mail a@x.test", "reset", "close"]
+        [
+            "helo client.test",
+            "mail a@x.test",
+            "reset",
+            "quit",
+            "close"
+        ]
     );
+}
+
+#[tokio::test]
+async fn the_quit_hook_runs_before_the_221_and_its_error_replaces_it() {
+    let backend = TestBackend::new();
+    let server = builder(&backend).build().unwrap();
+    let mut client = connect(&server);
+    client.expect("220 ").await;
+    client.send("QUIT\r\n").await;
+    client.expect("221 2.0.0").await;
+    client.expect_closed().await;
+    assert!(backend.events().iter().any(|event| event == "quit"));
+
+    let mut behavior = Behavior::default();
+    behavior.quit_result = Some(SmtpError::new(
+        421,
+        EnhancedCode::new(4, 3, 2),
+        "Going away",
+    ));
+    let backend = TestBackend::with(behavior);
+    let server = builder(&backend).build().unwrap();
+    let mut client = connect(&server);
+    client.expect("220 ").await;
+    client.send("QUIT\r\n").await;
+    assert_eq!(client.reply().await, "421 4.3.2 Going away\r\n");
+    client.expect_closed().await;
 }

@@ -48,6 +48,8 @@ pub struct Behavior {
     pub lmtp_failures: Vec<String>,
     /// Delay in the data hook before reading.
     pub data_delay: Option<Duration>,
+    /// The quit hook's result.
+    pub quit_result: Option<SmtpError>,
 }
 
 #[derive(Clone, Default)]
@@ -233,6 +235,14 @@ impl Session for TestSession {
 
     async fn reset(&mut self) {
         self.event("reset".to_owned());
+    }
+
+    async fn quit(&mut self) -> Result<(), SmtpError> {
+        self.event("quit".to_owned());
+        match &self.behavior.quit_result {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
     }
 
     async fn close(&mut self) {
