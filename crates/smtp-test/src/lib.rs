@@ -16,14 +16,9 @@
 //!     .await?;
 //!
 //! // The application under test sends through server.url() (here: smtp-client).
-//! let config = smtp_client::ClientConfig::builder("127.0.0.1")
-//!     .port(server.port())
-//!     .tls(smtp_client::Tls::None)
-//!     .build()?;
-//! let envelope = smtp_client::Envelope::new(
-//!     Some("app@example.com".parse()?),
-//!     ["bob@example.com".parse()?, "eve@blocked.test".parse()?],
-//! )?;
+//! let config = smtp_client::ClientConfig::from_url(&server.url())?;
+//! let envelope =
+//!     smtp_client::Envelope::new("app@example.com", ["bob@example.com", "eve@blocked.test"])?;
 //! let message = "From: app@example.com\r\nTo: bob@example.com\r\nSubject: Welcome\r\n\r\nyour code is 424242\r\n";
 //! let result = smtp_client::Client::new(config).send(&envelope, message).await?;
 //! assert_eq!(result.rejected().count(), 1);

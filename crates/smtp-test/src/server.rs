@@ -345,9 +345,16 @@ impl TestServer {
         self.addr.port()
     }
 
-    /// `smtp://127.0.0.1:PORT`.
+    /// A connection URL in the form `smtp_client::ClientConfig::from_url`
+    /// reads: `smtp://127.0.0.1:PORT` (STARTTLS required) with
+    /// [`TestServerBuilder::tls_self_signed`], else
+    /// `smtp://127.0.0.1:PORT?tls=none`.
     pub fn url(&self) -> String {
-        format!("smtp://{}", self.addr)
+        if self.ca_pem.is_some() {
+            format!("smtp://{}", self.addr)
+        } else {
+            format!("smtp://{}?tls=none", self.addr)
+        }
     }
 
     /// The generated certificate (PEM), to add as a trusted root in the

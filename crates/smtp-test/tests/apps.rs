@@ -145,11 +145,7 @@ fn config(server: &TestServer) -> smtp_client::ClientConfigBuilder {
 }
 
 fn envelope(to: &[&str]) -> Envelope {
-    Envelope::new(
-        Some("app@example.com".parse().unwrap()),
-        to.iter().map(|to| to.parse().unwrap()),
-    )
-    .unwrap()
+    Envelope::new("app@example.com", to.iter().copied()).unwrap()
 }
 
 #[tokio::test]
