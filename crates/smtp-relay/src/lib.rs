@@ -5,6 +5,13 @@
 //! smarthost or MX delivery per RFC 5321 §5.1), delivers with retries and
 //! backoff, and reports failures to the sender as RFC 3464 delivery status
 //! notifications.
+//!
+//! - [`queue`]: the queue's data model and the [`queue::QueueStore`] trait;
+//! - [`spool`]: the default store, a checksummed log on local disk with
+//!   group commit.
 
+mod crc32c;
 pub mod dns;
 pub mod dsn;
+pub mod queue;
+pub mod spool;
