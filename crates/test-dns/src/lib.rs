@@ -329,10 +329,17 @@ fn build_catalog(declared: &[Name], records: Vec<Record>) -> io::Result<Catalog>
         ];
         for record in apex.into_iter().chain(records) {
             let what = format!("{} {}", &record.name, record.record_type());
+            let apex_cname = record.record_type() == RecordType::CNAME && record.name == origin;
             if !handler.upsert_mut(record, serial) {
+                let why = if apex_cname {
+                    " (a CNAME cannot sit at a zone apex beside its SOA and NS, RFC 1034 §3.6.2; \
+                     declare a parent zone with TestDnsBuilder::zone)"
+                } else {
+                    ""
+                };
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("record {what} cannot be added to zone {origin}"),
+                    format!("record {what} cannot be added to zone {origin}{why}"),
                 ));
             }
         }

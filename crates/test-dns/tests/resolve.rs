@@ -248,3 +248,29 @@ async fn dropping_stops_the_server() {
     // The TCP port is closed once the server is gone.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn cname_at_a_zone_apex_is_refused_with_a_hint() {
+    let error = TestDns::builder()
+        .cname("alias.test", "example.test")
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("zone apex"), "{error}");
+    // Inside a declared parent zone the same name is an ordinary CNAME.
+    let dns = TestDns::builder()
+        .zone("test")
+        .cname("alias.test", "host.example")
+        .a("host.example", Ipv4Addr::new(127, 0, 0, 4))
+        .start()
+        .await
+        .unwrap();
+    let ips: Vec<IpAddr> = resolver(dns.addr(), false)
+        .lookup_ip("alias.test.")
+        .await
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(ips, [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4))]);
+}
