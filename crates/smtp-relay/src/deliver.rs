@@ -34,23 +34,42 @@ pub struct MxHost {
     pub addresses: Vec<IpAddr>,
 }
 
-/// Why a domain's mail exchangers are not known.
+/// Why a domain's mail exchangers are not known: the reply line to record
+/// (and report in a DSN's `Diagnostic-Code`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MxError {
     /// A temporary DNS failure (SERVFAIL, timeout): try again later.
     Temporary(String),
-    /// The domain publishes a null MX (RFC 7505): it accepts no mail.
-    NullMx,
-    /// The domain does not exist or has no address to deliver to.
+    /// Permanent: the domain does not exist, has no mail host, or publishes
+    /// a null MX (RFC 7505, `556 5.1.10`).
     Permanent(String),
 }
 
 /// Finds the mail exchangers of a domain, in the order to try them
 /// (RFC 5321 §5.1: by preference, equal preferences shuffled, implicit MX
-/// when there is none).
-pub trait MxResolver: Send + Sync + fmt::Debug + 'static {
+/// when there is none). [`crate::dns::MxResolver`] is the implementation
+/// on real DNS.
+pub trait MxLookup: Send + Sync + fmt::Debug + 'static {
     /// The exchangers of `domain`.
     fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<MxHost>, MxError>>;
+}
+
+impl MxLookup for crate::dns::MxResolver {
+    fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<MxHost>, MxError>> {
+        Box::pin(async move {
+            match crate::dns::MxResolver::resolve(self, domain).await {
+                Ok(targets) => Ok(targets
+                    .into_iter()
+                    .map(|target| MxHost {
+                        name: target.exchange,
+                        addresses: target.addresses,
+                    })
+                    .collect()),
+                Err(error) if error.is_temporary() => Err(MxError::Temporary(error.to_string())),
+                Err(error) => Err(MxError::Permanent(error.to_string())),
+            }
+        })
+    }
 }
 
 /// Final delivery for local domains.
@@ -151,7 +170,7 @@ struct PoolKey {
 pub struct Deliverer {
     config: DeliveryConfig,
     router: Router,
-    resolver: Option<Arc<dyn MxResolver>>,
+    resolver: Option<Arc<dyn MxLookup>>,
     local: Option<Arc<dyn LocalDelivery>>,
     clock: Arc<dyn Clock>,
     pools: Mutex<HashMap<PoolKey, Pool>>,
@@ -187,7 +206,7 @@ impl Deliverer {
     pub fn new(
         config: DeliveryConfig,
         router: Router,
-        resolver: Option<Arc<dyn MxResolver>>,
+        resolver: Option<Arc<dyn MxLookup>>,
         local: Option<Arc<dyn LocalDelivery>>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -357,37 +376,17 @@ impl Deliverer {
         };
         let hosts = match resolver.resolve(domain).await {
             Ok(hosts) => hosts,
-            Err(MxError::Temporary(why)) => {
+            Err(MxError::Temporary(diagnostic)) => {
                 return AttemptOutcome {
-                    results: self.all(
-                        count,
-                        RecipientResult::Temporary,
-                        None,
-                        &format!("451 4.4.3 DNS lookup of {domain} failed: {why}"),
-                    ),
+                    results: self.all(count, RecipientResult::Temporary, None, &diagnostic),
                     connection_failure: true,
                 };
             }
-            Err(MxError::NullMx) => {
-                // RFC 7505 §4.2: fail at once with 556 5.1.10.
+            // RFC 7505 §4.2: a null MX fails at once (556 5.1.10), as does
+            // a domain that does not exist.
+            Err(MxError::Permanent(diagnostic)) => {
                 return AttemptOutcome {
-                    results: self.all(
-                        count,
-                        RecipientResult::Permanent,
-                        None,
-                        &format!("556 5.1.10 {domain} does not accept mail (null MX)"),
-                    ),
-                    connection_failure: false,
-                };
-            }
-            Err(MxError::Permanent(why)) => {
-                return AttemptOutcome {
-                    results: self.all(
-                        count,
-                        RecipientResult::Permanent,
-                        None,
-                        &format!("550 5.1.2 {domain}: {why}"),
-                    ),
+                    results: self.all(count, RecipientResult::Permanent, None, &diagnostic),
                     connection_failure: false,
                 };
             }

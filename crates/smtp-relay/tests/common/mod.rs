@@ -12,7 +12,7 @@ use smtp_proto::EnhancedCode;
 use smtp_proto::address::Address;
 use smtp_proto::command::{MailParameters, RcptParameters};
 use smtp_relay::clock::{Clock, ManualClock};
-use smtp_relay::deliver::{Deliverer, DeliveryConfig, LocalDelivery, MxResolver};
+use smtp_relay::deliver::{Deliverer, DeliveryConfig, LocalDelivery, MxLookup};
 use smtp_relay::queue::{QueueStore, QueuedMessage, RecipientState};
 use smtp_relay::receive::{RelayAccess, RelayBackend};
 use smtp_relay::route::{HostPort, Router, Smarthost};
@@ -193,7 +193,7 @@ pub struct RelayOptions {
     pub relay_networks: Vec<IpNet>,
     pub routes: Vec<(String, SocketAddr)>,
     pub smarthost: Option<Smarthost>,
-    pub resolver: Option<Arc<dyn MxResolver>>,
+    pub resolver: Option<Arc<dyn MxLookup>>,
     pub local: Option<Arc<dyn LocalDelivery>>,
     pub mx_port: u16,
     pub scheduler: SchedulerConfig,
