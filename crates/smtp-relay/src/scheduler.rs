@@ -491,6 +491,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                     report,
                     expired,
                     relayed: false,
+                    will_retry_until: None,
                 })
                 .collect(),
         );
@@ -503,6 +504,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                     report,
                     expired: false,
                     relayed: false,
+                    will_retry_until: Some(envelope.received_at + config.max_queue_lifetime),
                 })
                 .collect(),
         );
@@ -515,6 +517,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                     report,
                     expired: false,
                     relayed,
+                    will_retry_until: None,
                 })
                 .collect(),
         );
