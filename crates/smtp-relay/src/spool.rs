@@ -35,14 +35,14 @@
 //! that is still pending; deleting only such a prefix keeps every update
 //! record of a pending message on disk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use smtp_proto::command::{BodyType, Notify, OriginalRecipient, Ret};
@@ -114,6 +114,18 @@ struct Index {
     messages: BTreeMap<u64, Entry>,
     /// Pending messages whose latest message record is in each segment.
     live: BTreeMap<u64, Live>,
+    /// Every message with a recipient that is neither final nor claimed,
+    /// by the earliest time one is due (milliseconds, rounded up), so
+    /// claiming and finding the next due time never scan the whole queue.
+    due: BTreeSet<(u64, u64)>,
+}
+
+/// A due time as an index key: milliseconds since the epoch, rounded up,
+/// so a key not after "now" (rounded down) is never early.
+fn due_key(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    })
 }
 
 /// What of a segment is still needed.
@@ -131,6 +143,8 @@ struct Entry {
     states: Vec<RecipientState>,
     claimed: Vec<bool>,
     body: BodyLocation,
+    /// This message's key in [`Index::due`].
+    due: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -403,6 +417,9 @@ impl Index {
         body: BodyLocation,
     ) {
         if let Some(old) = self.messages.remove(&id) {
+            if let Some(key) = old.due {
+                self.due.remove(&(key, id));
+            }
             self.forget(old.body);
         }
         if states.iter().all(RecipientState::is_final) {
@@ -419,8 +436,34 @@ impl Index {
                 states,
                 claimed,
                 body,
+                due: None,
             },
         );
+        self.reindex(id);
+    }
+
+    /// Puts `id` back in [`Index::due`] under its earliest unclaimed due
+    /// time.
+    fn reindex(&mut self, id: u64) {
+        let Some(entry) = self.messages.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = entry.due.take() {
+            self.due.remove(&(old, id));
+        }
+        let received = entry.envelope.received_at;
+        let key = entry
+            .states
+            .iter()
+            .zip(&entry.claimed)
+            .filter(|(_, claimed)| !**claimed)
+            .filter_map(|(state, _)| state.due_at(received))
+            .map(due_key)
+            .min();
+        entry.due = key;
+        if let Some(key) = key {
+            self.due.insert((key, id));
+        }
     }
 
     fn apply(&mut self, id: u64, outcomes: Vec<(usize, RecipientState)>) {
@@ -434,9 +477,14 @@ impl Index {
             }
         }
         if entry.states.iter().all(RecipientState::is_final) {
-            let body = entry.body;
+            let (body, key) = (entry.body, entry.due);
             self.messages.remove(&id);
+            if let Some(key) = key {
+                self.due.remove(&(key, id));
+            }
             self.forget(body);
+        } else {
+            self.reindex(id);
         }
     }
 
@@ -721,11 +769,19 @@ impl QueueStore for Spool {
 
     fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
         let mut index = lock(&self.inner.shared.index);
+        let now_key = unix_millis(now);
+        let candidates: Vec<u64> = index
+            .due
+            .iter()
+            .take_while(|(key, _)| *key <= now_key)
+            .take(max)
+            .map(|&(_, id)| id)
+            .collect();
         let mut claims = Vec::new();
-        for (&id, entry) in index.messages.iter_mut() {
-            if claims.len() >= max {
-                break;
-            }
+        for id in candidates {
+            let Some(entry) = index.messages.get_mut(&id) else {
+                continue;
+            };
             let received = entry.envelope.received_at;
             let due: Vec<usize> = (0..entry.states.len())
                 .filter(|&n| {
@@ -746,6 +802,7 @@ impl QueueStore for Spool {
                 },
                 recipients: due,
             });
+            index.reindex(id);
         }
         claims
     }
@@ -780,6 +837,7 @@ impl QueueStore for Spool {
                     }
                 }
             }
+            index.reindex(id.0);
         }
         self.inner.shared.changed.notify_one();
     }
@@ -815,19 +873,7 @@ impl QueueStore for Spool {
 
     fn next_due(&self) -> Option<SystemTime> {
         let index = lock(&self.inner.shared.index);
-        index
-            .messages
-            .values()
-            .flat_map(|entry| {
-                let received = entry.envelope.received_at;
-                entry
-                    .states
-                    .iter()
-                    .zip(&entry.claimed)
-                    .filter(|(_, claimed)| !**claimed)
-                    .filter_map(move |(state, _)| state.due_at(received))
-            })
-            .min()
+        index.due.first().map(|&(key, _)| from_unix_millis(key))
     }
 
     async fn changed(&self) {
