@@ -4,23 +4,17 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use smtp_server::smtp_proto::EnhancedCode;
-use smtp_server::{
-    AuthPolicy, Backend, BareLineEndings, Body, ConnectionInfo, Envelope, Extensions, Limits,
-    Server, Session, SmtpError, Timeouts, TlsConfig,
-};
+use smtp_server::{Backend, Body, ConnectionInfo, Envelope, Extensions, Session, SmtpError};
 use smtp_test::faults::{self, FaultAuthenticator, FaultBackend, FaultEngine, Faults};
 
-use crate::certs;
-use crate::cli::{BareLf, ServeArgs, system_hostname};
-use crate::fd_limit;
+use crate::cli::ServeArgs;
+use crate::listener;
 use crate::maildir::Maildir;
 use crate::serve_config as config;
 use crate::store::{self, Store};
-use crate::users;
 
 /// Opens one [`StoreSession`] per connection.
 #[derive(Debug, Clone)]
@@ -215,23 +209,7 @@ async fn reload_on_hangup(spec: String, engine: FaultEngine) {
 /// Runs `ferry serve` until SIGINT or SIGTERM. Prints `listening on ADDR`
 /// per listener once they are bound. Errors are one line for people.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
-    let hostname = args.hostname.clone().unwrap_or_else(system_hostname);
-    if hostname.is_empty() || !hostname.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("--hostname {hostname:?}: not a host name"));
-    }
-    let users = users::load(&args.user, args.users_file.as_deref())?;
-    if args.require_auth && users.is_empty() {
-        return Err("--require-auth needs --user or --users-file".to_owned());
-    }
-    // AUTH is only offered over TLS unless allowed in plaintext: without
-    // TLS, --require-auth would refuse every message forever.
-    if args.require_auth && args.no_tls && args.tls_listen.is_empty() && !args.allow_insecure_auth {
-        return Err(
-            "--require-auth with --no-tls: no client could authenticate; \
-             add --allow-insecure-auth or drop --no-tls"
-                .to_owned(),
-        );
-    }
+    let hostname = listener::hostname(&args.listener)?;
     let store = if args.sink {
         Store::Sink
     } else {
@@ -239,11 +217,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
         config::clean_tmp(&maildir);
         // Postfix's default: 1.5 times the message size limit must be free.
+        let max_message_size = args.listener.max_message_size;
         maildir.set_min_free_space(
-            args.min_free_space.unwrap_or(
-                args.max_message_size
-                    .saturating_add(args.max_message_size / 2),
-            ),
+            args.min_free_space
+                .unwrap_or(max_message_size.saturating_add(max_message_size / 2)),
         );
         let sweeper = maildir.clone();
         tokio::spawn(async move {
@@ -257,60 +234,6 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         });
         Store::Maildir(maildir)
     };
-    for warning in config::proxy_warnings(&args.proxy_protocol) {
-        config::warn(&warning);
-    }
-    let soft = fd_limit::raise_nofile();
-    let (max_connections, fd_warning) = fd_limit::fit_connections(
-        args.max_connections
-            .unwrap_or(smtp_server::DEFAULT_MAX_CONNECTIONS as u64),
-        args.max_connections.is_some(),
-        soft,
-    )?;
-    if let Some(warning) = fd_warning {
-        config::warn(&warning);
-    }
-    let timeouts: Timeouts = config::timeouts_from(&args);
-
-    let tls = if args.no_tls {
-        None
-    } else {
-        let identity = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => {
-                let identity = certs::load_identity(cert, key).map_err(|e| e.to_string())?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-                if let Some(warning) = certs::validity_warning(&identity.chain, now) {
-                    config::warn(&format!("--tls-cert {}: {warning}", cert.display()));
-                }
-                identity
-            }
-            _ => {
-                let (identity, pem) = certs::self_signed(&hostname).map_err(|e| e.to_string())?;
-                let path =
-                    certs::write_self_signed(&args.maildir, &pem).map_err(|e| e.to_string())?;
-                println!("self-signed certificate written to {}", path.display());
-                identity
-            }
-        };
-        let config = certs::server_config(identity).map_err(|e| e.to_string())?;
-        Some(TlsConfig::new(config))
-    };
-
-    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    let mut limits = Limits {
-        max_message_size: args.max_message_size,
-        max_recipients: count(args.max_recipients),
-        ..Limits::default()
-    };
-    if let Some(n) = args.max_connections {
-        limits.max_connections = count(n);
-    }
-    if let Some(n) = args.max_connections_per_ip {
-        limits.max_connections_per_ip = count(n);
-    }
-    config::apply_limit_flags(&mut limits, &args, max_connections);
 
     // ferry serve is a final destination that cannot send mail, so it cannot
     // honour NOTIFY=SUCCESS with a delivery report (RFC 3461 §5.2.2):
@@ -325,65 +248,38 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         None => FaultEngine::new(Faults::default()),
     };
     let backend = FaultBackend::new(StoreBackend::new(store, &hostname), engine.clone());
-    let mut builder = Server::builder(backend)
-        .hostname(hostname.clone())
-        .limits(limits)
-        .timeouts(timeouts)
-        .stress(config::stress_from(&args))
-        .shutdown_timeout(Duration::from_secs(args.shutdown_timeout))
-        .extensions(extensions)
-        .require_tls(args.require_tls)
-        .lmtp(args.lmtp)
-        .bare_line_endings(match args.bare_lf {
-            BareLf::Reject => BareLineEndings::Reject,
-            BareLf::Accept => BareLineEndings::Accept,
-        });
-    for addr in &args.listen {
-        builder = builder.listen(*addr);
+    let listener::Prepared {
+        mut builder,
+        accounts,
+    } = listener::prepare(
+        backend,
+        &args.listener,
+        "ferry serve",
+        &hostname,
+        &args.maildir,
+        extensions,
+        args.lmtp,
+    )?;
+    if let Some(accounts) = accounts {
+        builder = builder.auth(
+            FaultAuthenticator::new(accounts.users, engine.clone()),
+            accounts.policy,
+        );
     }
-    for addr in &args.tls_listen {
-        builder = builder.listen_tls(*addr);
-    }
-    if let Some(tls) = tls {
-        builder = builder.tls(tls);
-    }
-    if !users.is_empty() {
-        let policy = AuthPolicy::new()
-            .allow_insecure(args.allow_insecure_auth)
-            .require(args.require_auth);
-        builder = builder.auth(FaultAuthenticator::new(users, engine.clone()), policy);
-    }
-    if !args.proxy_protocol.is_empty() {
-        builder = builder.proxy_protocol(args.proxy_protocol.clone());
-    }
-    if args.transcript {
-        // The server masks AUTH payloads and escapes control bytes before
-        // a line reaches this hook.
-        builder = builder.transcript(|line| {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "[{}] {line}", line.session_id);
-        });
+    if args.listener.transcript {
         engine.on_fire(|fired| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "[{}] !! {fired}", fired.session_id);
         });
     }
     let server = builder.build().map_err(|e| e.to_string())?;
-    let cannot_listen = |e: std::io::Error| {
-        let addrs: Vec<String> = args
-            .listen
-            .iter()
-            .chain(&args.tls_listen)
-            .map(ToString::to_string)
-            .collect();
-        format!("cannot listen on {}: {e}", addrs.join(", "))
-    };
+    let cannot_listen = |e: std::io::Error| listener::cannot_listen(&args.listener, &e);
     // With --faults, smtp-test's accept loop serves plain listeners so the
     // wire faults (drip, stop reading, closing without a reply) reach each
     // connection; --tls-listen and --proxy-protocol are refused with it.
     let (listening, fault_listeners) = if args.faults.is_some() {
         let mut listeners = Vec::new();
-        for addr in &args.listen {
+        for addr in &args.listener.listen {
             listeners.push(
                 tokio::net::TcpListener::bind(addr)
                     .await
@@ -404,19 +300,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             .filter_map(|listener| listener.local_addr().ok())
             .collect(),
     };
-    {
+    listener::print_listening(&args.listener, &addrs);
+    if let Some(spec) = &args.faults {
         let mut out = std::io::stdout().lock();
-        for (i, addr) in addrs.iter().enumerate() {
-            let kind = if i < args.listen.len() {
-                ""
-            } else {
-                " (implicit TLS)"
-            };
-            let _ = writeln!(out, "listening on {addr}{kind}");
-        }
-        if let Some(spec) = &args.faults {
-            let _ = writeln!(out, "faults from {spec}: {}", describe(&engine.faults()));
-        }
+        let _ = writeln!(out, "faults from {spec}: {}", describe(&engine.faults()));
         let _ = out.flush();
     }
     match listening {

@@ -1,11 +1,11 @@
-//! How `ferry serve` turns its flags into the server's limits, timeouts
+//! How `ferry serve` and `ferry relay` turn their listener flags into the server's limits, timeouts
 //! and stress settings, and the checks it makes at start.
 
 use std::time::Duration;
 
 use smtp_server::{Limits, Timeouts};
 
-use crate::cli::ServeArgs;
+use crate::cli::ListenerArgs;
 use crate::maildir::{self, Maildir};
 
 /// Warnings about `--proxy-protocol` networks: one that trusts every
@@ -29,11 +29,6 @@ pub(crate) fn proxy_warnings(trusted: &[smtp_server::IpNet]) -> Vec<String> {
     warnings
 }
 
-/// Prints a start-up warning on standard error.
-pub(crate) fn warn(message: &str) {
-    eprintln!("ferry serve: warning: {message}");
-}
-
 /// Whole seconds as a duration.
 pub(crate) fn seconds(secs: u64) -> Duration {
     Duration::from_secs(secs)
@@ -42,7 +37,7 @@ pub(crate) fn seconds(secs: u64) -> Duration {
 /// Sets the limits from the flags beyond size, recipients and
 /// connections per address; `max_connections` is what fits in the file
 /// descriptor limit.
-pub(crate) fn apply_limit_flags(limits: &mut Limits, args: &ServeArgs, max_connections: u64) {
+pub(crate) fn apply_limit_flags(limits: &mut Limits, args: &ListenerArgs, max_connections: u64) {
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     limits.max_connections = count(max_connections);
     limits.max_line = count(args.max_line_length);
@@ -55,7 +50,7 @@ pub(crate) fn apply_limit_flags(limits: &mut Limits, args: &ServeArgs, max_conne
 
 /// The server's timeouts from the flags: a specific flag wins over
 /// `--timeout`, which wins over the default.
-pub(crate) fn timeouts_from(args: &ServeArgs) -> Timeouts {
+pub(crate) fn timeouts_from(args: &ListenerArgs) -> Timeouts {
     let mut timeouts = Timeouts::default();
     let pick = |specific: Option<u64>, default: Duration| {
         specific.or(args.timeout).map_or(default, seconds)
@@ -71,7 +66,7 @@ pub(crate) fn timeouts_from(args: &ServeArgs) -> Timeouts {
 }
 
 /// Stress mode from the flags.
-pub(crate) fn stress_from(args: &ServeArgs) -> smtp_server::Stress {
+pub(crate) fn stress_from(args: &ListenerArgs) -> smtp_server::Stress {
     smtp_server::Stress {
         enabled: !args.no_stress,
         high_water: args
@@ -152,6 +147,7 @@ mod tests {
             "--stress-timeout",
             "3",
         ]);
+        let args = args.listener;
         let timeouts = timeouts_from(&args);
         assert_eq!(timeouts.command, seconds(30));
         assert_eq!(timeouts.data_block, seconds(40));
@@ -170,8 +166,8 @@ mod tests {
         );
         let stress = stress_from(&args);
         assert_eq!((stress.high_water, stress.timeout), (Some(50), seconds(3)));
-        assert!(!stress_from(&parse(&["--no-stress"])).enabled);
-        assert_eq!(timeouts_from(&parse(&[])), Timeouts::default());
+        assert!(!stress_from(&parse(&["--no-stress"]).listener).enabled);
+        assert_eq!(timeouts_from(&parse(&[]).listener), Timeouts::default());
     }
 
     #[tokio::test]

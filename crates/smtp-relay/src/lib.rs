@@ -5,6 +5,26 @@
 //! smarthost or MX delivery per RFC 5321 §5.1), delivers with retries and
 //! backoff, and reports failures to the sender as RFC 3464 delivery status
 //! notifications.
+//!
+//! - [`queue`]: the queue's data model and the [`queue::QueueStore`] trait;
+//! - [`spool`]: the default store, a checksummed log on local disk with
+//!   group commit;
+//! - [`receive`]: the smtp-server backend that enforces relay access and
+//!   queues before it says `250`;
+//! - [`route`]: which next hop each recipient domain goes to;
+//! - [`deliver`]: one delivery attempt over smtp-client pools;
+//! - [`scheduler`]: claims, retries, expiry and notifications;
+//! - [`notice`]: the RFC 3464 notifications the scheduler queues;
+//! - [`clock`]: the injected clock.
 
+pub mod clock;
+mod crc32c;
+pub mod deliver;
 pub mod dns;
 pub mod dsn;
+pub mod notice;
+pub mod queue;
+pub mod receive;
+pub mod route;
+pub mod scheduler;
+pub mod spool;
