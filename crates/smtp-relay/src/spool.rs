@@ -581,21 +581,12 @@ impl Op {
     }
 }
 
-impl QueueStore for Spool {
-    async fn enqueue(&self, message: NewMessage) -> io::Result<MessageId> {
-        let id = self.new_id();
-        let states = vec![RecipientState::Queued; message.envelope.recipients.len()];
-        self.commit(vec![Op::Message {
-            id,
-            envelope: Arc::new(message.envelope),
-            states,
-            body: message.body,
-        }])
-        .await?;
-        Ok(MessageId(id))
-    }
-
-    fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
+/// Synchronous views of the queue: the spool keeps its index in memory,
+/// so these answer without waiting (the [`QueueStore`] methods of the same
+/// names delegate to them).
+impl Spool {
+    /// Claims due recipients; see [`QueueStore::claim_due`].
+    pub fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
         let mut index = lock(&self.inner.shared.index);
         let mut claims = Vec::new();
         for (&id, entry) in index.messages.iter_mut() {
@@ -626,6 +617,71 @@ impl QueueStore for Spool {
         claims
     }
 
+    /// Gives claims back; see [`QueueStore::release`].
+    pub fn release(&self, id: MessageId, recipients: &[usize]) {
+        {
+            let mut index = lock(&self.inner.shared.index);
+            if let Some(entry) = index.messages.get_mut(&id.0) {
+                for &n in recipients {
+                    if let Some(claimed) = entry.claimed.get_mut(n) {
+                        *claimed = false;
+                    }
+                }
+            }
+        }
+        self.inner.shared.changed.notify_one();
+    }
+
+    /// The earliest due time; see [`QueueStore::next_due`].
+    pub fn next_due(&self) -> Option<SystemTime> {
+        let index = lock(&self.inner.shared.index);
+        index
+            .messages
+            .values()
+            .flat_map(|entry| {
+                let received = entry.envelope.received_at;
+                entry
+                    .states
+                    .iter()
+                    .zip(&entry.claimed)
+                    .filter(|(_, claimed)| !**claimed)
+                    .filter_map(move |(state, _)| state.due_at(received))
+            })
+            .min()
+    }
+
+    /// Every queued message; see [`QueueStore::messages`].
+    pub fn messages(&self) -> Vec<QueuedMessage> {
+        lock(&self.inner.shared.index)
+            .messages
+            .iter()
+            .map(|(&id, entry)| QueuedMessage {
+                id: MessageId(id),
+                envelope: Arc::clone(&entry.envelope),
+                states: entry.states.clone(),
+            })
+            .collect()
+    }
+}
+
+impl QueueStore for Spool {
+    async fn enqueue(&self, message: NewMessage) -> io::Result<MessageId> {
+        let id = self.new_id();
+        let states = vec![RecipientState::Queued; message.envelope.recipients.len()];
+        self.commit(vec![Op::Message {
+            id,
+            envelope: Arc::new(message.envelope),
+            states,
+            body: message.body,
+        }])
+        .await?;
+        Ok(MessageId(id))
+    }
+
+    async fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
+        Spool::claim_due(self, now, max)
+    }
+
     async fn record(
         &self,
         id: MessageId,
@@ -646,18 +702,8 @@ impl QueueStore for Spool {
         self.commit(ops).await
     }
 
-    fn release(&self, id: MessageId, recipients: &[usize]) {
-        {
-            let mut index = lock(&self.inner.shared.index);
-            if let Some(entry) = index.messages.get_mut(&id.0) {
-                for &n in recipients {
-                    if let Some(claimed) = entry.claimed.get_mut(n) {
-                        *claimed = false;
-                    }
-                }
-            }
-        }
-        self.inner.shared.changed.notify_one();
+    async fn release(&self, id: MessageId, recipients: &[usize]) {
+        Spool::release(self, id, recipients);
     }
 
     async fn body(&self, id: MessageId) -> io::Result<Bytes> {
@@ -689,37 +735,16 @@ impl QueueStore for Spool {
         .map_err(io::Error::other)?
     }
 
-    fn next_due(&self) -> Option<SystemTime> {
-        let index = lock(&self.inner.shared.index);
-        index
-            .messages
-            .values()
-            .flat_map(|entry| {
-                let received = entry.envelope.received_at;
-                entry
-                    .states
-                    .iter()
-                    .zip(&entry.claimed)
-                    .filter(|(_, claimed)| !**claimed)
-                    .filter_map(move |(state, _)| state.due_at(received))
-            })
-            .min()
+    async fn next_due(&self) -> Option<SystemTime> {
+        Spool::next_due(self)
     }
 
     async fn changed(&self) {
         self.inner.shared.changed.notified().await;
     }
 
-    fn messages(&self) -> Vec<QueuedMessage> {
-        lock(&self.inner.shared.index)
-            .messages
-            .iter()
-            .map(|(&id, entry)| QueuedMessage {
-                id: MessageId(id),
-                envelope: Arc::clone(&entry.envelope),
-                states: entry.states.clone(),
-            })
-            .collect()
+    async fn messages(&self) -> Vec<QueuedMessage> {
+        Spool::messages(self)
     }
 
     fn recovery(&self) -> Recovery {
