@@ -15,7 +15,9 @@
 //! - [`deliver`]: one delivery attempt over smtp-client pools;
 //! - [`scheduler`]: claims, retries, expiry and notifications;
 //! - [`notice`]: the RFC 3464 notifications the scheduler queues;
-//! - [`clock`]: the injected clock.
+//! - [`clock`]: the injected clock;
+//! - `postgres` (feature `postgres`): a queue in PostgreSQL shared by
+//!   many relay nodes.
 
 pub mod clock;
 mod crc32c;
@@ -23,6 +25,8 @@ pub mod deliver;
 pub mod dns;
 pub mod dsn;
 pub mod notice;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod queue;
 pub mod receive;
 pub mod route;

@@ -274,6 +274,38 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// What the store found when it opened.
     fn recovery(&self) -> Recovery;
+
+    /// Waits for one of the `max` delivery slots of `destination` that
+    /// every node sharing this store counts against (a per-destination
+    /// cap across nodes). `None` means the store has no shared slots: a
+    /// store used by one node, where the scheduler's own cap is the cap.
+    fn acquire_slot(
+        &self,
+        destination: &str,
+        max: usize,
+    ) -> impl Future<Output = Option<Slot>> + Send {
+        let _ = (destination, max);
+        async { None }
+    }
+
+    /// Gives back a slot from [`QueueStore::acquire_slot`].
+    fn release_slot(&self, slot: Slot) -> impl Future<Output = ()> + Send {
+        let _ = slot;
+        async {}
+    }
+}
+
+/// One delivery slot of a destination held by this node; see
+/// [`QueueStore::acquire_slot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The destination, as the scheduler names it.
+    pub destination: String,
+    /// Which of the destination's slots.
+    pub number: u32,
+    /// Identifies this holding of the slot (a slot taken over after its
+    /// lease ran out has a new one).
+    pub token: i64,
 }
 
 /// Milliseconds since the Unix epoch (0 before it), for storage.

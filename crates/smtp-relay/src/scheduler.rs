@@ -321,10 +321,24 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             )
         } else {
             tracing::debug!(%id, %destination, recipients = recipients.len(), "delivering");
+            // The cap across every node sharing the store (RFC 5321
+            // §4.5.4.1: limit simultaneous connections to one host).
+            let slot = if *destination == Destination::Local {
+                None
+            } else {
+                let max = inner.deliverer.config().max_per_destination.max(1);
+                inner
+                    .store
+                    .acquire_slot(&destination.to_string(), max)
+                    .await
+            };
             let outcome = inner
                 .deliverer
                 .attempt(destination, envelope, recipients, body.clone())
                 .await;
+            if let Some(slot) = slot {
+                inner.store.release_slot(slot).await;
+            }
             self.note_destination(destination, &outcome);
             (outcome, None)
         };
