@@ -485,6 +485,97 @@ def ferry_bench_against_smtp_sink(ctx):
         check(received == 500, f"smtp-sink stored {received} bench messages")
 
 
+# --- ferry relay: swaks and smtplib submit, aiosmtpd and smtp-sink receive ---
+
+class FerryRelay(FerryServer):
+    """`ferry relay` on a free loopback port with a fresh spool."""
+
+    def __init__(self, ferry, workdir, *extra):
+        super().__init__(ferry, workdir)
+        self.spool = workdir / f"spool-{self.port}"
+        self.args = [
+            ferry, "relay", "--listen", f"127.0.0.1:{self.port}",
+            "--spool", str(self.spool), "--hostname", "relay.interop.test", *extra,
+        ]
+
+
+def wait_until(condition, what, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise Failure(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@case
+def swaks_submits_to_ferry_relay_for_a_local_domain(ctx):
+    token = uuid.uuid4().hex
+    maildir = ctx.workdir / f"relay-local-{token}"
+    with FerryRelay(ctx.ferry, ctx.workdir, "--local-domain", "example.com",
+                    "--maildir", str(maildir)) as relay:
+        relay.maildir = maildir
+        swaks(relay.port, token, "--tls")
+        wait_until(lambda: relay.messages(), "local delivery")
+        stored = relay.only_message()
+        assert_stored(stored, "alice@example.com", ["bob@example.com"],
+                      f"X-Interop: {token}\r\n".encode(), f"body {token}\r\n".encode(),
+                      b"by relay.interop.test with ESMTPS id ")
+
+
+@case
+def swaks_foreign_recipient_is_refused_outside_the_relay_networks(ctx):
+    token = uuid.uuid4().hex
+    with FerryRelay(ctx.ferry, ctx.workdir, "--relay-network", "192.0.2.0/24",
+                    "--local-domain", "example.com",
+                    "--maildir", str(ctx.workdir / f"relay-deny-{token}")) as relay:
+        result = run(["swaks", "--server", "127.0.0.1", "--port", str(relay.port),
+                      "--from", "alice@example.com", "--to", "victim@elsewhere.example",
+                      "--timeout", "30"])
+        output = result.stdout.decode(errors="replace")
+        check(result.returncode != 0, "swaks relayed through ferry relay from outside")
+        check("554 5.7.1 relay access denied" in output, f"no 554 5.7.1 in:\n{output[-2000:]}")
+
+
+@case
+def smtplib_submits_to_ferry_relay_delivering_to_aiosmtpd(ctx):
+    token = uuid.uuid4().hex
+    with Aiosmtpd(ctx) as peer, FerryRelay(
+            ctx.ferry, ctx.workdir, "--route", f"example.net=127.0.0.1:{peer.port}") as relay:
+        message = EmailMessage()
+        message["From"] = "alice@example.com"
+        message["To"] = "bob@example.net"
+        message["Subject"] = token
+        message.set_content(f"relayed {token}\n")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
+            client.starttls(context=context)
+            client.send_message(message)
+        wait_until(lambda: peer.received(), "delivery to aiosmtpd")
+        records = peer.received()
+        check(len(records) == 1, f"aiosmtpd received {len(records)} messages")
+        record = records[0]
+        check(record["mail_from"] == "alice@example.com", f"MAIL FROM {record['mail_from']}")
+        check(record["rcpt_tos"] == ["bob@example.net"], f"RCPT TO {record['rcpt_tos']}")
+        content = record["content"]
+        check(content.startswith("Received: from "), f"no Received first: {content[:200]!r}")
+        check("by relay.interop.test with ESMTPS id " in content, "the relay's Received is missing")
+        check(f"Subject: {token}" in content and f"relayed {token}" in content, "content missing")
+
+
+@case
+def ferry_relay_delivers_to_smtp_sink(ctx):
+    token = uuid.uuid4().hex
+    with SmtpSink(ctx) as sink, FerryRelay(
+            ctx.ferry, ctx.workdir, "--route", f"example.com=127.0.0.1:{sink.port}") as relay:
+        ferry_send(ctx, relay.port, "--tls", "none", "--subject", token, "--body", "through the relay")
+        wait_until(lambda: token.encode() in sink.dumped(), "delivery to smtp-sink")
+        dumped = sink.dumped()
+        check(b"by relay.interop.test with ESMTP id " in dumped, "the relay's Received is missing")
+        check(b"through the relay" in dumped, "body missing at smtp-sink")
+
+
 class Context:
     pass
 

@@ -7,15 +7,18 @@
 //! | `bench` | the criterion benchmarks (see `docs/benchmarks.md`) |
 //! | `fuzz` | every fuzz target for a bounded time (needs nightly and cargo-fuzz) |
 //! | `tidy` | repository checks that need no build |
+//! | `crash-test` | kills `ferry relay` with SIGKILL under load and checks that every acknowledged message is delivered (`--rounds N`, `--clients N`) |
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod crash_test;
+
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        eprintln!("usage: cargo xtask <ci|interop|bench|fuzz|tidy> [args...]");
+        eprintln!("usage: cargo xtask <ci|interop|bench|fuzz|tidy|crash-test> [args...]");
         return ExitCode::from(2);
     };
     let rest = &args[1..];
@@ -25,8 +28,9 @@ fn main() -> ExitCode {
         "bench" => bench(rest),
         "fuzz" => fuzz(rest),
         "tidy" => tidy(),
+        "crash-test" => crash_test(rest),
         other => Err(format!(
-            "unknown task `{other}`; try ci, interop, bench, fuzz or tidy"
+            "unknown task `{other}`; try ci, interop, bench, fuzz, tidy or crash-test"
         )),
     };
     match result {
@@ -102,6 +106,11 @@ fn interop(args: &[String]) -> Result<(), String> {
     script_args.extend(args.iter().cloned());
     let borrowed: Vec<&str> = script_args.iter().map(String::as_str).collect();
     run(&python, &borrowed)
+}
+
+fn crash_test(args: &[String]) -> Result<(), String> {
+    run(&cargo(), &["build", "-p", "ferry"])?;
+    crash_test::run(&crash_test::ferry_binary(&root()), args)
 }
 
 fn bench(args: &[String]) -> Result<(), String> {

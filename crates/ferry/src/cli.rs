@@ -1,4 +1,5 @@
-//! The command-line interface: `ferry serve`, `ferry send`, `ferry bench`.
+//! The command-line interface: `ferry serve`, `ferry send`, `ferry bench`,
+//! `ferry relay`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,10 @@ pub enum Command {
     Send(SendArgs),
     /// Load-test an SMTP server.
     Bench(BenchArgs),
+    /// Relay mail: accept it into a durable queue and deliver it onwards
+    /// (MX, routes, a smarthost, or a local Maildir), with retries and
+    /// bounces.
+    Relay(Box<RelayArgs>),
 }
 
 /// What `--bare-lf` allows.
@@ -44,6 +49,24 @@ certificate is generated at start and written as ferry-cert.pem in the Maildir d
 for `ferry send --ca`."
 )]
 pub struct ServeArgs {
+    /// Listeners, TLS, accounts and limits.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+    /// The Maildir to deliver into (tmp/, new/ and cur/ are created).
+    #[arg(long, value_name = "DIR", default_value = "mail")]
+    pub maildir: PathBuf,
+    /// Accept and discard every message (for benchmarks).
+    #[arg(long)]
+    pub sink: bool,
+    /// Speak LMTP (RFC 2033): LHLO, and one reply and one file per recipient.
+    #[arg(long)]
+    pub lmtp: bool,
+}
+
+/// How a receiving command listens: shared by `ferry serve` and
+/// `ferry relay`.
+#[derive(Debug, Clone, Args)]
+pub struct ListenerArgs {
     /// Address to listen on for SMTP (repeatable).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2525")]
     pub listen: Vec<SocketAddr>,
@@ -54,12 +77,6 @@ pub struct ServeArgs {
     /// [default: the system host name].
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
-    /// The Maildir to deliver into (tmp/, new/ and cur/ are created).
-    #[arg(long, value_name = "DIR", default_value = "mail")]
-    pub maildir: PathBuf,
-    /// Accept and discard every message (for benchmarks).
-    #[arg(long)]
-    pub sink: bool,
     /// Certificate chain (PEM) for STARTTLS and --tls-listen.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -103,9 +120,6 @@ pub struct ServeArgs {
     /// What to do with a bare CR or LF in a message.
     #[arg(long, value_enum, default_value_t = BareLf::Reject)]
     pub bare_lf: BareLf,
-    /// Speak LMTP (RFC 2033): LHLO, and one reply and one file per recipient.
-    #[arg(long)]
-    pub lmtp: bool,
     /// Accept a PROXY protocol header from these trusted sources (repeatable).
     #[arg(long, value_name = "CIDR")]
     pub proxy_protocol: Vec<IpNet>,
@@ -114,6 +128,132 @@ pub struct ServeArgs {
     /// by size only.
     #[arg(long)]
     pub transcript: bool,
+}
+
+/// How `ferry relay` commits a message before it answers 250.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityMode {
+    /// Write and fsync the queue (data and directory entries) before the
+    /// 250: an accepted message survives a crash or power loss.
+    Sync,
+    /// Write but do not fsync: survives `kill -9` of ferry, not a power
+    /// loss or a kernel crash.
+    Os,
+}
+
+/// How `ferry relay` protects the connection to its smarthost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SmarthostTlsMode {
+    /// STARTTLS, required.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// `ferry relay`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Durability: with --durability sync (the default) the 250 after DATA \
+is sent only once the message and its envelope are fsynced to the spool, so an accepted \
+message survives a crash or power loss; messages arriving together share one fsync (group \
+commit). With --durability os the spool is written but not synced: an accepted message \
+survives kill -9 of ferry, but not a power loss or kernel crash.
+
+Relay access: mail for a --local-domain is accepted from anyone; any other recipient only from \
+an authenticated client or a --relay-network (default: loopback only). Everyone else gets \
+554 5.7.1 relay access denied.
+
+Routing, per recipient domain: --local-domain (into --maildir, or its --route), then --route, \
+then --smarthost, else the domain's MX records. Durations take s, m, h or d (300, 5m, 4h, 5d)."
+)]
+pub struct RelayArgs {
+    /// Listeners, TLS, accounts and limits.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+    /// The queue directory.
+    #[arg(long, value_name = "DIR", default_value = "spool")]
+    pub spool: PathBuf,
+    /// When a message counts as accepted: sync (fsynced) or os (written).
+    #[arg(long, value_enum, default_value_t = DurabilityMode::Sync)]
+    pub durability: DurabilityMode,
+    /// A domain this relay is the final destination for (repeatable).
+    #[arg(long, value_name = "DOMAIN")]
+    pub local_domain: Vec<String>,
+    /// The Maildir that mail for --local-domain is delivered into.
+    #[arg(long, value_name = "DIR")]
+    pub maildir: Option<PathBuf>,
+    /// Clients allowed to relay without authenticating (repeatable)
+    /// [default: 127.0.0.0/8 and ::1].
+    #[arg(long, value_name = "CIDR")]
+    pub relay_network: Vec<IpNet>,
+    /// Send mail for DOMAIN to HOST:PORT (or [IP]:PORT) (repeatable).
+    #[arg(long, value_name = "DOMAIN=HOST:PORT")]
+    pub route: Vec<String>,
+    /// Send everything not local and not routed through this host.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub smarthost: Option<String>,
+    /// How to protect the smarthost connection.
+    #[arg(long, value_enum, default_value_t = SmarthostTlsMode::Starttls, requires = "smarthost")]
+    pub smarthost_tls: SmarthostTlsMode,
+    /// User name for AUTH at the smarthost (sent over TLS only).
+    #[arg(long, value_name = "NAME", requires_all = ["smarthost", "smarthost_password_env"])]
+    pub smarthost_user: Option<String>,
+    /// The environment variable holding the smarthost password.
+    #[arg(long, value_name = "VAR", requires = "smarthost_user")]
+    pub smarthost_password_env: Option<String>,
+    /// Trust only the certificates in this PEM file for the smarthost.
+    #[arg(long, value_name = "PEM", requires = "smarthost")]
+    pub smarthost_ca: Option<PathBuf>,
+    /// The DNS resolver to ask for MX records [default: the system's].
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_server: Option<SocketAddr>,
+    /// Connect to mail exchangers on this port instead of 25 (for tests
+    /// and labs only).
+    #[arg(long, value_name = "N", default_value_t = 25)]
+    pub mx_port: u16,
+    /// Most connections at once to one destination.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = at_least::<1>)]
+    pub max_per_destination: u64,
+    /// Fixed retry delays, the last repeating (for example 5m,30m,2h).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_duration,
+          conflicts_with_all = ["retry_min", "retry_max"])]
+    pub retry_schedule: Vec<std::time::Duration>,
+    /// The first retry delay; later ones double.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub retry_min: std::time::Duration,
+    /// The longest retry delay.
+    #[arg(long, value_name = "DURATION", default_value = "4h", value_parser = parse_duration)]
+    pub retry_max: std::time::Duration,
+    /// How long a message may wait before undelivered recipients bounce.
+    #[arg(long, value_name = "DURATION", default_value = "5d", value_parser = parse_duration)]
+    pub max_queue_lifetime: std::time::Duration,
+    /// When to warn senders who asked for NOTIFY=DELAY.
+    #[arg(long, value_name = "DURATION", default_value = "4h", value_parser = parse_duration)]
+    pub delay_warning: std::time::Duration,
+}
+
+/// Parses `300`, `30s`, `5m`, `4h` or `5d`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (like 30s, 5m, 4h, 5d)"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    if value == 0 {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(std::time::Duration::from_secs(
+        value.saturating_mul(seconds),
+    ))
 }
 
 /// How `ferry send` and `ferry bench` use TLS.
@@ -316,12 +456,15 @@ mod tests {
         let Command::Serve(serve) = parse(&["serve"]).unwrap().command else {
             panic!()
         };
-        assert_eq!(serve.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(
+            serve.listener.listen,
+            vec!["127.0.0.1:2525".parse().unwrap()]
+        );
         assert_eq!(serve.maildir, PathBuf::from("mail"));
-        assert_eq!(serve.max_message_size, 26_214_400);
-        assert_eq!(serve.max_recipients, 100);
-        assert_eq!(serve.bare_lf, BareLf::Reject);
-        assert!(!serve.sink && !serve.lmtp && !serve.no_tls);
+        assert_eq!(serve.listener.max_message_size, 26_214_400);
+        assert_eq!(serve.listener.max_recipients, 100);
+        assert_eq!(serve.listener.bare_lf, BareLf::Reject);
+        assert!(!serve.sink && !serve.lmtp && !serve.listener.no_tls);
     }
 
     #[test]
@@ -351,12 +494,12 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(serve.listen.len(), 2);
-        assert_eq!(serve.tls_listen.len(), 1);
-        assert_eq!(serve.user, vec!["a:b", "c:d"]);
-        assert_eq!(serve.proxy_protocol[0].to_string(), "10.0.0.0/8");
-        assert_eq!(serve.bare_lf, BareLf::Accept);
-        assert_eq!(serve.timeout, Some(30));
+        assert_eq!(serve.listener.listen.len(), 2);
+        assert_eq!(serve.listener.tls_listen.len(), 1);
+        assert_eq!(serve.listener.user, vec!["a:b", "c:d"]);
+        assert_eq!(serve.listener.proxy_protocol[0].to_string(), "10.0.0.0/8");
+        assert_eq!(serve.listener.bare_lf, BareLf::Accept);
+        assert_eq!(serve.listener.timeout, Some(30));
     }
 
     #[test]
@@ -552,5 +695,113 @@ mod tests {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }
         assert!(Cli::try_parse_from(["ferry", "serve", "--max-recipients", "100"]).is_ok());
+    }
+
+    #[test]
+    fn relay_defaults_and_flags() {
+        let Command::Relay(relay) = parse(&["relay"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(relay.spool, PathBuf::from("spool"));
+        assert_eq!(relay.durability, DurabilityMode::Sync);
+        assert_eq!(relay.mx_port, 25);
+        assert_eq!(relay.max_per_destination, 20);
+        assert_eq!(relay.retry_min, std::time::Duration::from_secs(300));
+        assert_eq!(relay.retry_max, std::time::Duration::from_secs(4 * 3600));
+        assert_eq!(
+            relay.max_queue_lifetime,
+            std::time::Duration::from_secs(5 * 86_400)
+        );
+        assert_eq!(
+            relay.delay_warning,
+            std::time::Duration::from_secs(4 * 3600)
+        );
+        assert!(relay.relay_network.is_empty());
+        let Command::Relay(relay) = parse(&[
+            "relay",
+            "--durability",
+            "os",
+            "--local-domain",
+            "example.net",
+            "--relay-network",
+            "10.0.0.0/8",
+            "--route",
+            "a.example=[::1]:2526",
+            "--retry-schedule",
+            "1m,10m,1h",
+            "--smarthost",
+            "smtp.example:465",
+            "--smarthost-tls",
+            "implicit",
+            "--smarthost-user",
+            "u",
+            "--smarthost-password-env",
+            "PW",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(relay.durability, DurabilityMode::Os);
+        assert_eq!(relay.retry_schedule.len(), 3);
+        assert_eq!(
+            relay.retry_schedule[2],
+            std::time::Duration::from_secs(3600)
+        );
+        assert_eq!(relay.smarthost_tls, SmarthostTlsMode::Implicit);
+        assert_eq!(
+            relay.listener.listen,
+            vec!["127.0.0.1:2525".parse().unwrap()]
+        );
+        for args in [
+            &["relay", "--smarthost-user", "u"][..],
+            &["relay", "--smarthost", "h:25", "--smarthost-user", "u"],
+            &["relay", "--retry-schedule", "1m", "--retry-min", "2m"],
+            &["relay", "--durability", "maybe"],
+            &["relay", "--retry-min", "0"],
+            &["relay", "--max-queue-lifetime", "5y"],
+            &["relay", "--relay-network", "10.0.0.0/99"],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("300"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration("30s"),
+            Ok(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration("5m"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration("4h"),
+            Ok(std::time::Duration::from_secs(14_400))
+        );
+        assert_eq!(
+            parse_duration("5d"),
+            Ok(std::time::Duration::from_secs(432_000))
+        );
+        for bad in ["", "m", "5 m", "-5m", "0", "5w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn relay_help_explains_durability_and_relay_access() {
+        let mut command = Cli::command();
+        let relay = command.find_subcommand_mut("relay").unwrap();
+        let help = relay.render_long_help().to_string();
+        assert!(help.contains("--durability os"), "{help}");
+        assert!(help.contains("not a power loss"), "{help}");
+        assert!(help.contains("554 5.7.1 relay access denied"), "{help}");
+        assert!(help.contains("--listen"), "{help}");
     }
 }

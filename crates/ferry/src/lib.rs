@@ -1,5 +1,6 @@
 //! The `ferry` command: receive mail into a Maildir (`ferry serve`), send one
-//! message (`ferry send`) and load-test any SMTP server (`ferry bench`).
+//! message (`ferry send`), load-test any SMTP server (`ferry bench`) and
+//! relay mail through a durable queue (`ferry relay`).
 //!
 //! The binary is a thin `main` over this library, so every piece — Maildir
 //! delivery, user lists, certificates, message composition, benchmark
@@ -10,8 +11,10 @@ pub mod certs;
 pub mod cli;
 pub mod client_run;
 pub mod compose;
+pub mod listener;
 pub mod maildir;
 pub mod outcome;
+pub mod relay;
 pub mod report;
 pub mod send;
 pub mod serve;

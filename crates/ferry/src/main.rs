@@ -35,6 +35,13 @@ fn main() -> ExitCode {
                 1
             }
         },
+        Command::Relay(args) => match runtime.block_on(ferry::relay::run(*args)) {
+            Ok(()) => 0,
+            Err(message) => {
+                eprintln!("ferry relay: {message}");
+                1
+            }
+        },
         Command::Send(args) => runtime.block_on(ferry::client_run::run_send(args)),
         Command::Bench(args) => runtime.block_on(ferry::client_run::run_bench(args)),
     };

@@ -2,21 +2,18 @@
 //! (or discards), an [`Authenticator`] over [`Users`], and the command
 //! that wires them to the flags.
 
-use std::io::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use smtp_server::smtp_proto::EnhancedCode;
 use smtp_server::smtp_proto::sasl::Credentials;
 use smtp_server::{
-    AuthPolicy, Authenticator, Backend, BareLineEndings, Body, ConnectionInfo, Envelope,
-    Extensions, Identity, Limits, Server, Session, SmtpError, Timeouts, TlsConfig,
-    invalid_credentials,
+    Authenticator, Backend, Body, ConnectionInfo, Envelope, Extensions, Identity, Session,
+    SmtpError, invalid_credentials,
 };
 
-use crate::certs;
-use crate::cli::{BareLf, ServeArgs, system_hostname};
+use crate::cli::ServeArgs;
+use crate::listener;
 use crate::maildir::Maildir;
 use crate::store::{self, Store};
 use crate::users::Users;
@@ -182,29 +179,7 @@ pub async fn shutdown_signal() {
 /// Runs `ferry serve` until SIGINT or SIGTERM. Prints `listening on ADDR`
 /// per listener once they are bound. Errors are one line for people.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
-    let hostname = args.hostname.clone().unwrap_or_else(system_hostname);
-    if hostname.is_empty() || !hostname.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("--hostname {hostname:?}: not a host name"));
-    }
-    let mut users = Users::new();
-    for spec in &args.user {
-        users.add_spec(spec).map_err(|e| e.to_string())?;
-    }
-    if let Some(path) = &args.users_file {
-        users.load_file(path).map_err(|e| e.to_string())?;
-    }
-    if args.require_auth && users.is_empty() {
-        return Err("--require-auth needs --user or --users-file".to_owned());
-    }
-    // AUTH is only offered over TLS unless allowed in plaintext: without
-    // TLS, --require-auth would refuse every message forever.
-    if args.require_auth && args.no_tls && args.tls_listen.is_empty() && !args.allow_insecure_auth {
-        return Err(
-            "--require-auth with --no-tls: no client could authenticate; \
-             add --allow-insecure-auth or drop --no-tls"
-                .to_owned(),
-        );
-    }
+    let hostname = listener::hostname(&args.listener)?;
     let store = if args.sink {
         Store::Sink
     } else {
@@ -212,113 +187,20 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
         Store::Maildir(maildir)
     };
-
-    let tls = if args.no_tls {
-        None
-    } else {
-        let identity = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => {
-                certs::load_identity(cert, key).map_err(|e| e.to_string())?
-            }
-            _ => {
-                let (identity, pem) = certs::self_signed(&hostname).map_err(|e| e.to_string())?;
-                let path =
-                    certs::write_self_signed(&args.maildir, &pem).map_err(|e| e.to_string())?;
-                println!("self-signed certificate written to {}", path.display());
-                identity
-            }
-        };
-        let config = certs::server_config(identity).map_err(|e| e.to_string())?;
-        Some(TlsConfig::new(config))
-    };
-
-    let mut limits = Limits::default();
-    limits.max_message_size = args.max_message_size;
-    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    limits.max_recipients = count(args.max_recipients);
-    if let Some(n) = args.max_connections {
-        limits.max_connections = count(n);
-    }
-    if let Some(n) = args.max_connections_per_ip {
-        limits.max_connections_per_ip = count(n);
-    }
-
     // ferry serve is a final destination that cannot send mail, so it cannot
     // honour NOTIFY=SUCCESS with a delivery report (RFC 3461 §5.2.2):
     // it does not offer DSN at all rather than promise what it won't do.
     let mut extensions = Extensions::default();
     extensions.dsn = false;
-    let mut builder = Server::builder(StoreBackend::new(store, &hostname))
-        .hostname(hostname.clone())
-        .limits(limits)
-        .extensions(extensions)
-        .require_tls(args.require_tls)
-        .lmtp(args.lmtp)
-        .bare_line_endings(match args.bare_lf {
-            BareLf::Reject => BareLineEndings::Reject,
-            BareLf::Accept => BareLineEndings::Accept,
-        });
-    if let Some(secs) = args.timeout {
-        let d = Duration::from_secs(secs);
-        let mut timeouts = Timeouts::default();
-        timeouts.command = d;
-        timeouts.data_block = d;
-        timeouts.data_termination = d;
-        builder = builder.timeouts(timeouts);
-    }
-    for addr in &args.listen {
-        builder = builder.listen(*addr);
-    }
-    for addr in &args.tls_listen {
-        builder = builder.listen_tls(*addr);
-    }
-    if let Some(tls) = tls {
-        builder = builder.tls(tls);
-    }
-    if !users.is_empty() {
-        let policy = AuthPolicy::new()
-            .allow_insecure(args.allow_insecure_auth)
-            .require(args.require_auth);
-        builder = builder.auth(UsersAuthenticator::new(users), policy);
-    }
-    if !args.proxy_protocol.is_empty() {
-        builder = builder.proxy_protocol(args.proxy_protocol.clone());
-    }
-    if args.transcript {
-        // The server masks AUTH payloads and escapes control bytes before
-        // a line reaches this hook.
-        builder = builder.transcript(|line| {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "[{}] {line}", line.session_id);
-        });
-    }
-    let server = builder.build().map_err(|e| e.to_string())?;
-    let listening = server.bind().await.map_err(|e| {
-        let addrs: Vec<String> = args
-            .listen
-            .iter()
-            .chain(&args.tls_listen)
-            .map(ToString::to_string)
-            .collect();
-        format!("cannot listen on {}: {e}", addrs.join(", "))
-    })?;
-    let addrs = listening.local_addrs();
-    {
-        let mut out = std::io::stdout().lock();
-        for (i, addr) in addrs.iter().enumerate() {
-            let kind = if i < args.listen.len() {
-                ""
-            } else {
-                " (implicit TLS)"
-            };
-            let _ = writeln!(out, "listening on {addr}{kind}");
-        }
-        let _ = out.flush();
-    }
-    listening
-        .serve(shutdown_signal())
-        .await
-        .map_err(|e| format!("server stopped: {e}"))?;
+    let server = listener::build(
+        StoreBackend::new(store, &hostname),
+        &args.listener,
+        &hostname,
+        &args.maildir,
+        extensions,
+        args.lmtp,
+    )?;
+    listener::serve(server, &args.listener).await?;
     println!("shut down");
     Ok(())
 }

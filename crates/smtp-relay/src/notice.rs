@@ -1,13 +1,17 @@
 //! Delivery status notifications the scheduler queues: a failure (bounce),
 //! a delay warning or a success notice about some recipients of one
-//! message, as an RFC 3464 `multipart/report` to the envelope sender with
-//! the null reverse-path.
+//! message, as an RFC 3464 `multipart/report` (built by [`crate::dsn`]) to
+//! the envelope sender with the null reverse-path.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use smtp_proto::command::Ret;
+use smtp_proto::EnhancedCode;
+use smtp_proto::command::BodyType;
 
+use crate::dsn::{
+    Action, DiagnosticCode, DsnRequest, OriginalEnvelope, RecipientReport, build_dsn,
+};
 use crate::queue::{AttemptReport, MessageKind, NewMessage, QueuedEnvelope, QueuedRecipient};
 
 /// What a notification reports.
@@ -33,97 +37,33 @@ pub struct NoticeRecipient {
     pub expired: bool,
     /// Handed to a next hop rather than delivered here.
     pub relayed: bool,
-}
-
-/// Formats `time` as an RFC 5322 §3.3 date in UTC.
-pub fn rfc5322_date(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Days to a civil date (proleptic Gregorian, era arithmetic).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(month - 1) as usize];
-    format!(
-        "{weekday}, {day} {month} {year} {:02}:{:02}:{:02} +0000",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    /// For a delay warning: when the relay gives up.
+    pub will_retry_until: Option<SystemTime>,
 }
 
 /// The RFC 3463 status of a report: the enhanced code of its reply, else
-/// the class of its basic code.
-fn status(report: &AttemptReport, kind: NoticeKind, expired: bool) -> String {
-    if kind == NoticeKind::Success {
-        return "2.0.0".to_owned();
+/// the class of its basic code; its class matches the action (RFC 3464
+/// §2.3.4: 5 for failed, 4 for delayed, 2 for delivered and relayed).
+fn status(report: &AttemptReport, kind: NoticeKind, expired: bool) -> EnhancedCode {
+    match kind {
+        NoticeKind::Success => return EnhancedCode::new(2, 0, 0),
+        // RFC 3463 §3.5: X.4.7, delivery time expired.
+        NoticeKind::Failure if expired => return EnhancedCode::new(5, 4, 7),
+        _ => {}
     }
-    if expired {
-        // RFC 3463 §3.5: delivery time expired.
-        return "4.4.7".to_owned();
-    }
+    let class = if kind == NoticeKind::Failure { 5 } else { 4 };
     let mut words = report.diagnostic.split_whitespace();
-    let code = words.next().unwrap_or("");
-    if let Some(enhanced) = words.next()
-        && enhanced.split('.').count() == 3
-        && enhanced
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        && enhanced.starts_with(['2', '4', '5'])
-    {
-        return enhanced.to_owned();
-    }
-    match code.as_bytes().first() {
-        Some(b'5') => "5.0.0".to_owned(),
-        Some(b'2') => "2.0.0".to_owned(),
-        _ => "4.0.0".to_owned(),
-    }
-}
-
-/// Whether the header section ends (an empty line) at `at`.
-fn header_end(body: &[u8]) -> usize {
-    body.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(body.len(), |at| at + 4)
-}
-
-/// Folds text from a peer into one header-safe line.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-fn address_type(recipient: &QueuedRecipient) -> &'static str {
-    if recipient.address.is_ascii() {
-        "rfc822"
-    } else {
-        // RFC 6533 §3.
-        "utf-8"
+    let _code = words.next();
+    match words.next().and_then(EnhancedCode::parse) {
+        Some(code) if code.class == class => code,
+        _ => EnhancedCode::new(class, 0, 0),
     }
 }
 
 /// Builds the notification about `recipients` of the message `envelope`
-/// with content `body`. The result is addressed to the envelope sender,
-/// from the null reverse-path, and marked as a notification so it is never
-/// itself reported on.
-///
-/// The report follows RFC 3464: a human-readable part, the
-/// `message/delivery-status` part (`message/global-delivery-status` for
-/// SMTPUTF8 mail, RFC 6533), and the original message (failures, unless
-/// `RET=HDRS`) or its header section (otherwise).
+/// with content `body`, with [`crate::dsn::build_dsn`]. The result is
+/// addressed to the envelope sender, from the null reverse-path, and
+/// marked as a notification so it is never itself reported on.
 pub fn build(
     kind: NoticeKind,
     envelope: &QueuedEnvelope,
@@ -132,202 +72,86 @@ pub fn build(
     reporting_mta: &str,
     now: SystemTime,
 ) -> Result<NewMessage, String> {
-    let sender = envelope
-        .sender
-        .clone()
-        .ok_or("no notification goes to the null reverse-path")?;
     if envelope.kind == MessageKind::Notification {
         return Err("a notification is never reported on".to_owned());
     }
-    let utf8 = envelope.smtputf8 || !sender.is_ascii();
-    let seed = crate::queue::unix_millis(now) ^ (body.len() as u64) << 20;
-    let mut boundary = format!("=_ferry_{seed:x}");
-    while body
-        .windows(boundary.len())
-        .any(|w| w == boundary.as_bytes())
-    {
-        boundary.push('x');
-    }
-    let (subject, intro) = match kind {
-        NoticeKind::Failure => (
-            "Undelivered Mail Returned to Sender",
-            "Your message could not be delivered to the following recipients. \
-             This is a permanent error; I have given up.",
-        ),
-        NoticeKind::Delay => (
-            "Delayed Mail (still being retried)",
-            "Your message has not been delivered yet to the following recipients. \
-             I will keep trying; you do not need to resend it.",
-        ),
-        NoticeKind::Success => (
-            "Successful Mail Delivery Report",
-            "Your message was delivered (or handed on) to the following recipients.",
-        ),
-    };
-    let date = rfc5322_date(now);
-    let mut out = String::new();
-    out.push_str(&format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n\
-         To: <{sender}>\r\n\
-         Subject: {subject}\r\n\
-         Date: {date}\r\n\
-         Message-ID: <{seed:x}.dsn@{reporting_mta}>\r\n\
-         Auto-Submitted: auto-replied\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: multipart/report; report-type=delivery-status;\r\n\
-         \tboundary=\"{boundary}\"\r\n\
-         \r\n\
-         This is a MIME-encapsulated delivery status notification.\r\n\
-         \r\n\
-         --{boundary}\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
-         Content-Transfer-Encoding: 8bit\r\n\
-         \r\n\
-         This is the mail system at host {reporting_mta}.\r\n\
-         \r\n\
-         {intro}\r\n\
-         \r\n"
-    ));
-    for r in recipients {
-        let recipient = &envelope.recipients[r.index];
-        out.push_str(&format!(
-            "<{}>: {}\r\n",
-            one_line(&recipient.address),
-            one_line(&r.report.diagnostic)
-        ));
-    }
-    let report_type = if utf8 {
-        "message/global-delivery-status"
-    } else {
-        "message/delivery-status"
-    };
-    out.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: {report_type}\r\n\r\n\
-         Reporting-MTA: dns; {reporting_mta}\r\n"
-    ));
-    if let Some(envid) = &envelope.envid {
-        out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
-    }
-    out.push_str(&format!(
-        "Arrival-Date: {}\r\n",
-        rfc5322_date(envelope.received_at)
-    ));
-    for r in recipients {
-        let recipient = &envelope.recipients[r.index];
-        out.push_str(&format!(
-            "\r\nFinal-Recipient: {}; {}\r\n",
-            address_type(recipient),
-            one_line(&recipient.address)
-        ));
-        if let Some(orcpt) = &recipient.orcpt {
-            out.push_str(&format!(
-                "Original-Recipient: {}; {}\r\n",
-                one_line(&orcpt.addr_type),
-                one_line(&orcpt.address)
-            ));
-        }
-        let action = match kind {
-            NoticeKind::Failure => "failed",
-            NoticeKind::Delay => "delayed",
-            NoticeKind::Success if r.relayed => "relayed",
-            NoticeKind::Success => "delivered",
-        };
-        out.push_str(&format!(
-            "Action: {action}\r\nStatus: {}\r\n",
-            status(&r.report, kind, r.expired)
-        ));
-        if let Some(remote) = &r.report.remote_mta {
-            out.push_str(&format!("Remote-MTA: dns; {}\r\n", one_line(remote)));
-        }
-        let diagnostic = one_line(&r.report.diagnostic);
-        if diagnostic
-            .as_bytes()
-            .first()
-            .is_some_and(u8::is_ascii_digit)
-        {
-            out.push_str(&format!("Diagnostic-Code: smtp; {diagnostic}\r\n"));
-        }
-        out.push_str(&format!(
-            "Last-Attempt-Date: {}\r\n",
-            rfc5322_date(r.report.at)
-        ));
-    }
-    let full = kind == NoticeKind::Failure && envelope.ret != Some(Ret::Headers);
-    let (content_type, content) = match (full, utf8) {
-        (true, false) => ("message/rfc822", &body[..]),
-        (true, true) => ("message/global", &body[..]),
-        (false, false) => ("text/rfc822-headers", &body[..header_end(body)]),
-        (false, true) => ("message/global-headers", &body[..header_end(body)]),
-    };
-    out.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
-    ));
-    let mut message = out.into_bytes();
-    message.extend_from_slice(content);
-    if !message.ends_with(b"\r\n") {
-        message.extend_from_slice(b"\r\n");
-    }
-    message.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let sender = envelope.sender.clone().unwrap_or_default();
+    let mut original = OriginalEnvelope::new(sender, envelope.received_at);
+    original.envid = envelope.envid.clone();
+    original.ret = envelope.ret;
+    original.smtputf8 = envelope.smtputf8;
+    let reports = recipients
+        .iter()
+        .map(|r| {
+            let recipient = &envelope.recipients[r.index];
+            let action = match kind {
+                NoticeKind::Failure => Action::Failed,
+                NoticeKind::Delay => Action::Delayed,
+                NoticeKind::Success if r.relayed => Action::Relayed,
+                NoticeKind::Success => Action::Delivered,
+            };
+            let mut report = RecipientReport::new(
+                recipient.address.clone(),
+                action,
+                status(&r.report, kind, r.expired),
+            );
+            report.original_recipient = recipient.orcpt.clone();
+            report.remote_mta = r.report.remote_mta.clone();
+            if r.report
+                .diagnostic
+                .as_bytes()
+                .first()
+                .is_some_and(u8::is_ascii_digit)
+            {
+                report.diagnostic = Some(DiagnosticCode::smtp(r.report.diagnostic.clone()));
+            }
+            report.last_attempt = Some(r.report.at);
+            report.will_retry_until = r.will_retry_until;
+            report
+        })
+        .collect();
+    let request = DsnRequest::new(reporting_mta, original, reports, now);
+    let dsn = build_dsn(&request, body).map_err(|e| e.to_string())?;
     Ok(NewMessage {
         envelope: QueuedEnvelope {
             sender: None,
             ret: None,
             envid: None,
-            smtputf8: utf8,
-            body_type: Some(smtp_proto::command::BodyType::EightBitMime),
+            smtputf8: dsn.smtputf8,
+            body_type: dsn.eight_bit.then_some(BodyType::EightBitMime),
             requiretls: false,
             received_at: now,
             kind: MessageKind::Notification,
-            recipients: vec![QueuedRecipient::new(sender)],
+            recipients: vec![QueuedRecipient::new(dsn.recipient)],
         },
-        body: Bytes::from(message),
+        body: Bytes::from(dsn.bytes),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     #[test]
-    fn dates() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(rfc5322_date(t), "Tue, 14 Nov 2023 22:13:20 +0000");
-        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 1 Jan 1970 00:00:00 +0000");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc5322_date(leap), "Tue, 29 Feb 2000 00:00:00 +0000");
-    }
-
-    #[test]
-    fn statuses() {
+    fn statuses_match_the_action() {
         let report = |d: &str| AttemptReport {
             remote_mta: None,
             diagnostic: d.to_owned(),
             at: UNIX_EPOCH,
         };
+        let status = |d: &str, kind, expired| status(&report(d), kind, expired).to_string();
         assert_eq!(
-            status(
-                &report("550 5.1.1 no such user"),
-                NoticeKind::Failure,
-                false
-            ),
+            status("550 5.1.1 no such user", NoticeKind::Failure, false),
             "5.1.1"
         );
+        assert_eq!(status("554 no", NoticeKind::Failure, false), "5.0.0");
         assert_eq!(
-            status(&report("554 no"), NoticeKind::Failure, false),
-            "5.0.0"
+            status("451 4.3.0 later", NoticeKind::Failure, true),
+            "5.4.7"
         );
-        assert_eq!(
-            status(&report("451 4.3.0 later"), NoticeKind::Failure, true),
-            "4.4.7"
-        );
-        assert_eq!(
-            status(&report("451 later"), NoticeKind::Delay, false),
-            "4.0.0"
-        );
-        assert_eq!(
-            status(&report("250 ok"), NoticeKind::Success, false),
-            "2.0.0"
-        );
+        assert_eq!(status("451 4.3.0 later", NoticeKind::Delay, false), "4.3.0");
+        assert_eq!(status("451 later", NoticeKind::Delay, false), "4.0.0");
+        assert_eq!(status("250 ok", NoticeKind::Success, false), "2.0.0");
     }
 }

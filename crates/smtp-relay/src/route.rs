@@ -1,7 +1,8 @@
 //! Routing: which next hop a recipient's domain goes to.
 //!
-//! In this order (first match wins): a local domain is delivered locally;
-//! a static route sends its domain to a fixed host; a smarthost takes
+//! In this order (first match wins): a static route sends its domain to a
+//! fixed host (a local domain too); a local domain is delivered locally; a
+//! smarthost takes
 //! everything else; without one, the domain's MX records decide
 //! (RFC 5321 §5.1).
 
@@ -187,10 +188,12 @@ impl Router {
             .map_or("", |(_, domain)| domain)
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        if self.access.is_local_domain(&domain) {
-            Destination::Local
-        } else if let Some(hop) = self.routes.get(&domain) {
+        // A route wins even for a local domain: that is how local mail
+        // goes to a mailbox server instead of the local Maildir.
+        if let Some(hop) = self.routes.get(&domain) {
             Destination::Route(hop.clone())
+        } else if self.access.is_local_domain(&domain) {
+            Destination::Local
         } else if self.smarthost.is_some() {
             Destination::Smarthost
         } else {

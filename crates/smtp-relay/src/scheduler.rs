@@ -505,6 +505,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                     report,
                     expired,
                     relayed: false,
+                    will_retry_until: None,
                 })
                 .collect(),
         );
@@ -517,6 +518,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                     report,
                     expired: false,
                     relayed: false,
+                    will_retry_until: Some(envelope.received_at + config.max_queue_lifetime),
                 })
                 .collect(),
         );
@@ -529,6 +531,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                     report,
                     expired: false,
                     relayed,
+                    will_retry_until: None,
                 })
                 .collect(),
         );

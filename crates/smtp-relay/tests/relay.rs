@@ -213,7 +213,7 @@ async fn permanent_failures_bounce_once_per_batch_with_every_field() {
     let body = String::from_utf8(bounce.body.clone()).unwrap();
     let raw = body.as_str();
     let (subject, blocks, original) = status_blocks(raw.as_bytes());
-    assert!(subject.contains("Undelivered"), "{subject}");
+    assert!(subject.contains("(Failure)"), "{subject}");
     assert_eq!(original, "message/rfc822");
     assert_eq!(blocks.len(), 3);
     assert_eq!(field(&blocks[0], "Reporting-MTA"), Some("dns; relay.test"));
@@ -529,7 +529,7 @@ async fn the_queue_lifetime_ends_in_a_bounce_and_delay_warnings_come_once() {
         })
         .collect();
     let (delay_subject, delay) = &subjects[0];
-    assert!(delay_subject.contains("Delayed"), "{delay_subject}");
+    assert!(delay_subject.contains("(Delay)"), "{delay_subject}");
     // Only bob asked for delay warnings.
     assert_eq!(delay.len(), 2);
     assert_eq!(
@@ -539,12 +539,12 @@ async fn the_queue_lifetime_ends_in_a_bounce_and_delay_warnings_come_once() {
     assert_eq!(field(&delay[1], "Action"), Some("delayed"));
     assert_eq!(field(&delay[1], "Status"), Some("4.3.0"));
     let (bounce_subject, bounce) = &subjects[1];
-    assert!(bounce_subject.contains("Undelivered"), "{bounce_subject}");
+    assert!(bounce_subject.contains("(Failure)"), "{bounce_subject}");
     // Both recipients expire together: one bounce naming both.
     assert_eq!(bounce.len(), 3);
     for block in &bounce[1..] {
         assert_eq!(field(block, "Action"), Some("failed"));
-        assert_eq!(field(block, "Status"), Some("4.4.7"));
+        assert_eq!(field(block, "Status"), Some("5.4.7"));
         assert_eq!(
             field(block, "Diagnostic-Code"),
             Some("smtp; 451 4.3.0 scripted temporary failure")
