@@ -189,18 +189,24 @@ async fn connect_client(url: &str) -> io::Result<Client> {
     Ok(client)
 }
 
-/// Applies (or with `Refuse`, lists) the migrations the database lacks.
+/// Applies (or with `Refuse`, lists) the migrations the database lacks,
+/// in one transaction under an advisory lock, so that nodes starting
+/// together apply each migration once and a failed one leaves nothing
+/// half done (PostgreSQL's DDL is transactional).
 async fn migrate(client: &mut Client, mode: Migrations) -> io::Result<()> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS ferry_schema_migrations (
-                 version integer PRIMARY KEY,
-                 name text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-        )
+    let tx = client.transaction().await.map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(db_error)?;
-    let current: i32 = client
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS ferry_schema_migrations (
+             version integer PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(db_error)?;
+    let current: i32 = tx
         .query_one(
             "SELECT coalesce(max(version), 0) FROM ferry_schema_migrations",
             &[],
@@ -215,7 +221,7 @@ async fn migrate(client: &mut Client, mode: Migrations) -> io::Result<()> {
         )));
     }
     if current == latest {
-        return Ok(());
+        return tx.commit().await.map_err(db_error);
     }
     if mode == Migrations::Refuse {
         return Err(io::Error::other(format!(
@@ -224,31 +230,19 @@ async fn migrate(client: &mut Client, mode: Migrations) -> io::Result<()> {
         )));
     }
     for (version, name, sql) in MIGRATIONS {
-        let tx = client.transaction().await.map_err(db_error)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(db_error)?;
-        let done: bool = tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM ferry_schema_migrations WHERE version = $1)",
-                &[version],
-            )
-            .await
-            .map_err(db_error)?
-            .get(0);
-        if !done {
-            tracing::info!(version, name, "applying queue schema migration");
-            tx.batch_execute(sql).await.map_err(db_error)?;
-            tx.execute(
-                "INSERT INTO ferry_schema_migrations (version, name) VALUES ($1, $2)",
-                &[version, name],
-            )
-            .await
-            .map_err(db_error)?;
+        if *version <= current {
+            continue;
         }
-        tx.commit().await.map_err(db_error)?;
+        tracing::info!(version, name, "applying queue schema migration");
+        tx.batch_execute(sql).await.map_err(db_error)?;
+        tx.execute(
+            "INSERT INTO ferry_schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .map_err(db_error)?;
     }
-    Ok(())
+    tx.commit().await.map_err(db_error)
 }
 
 impl PgQueue {
