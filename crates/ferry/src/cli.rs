@@ -230,6 +230,9 @@ pub struct RelayArgs {
     /// When to warn senders who asked for NOTIFY=DELAY.
     #[arg(long, value_name = "DURATION", default_value = "4h", value_parser = parse_duration)]
     pub delay_warning: std::time::Duration,
+    /// The shared queue, the admin interface and the event log.
+    #[command(flatten)]
+    pub ops: crate::ops::OpsArgs,
 }
 
 /// Parses `300`, `30s`, `5m`, `4h` or `5d`.

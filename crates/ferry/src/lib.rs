@@ -13,6 +13,7 @@ pub mod client_run;
 pub mod compose;
 pub mod listener;
 pub mod maildir;
+pub mod ops;
 pub mod outcome;
 pub mod relay;
 pub mod report;

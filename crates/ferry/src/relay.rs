@@ -109,7 +109,6 @@ fn smarthost(args: &RelayArgs) -> Result<Option<Smarthost>, String> {
 
 /// Everything `ferry relay` runs, built from its flags.
 struct Setup {
-    spool: Spool,
     access: RelayAccess,
     deliverer: Deliverer,
     scheduler: SchedulerConfig,
@@ -165,12 +164,6 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
     } else {
         None
     };
-    let durability = match args.durability {
-        DurabilityMode::Sync => Durability::Sync,
-        DurabilityMode::Os => Durability::Os,
-    };
-    let spool = Spool::open(&args.spool, durability)
-        .map_err(|e| format!("{}: {e}", args.spool.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let mut delivery = DeliveryConfig::new(hostname.clone());
     delivery.mx_port = args.mx_port;
@@ -185,7 +178,6 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
     scheduler.max_queue_lifetime = args.max_queue_lifetime;
     scheduler.delay_warning = args.delay_warning;
     Ok(Setup {
-        spool,
         access,
         deliverer,
         scheduler,
@@ -197,13 +189,29 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
 /// sessions finish, gives deliveries in flight a few seconds and abandons
 /// the rest (they are retried from the spool after a restart).
 pub async fn run(args: RelayArgs) -> Result<(), String> {
-    let Setup {
-        spool,
-        access,
-        deliverer,
-        scheduler,
-        hostname,
-    } = setup(&args)?;
+    let setup = setup(&args)?;
+    if let Some(url) = &args.ops.queue {
+        let store = crate::ops::open_postgres(url, &args.ops).await?;
+        let recovery = store.recovery();
+        println!(
+            "queue in PostgreSQL (node {}): {} messages, {} recipients pending",
+            store.node(),
+            recovery.messages,
+            recovery.pending_recipients
+        );
+        let result = serve(args, setup, store.clone()).await;
+        // Hand what this node still holds to the other nodes at once.
+        if let Err(err) = store.release_all().await {
+            tracing::warn!(error = %err, "cannot release this node's leases");
+        }
+        return result;
+    }
+    let durability = match args.durability {
+        DurabilityMode::Sync => Durability::Sync,
+        DurabilityMode::Os => Durability::Os,
+    };
+    let spool = Spool::open(&args.spool, durability)
+        .map_err(|e| format!("{}: {e}", args.spool.display()))?;
     let recovery = spool.recovery();
     println!(
         "spool {}: {} messages, {} recipients pending{}",
@@ -219,6 +227,22 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
             String::new()
         }
     );
+    serve(args, setup, spool).await
+}
+
+/// Serves and delivers out of `store` until SIGINT or SIGTERM.
+async fn serve<S: QueueStore + Clone>(
+    args: RelayArgs,
+    setup: Setup,
+    store: S,
+) -> Result<(), String> {
+    let Setup {
+        access,
+        deliverer,
+        scheduler,
+        hostname,
+    } = setup;
+    let spool = store;
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let max_message_size = usize::try_from(args.listener.max_message_size).unwrap_or(usize::MAX);
     let backend = RelayBackend::new(
@@ -251,6 +275,10 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
     let _ = delivering.await;
     served?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "shut down; {} messages queued", spool.messages().len());
+    let _ = writeln!(
+        out,
+        "shut down; {} messages queued",
+        QueueStore::messages(&spool).await.len()
+    );
     Ok(())
 }
