@@ -15,6 +15,8 @@
 //! - [`deliver`]: one delivery attempt over smtp-client pools;
 //! - [`scheduler`]: claims, retries, expiry and notifications;
 //! - [`notice`]: the RFC 3464 notifications the scheduler queues;
+//! - [`inspect`]: listing, summary, hold, release, delete and flush on
+//!   any store, for the admin interface;
 //! - [`clock`]: the injected clock;
 //! - `postgres` (feature `postgres`): a queue in PostgreSQL shared by
 //!   many relay nodes.
@@ -24,6 +26,7 @@ mod crc32c;
 pub mod deliver;
 pub mod dns;
 pub mod dsn;
+pub mod inspect;
 pub mod notice;
 #[cfg(feature = "postgres")]
 pub mod postgres;

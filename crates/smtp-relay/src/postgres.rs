@@ -1210,3 +1210,228 @@ impl QueueStore for PgQueue {
         }
     }
 }
+
+impl PgQueue {
+    /// Whether message `id` is held (any recipient held).
+    async fn held_ids(&self, ids: &[i64]) -> io::Result<std::collections::HashSet<u64>> {
+        let ids = ids.to_vec();
+        let rows = self
+            .with_client(async |c| {
+                c.query(
+                    "SELECT DISTINCT message_id FROM ferry_recipients
+                     WHERE message_id = ANY($1) AND held",
+                    &[&ids],
+                )
+                .await
+            })
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+}
+
+impl crate::inspect::QueueInspect for PgQueue {
+    async fn list(
+        &self,
+        filter: &crate::inspect::Filter,
+        after: Option<MessageId>,
+        limit: usize,
+        now: SystemTime,
+    ) -> io::Result<crate::inspect::Page> {
+        use crate::inspect::{Listed, Page, StateFilter};
+        let limit = limit.max(1);
+        let after = after.map_or(0, |id| id.0 as i64);
+        let sender = filter.sender.as_ref().map(|s| {
+            s.trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_ascii_lowercase()
+        });
+        let received_before: Option<SystemTime> = filter.older_than.map(|age| now - age);
+        let state: Option<i16> = filter.state.map(|s| match s {
+            StateFilter::Queued => 0,
+            StateFilter::Deferred => 1,
+            StateFilter::Held => 9,
+        });
+        let domain = filter.domain.as_ref().map(|d| d.to_ascii_lowercase());
+        let recipient = filter.recipient.as_ref().map(|r| r.to_ascii_lowercase());
+        let recipient_filter = state.is_some() || domain.is_some() || recipient.is_some();
+        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Walks the primary key from the cursor: each page costs its own
+        // size, whatever the size of the queue.
+        let ids: Vec<i64> = self
+            .with_client(async |c| {
+                let rows = c
+                    .query(
+                        "SELECT m.id FROM ferry_messages m
+                         WHERE m.id > $1
+                           AND ($2::text IS NULL OR lower(coalesce(m.sender, '')) = $2
+                                OR ($2 = '' AND m.sender IS NULL))
+                           AND ($3::timestamptz IS NULL OR m.received_at <= $3)
+                           AND (NOT $4 OR EXISTS (
+                             SELECT 1 FROM ferry_recipients r
+                             WHERE r.message_id = m.id AND r.state < 2
+                               AND ($5::smallint IS NULL
+                                    OR ($5 = 9 AND r.held)
+                                    OR (NOT r.held AND r.state = $5))
+                               AND ($6::text IS NULL OR r.domain = $6)
+                               AND ($7::text IS NULL OR lower(r.address) = $7)))
+                         ORDER BY m.id LIMIT $8",
+                        &[
+                            &after,
+                            &sender,
+                            &received_before,
+                            &recipient_filter,
+                            &state,
+                            &domain,
+                            &recipient,
+                            &lim,
+                        ],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            })
+            .await?;
+        let held = self.held_ids(&ids).await?;
+        let next = (ids.len() == limit).then(|| MessageId(*ids.last().unwrap_or(&0) as u64));
+        let messages = self.load(ids).await?;
+        Ok(Page {
+            messages: messages
+                .into_iter()
+                .map(|message| Listed {
+                    held: held.contains(&message.id.0),
+                    message,
+                })
+                .collect(),
+            next,
+        })
+    }
+
+    async fn get(&self, id: MessageId) -> io::Result<Option<crate::inspect::Listed>> {
+        let ids = vec![id.0 as i64];
+        let held = self.held_ids(&ids).await?;
+        Ok(self
+            .load(ids)
+            .await?
+            .pop()
+            .map(|message| crate::inspect::Listed {
+                held: held.contains(&message.id.0),
+                message,
+            }))
+    }
+
+    async fn set_held(&self, id: MessageId, held: bool, _now: SystemTime) -> io::Result<bool> {
+        let mid = id.0 as i64;
+        let updated = self
+            .with_client(async |c| {
+                let n = c
+                    .execute(
+                        "UPDATE ferry_recipients SET held = $2 WHERE message_id = $1",
+                        &[&mid, &held],
+                    )
+                    .await?;
+                if !held {
+                    c.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+                }
+                Ok(n)
+            })
+            .await?;
+        Ok(updated > 0)
+    }
+
+    async fn remove(
+        &self,
+        id: MessageId,
+        notices: Vec<NewMessage>,
+        _now: SystemTime,
+    ) -> io::Result<bool> {
+        let mid = id.0 as i64;
+        self.with_client(async |c| {
+            let tx = c.transaction().await?;
+            let gone = tx
+                .query_opt(
+                    "DELETE FROM ferry_messages WHERE id = $1 RETURNING body_hash",
+                    &[&mid],
+                )
+                .await?;
+            let Some(row) = gone else {
+                return Ok(false);
+            };
+            let hash: Vec<u8> = row.get(0);
+            tx.execute(
+                "DELETE FROM ferry_bodies b WHERE b.hash = $1
+                   AND NOT EXISTS (SELECT 1 FROM ferry_messages m WHERE m.body_hash = $1)",
+                &[&hash],
+            )
+            .await?;
+            for notice in &notices {
+                insert_message(&tx, notice).await?;
+            }
+            if !notices.is_empty() {
+                tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn flush(&self, domain: Option<&str>, now: SystemTime) -> io::Result<u64> {
+        let domain = domain.map(str::to_ascii_lowercase);
+        self.with_client(async |c| {
+            let n = c
+                .execute(
+                    "UPDATE ferry_recipients SET due_at = $2
+                     WHERE state = 1 AND due_at > $2 AND NOT held
+                       AND ($1::text IS NULL OR domain = $1)",
+                    &[&domain, &now],
+                )
+                .await?;
+            c.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn summary(&self, now: SystemTime) -> io::Result<crate::inspect::Summary> {
+        use crate::inspect::{Pending, Summary};
+        // Aggregated in the database: one row per domain, state and
+        // minute of age, never one per message.
+        let rows = self
+            .with_client(async |c| {
+                c.query(
+                    "SELECT r.domain, r.state, r.held,
+                            floor(extract(epoch FROM ($1 - m.received_at)) / 60)::bigint AS minutes,
+                            count(*), min(m.received_at)
+                     FROM ferry_recipients r JOIN ferry_messages m ON m.id = r.message_id
+                     WHERE r.state < 2
+                     GROUP BY 1, 2, 3, 4",
+                    &[&now],
+                )
+                .await
+            })
+            .await?;
+        let mut summary = Summary::default();
+        for row in rows {
+            let domain: String = row.get(0);
+            let state: i16 = row.get(1);
+            let held: bool = row.get(2);
+            let minutes: i64 = row.get(3);
+            let count: i64 = row.get(4);
+            let oldest: SystemTime = row.get(5);
+            let pending = if held {
+                Pending::Held
+            } else if state == 0 {
+                Pending::Queued
+            } else {
+                Pending::Deferred
+            };
+            summary.add_count(
+                &domain,
+                u64::try_from(minutes).unwrap_or(0),
+                oldest,
+                u64::try_from(count).unwrap_or(0),
+                pending,
+            );
+        }
+        Ok(summary)
+    }
+}

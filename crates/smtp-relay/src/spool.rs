@@ -662,6 +662,45 @@ impl Spool {
             })
             .collect()
     }
+
+    /// Up to `limit` messages after `after` (in id order) for which `keep`
+    /// says yes: a page of a listing that never copies the whole queue.
+    pub fn page(
+        &self,
+        after: Option<MessageId>,
+        limit: usize,
+        mut keep: impl FnMut(&QueuedMessage) -> bool,
+    ) -> Vec<QueuedMessage> {
+        let index = lock(&self.inner.shared.index);
+        let start = after.map_or(0, |id| id.0.saturating_add(1));
+        let mut page = Vec::new();
+        for (&id, entry) in index.messages.range(start..) {
+            if page.len() >= limit {
+                break;
+            }
+            let message = QueuedMessage {
+                id: MessageId(id),
+                envelope: Arc::clone(&entry.envelope),
+                states: entry.states.clone(),
+            };
+            if keep(&message) {
+                page.push(message);
+            }
+        }
+        page
+    }
+
+    /// One queued message.
+    pub fn message(&self, id: MessageId) -> Option<QueuedMessage> {
+        lock(&self.inner.shared.index)
+            .messages
+            .get(&id.0)
+            .map(|entry| QueuedMessage {
+                id,
+                envelope: Arc::clone(&entry.envelope),
+                states: entry.states.clone(),
+            })
+    }
 }
 
 impl QueueStore for Spool {

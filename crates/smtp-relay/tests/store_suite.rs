@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use smtp_proto::command::{BodyType, Notify, OriginalRecipient, Ret};
+use smtp_relay::inspect::{self, Filter, QueueInspect, StateFilter};
 use smtp_relay::queue::{
     AttemptReport, MessageKind, NewMessage, QueueStore, QueuedEnvelope, QueuedRecipient,
     RecipientState,
@@ -49,7 +50,7 @@ fn report(diagnostic: &str) -> AttemptReport {
 
 /// Opens the store under test; `open` again reopens the same queue.
 trait Harness {
-    type Store: QueueStore + Clone;
+    type Store: QueueInspect;
     async fn open(&self) -> Self::Store;
 }
 
@@ -293,6 +294,232 @@ async fn claims_are_bounded_by_max<H: Harness>(harness: H) {
     assert_eq!(rest.len(), 6);
 }
 
+async fn listing_filters_and_pages<H: Harness>(harness: H) {
+    let store = harness.open().await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let sender = if i % 2 == 0 {
+            "a@example.com"
+        } else {
+            "b@example.com"
+        };
+        let recipient = format!("r{i}@d{}.test", i % 3);
+        ids.push(
+            store
+                .enqueue(message(Some(sender), &[&recipient], &format!("m{i}\r\n")))
+                .await
+                .unwrap(),
+        );
+    }
+    let now = at(30 * 60);
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list(&Filter::default(), cursor, 10, now)
+            .await
+            .unwrap();
+        assert!(page.messages.len() <= 10);
+        seen.extend(page.messages.iter().map(|l| l.message.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every message once, in order");
+    let count = |filter: Filter, now| {
+        let store = store.clone();
+        async move {
+            store
+                .list(&filter, None, 1000, now)
+                .await
+                .unwrap()
+                .messages
+                .len()
+        }
+    };
+    let domain = Filter {
+        domain: Some("D0.test".to_owned()),
+        ..Filter::default()
+    };
+    assert_eq!(count(domain, now).await, 9);
+    let sender = Filter {
+        sender: Some("<b@example.com>".to_owned()),
+        ..Filter::default()
+    };
+    assert_eq!(count(sender, now).await, 12);
+    let recipient = Filter {
+        recipient: Some("r7@d1.test".to_owned()),
+        ..Filter::default()
+    };
+    assert_eq!(count(recipient, now).await, 1);
+    let old = Filter {
+        older_than: Some(Duration::from_secs(3600)),
+        ..Filter::default()
+    };
+    assert_eq!(count(old.clone(), now).await, 0);
+    assert_eq!(count(old, at(2 * 3600)).await, 25);
+    let deferred = Filter {
+        state: Some(StateFilter::Deferred),
+        ..Filter::default()
+    };
+    assert_eq!(count(deferred.clone(), now).await, 0);
+    store.claim_due(at(1), 1).await;
+    store
+        .record(
+            ids[0],
+            vec![(
+                0,
+                RecipientState::Deferred {
+                    attempts: 1,
+                    next_attempt: at(3600),
+                    last: report("451 4.3.0 later"),
+                    warned: false,
+                },
+            )],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(deferred, now).await, 1);
+    let queued = Filter {
+        state: Some(StateFilter::Queued),
+        ..Filter::default()
+    };
+    assert_eq!(count(queued, now).await, 24);
+    let summary = store.summary(now).await.unwrap();
+    assert_eq!(
+        summary.domains["d0.test"][3], 9,
+        "30 minutes old: the 20-40 bucket"
+    );
+    assert_eq!(summary.domains["d1.test"].iter().sum::<u64>(), 8);
+    assert_eq!(summary.domains["d2.test"].iter().sum::<u64>(), 8);
+    assert_eq!((summary.queued, summary.deferred, summary.held), (24, 1, 0));
+    assert_eq!(summary.oldest, Some(at(0)));
+}
+
+async fn held_messages_wait_until_released<H: Harness>(harness: H) {
+    let store = harness.open().await;
+    let id = store
+        .enqueue(message(
+            Some("a@example.com"),
+            &["b@x.test", "c@y.test"],
+            "m\r\n",
+        ))
+        .await
+        .unwrap();
+    assert!(store.set_held(id, true, at(1)).await.unwrap());
+    assert!(store.claim_due(at(100_000), 10).await.is_empty(), "held");
+    let listed = store.get(id).await.unwrap().unwrap();
+    assert!(listed.held);
+    let held = Filter {
+        state: Some(StateFilter::Held),
+        ..Filter::default()
+    };
+    assert_eq!(
+        store
+            .list(&held, None, 10, at(2))
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    assert_eq!(store.summary(at(2)).await.unwrap().held, 2);
+    drop(store);
+    let store = harness.open().await;
+    assert!(
+        store.claim_due(at(100_000), 10).await.is_empty(),
+        "still held after a reopen"
+    );
+    assert!(store.set_held(id, false, at(5)).await.unwrap());
+    assert!(!store.get(id).await.unwrap().unwrap().held);
+    let claims = store.claim_due(at(5), 10).await;
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].recipients, vec![0, 1]);
+    assert!(
+        !store
+            .set_held(smtp_relay::queue::MessageId(999_999), true, at(5))
+            .await
+            .unwrap()
+    );
+}
+
+async fn deleting_bounces_or_not<H: Harness>(harness: H) {
+    let store = harness.open().await;
+    let quiet = store
+        .enqueue(message(Some("a@example.com"), &["b@x.test"], "quiet\r\n"))
+        .await
+        .unwrap();
+    let loud = store
+        .enqueue(message(
+            Some("a@example.com"),
+            &["b@x.test", "c@y.test"],
+            "Subject: loud\r\n\r\nloud\r\n",
+        ))
+        .await
+        .unwrap();
+    let bounce = store
+        .enqueue(message(None, &["b@x.test"], "a bounce\r\n"))
+        .await
+        .unwrap();
+    assert!(inspect::delete(&store, quiet, None, at(10)).await.unwrap());
+    assert!(
+        inspect::delete(&store, loud, Some("relay.test"), at(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        inspect::delete(&store, bounce, Some("relay.test"), at(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !inspect::delete(&store, quiet, None, at(10)).await.unwrap(),
+        "gone"
+    );
+    let left = store.messages().await;
+    assert_eq!(left.len(), 1, "one bounce, for the loud message only");
+    let notice = &left[0];
+    assert_eq!(notice.envelope.sender, None);
+    assert_eq!(notice.envelope.kind, MessageKind::Notification);
+    assert_eq!(notice.envelope.recipients[0].address, "a@example.com");
+    let body = store.body(notice.id).await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("report-type=delivery-status"), "{text}");
+    assert!(text.contains("Final-Recipient: rfc822; c@y.test"), "{text}");
+    assert!(text.contains("Status: 5.7.1"), "{text}");
+}
+
+async fn flush_makes_deferred_mail_due<H: Harness>(harness: H) {
+    let store = harness.open().await;
+    let id = store
+        .enqueue(message(
+            Some("a@example.com"),
+            &["b@x.test", "c@y.test"],
+            "m\r\n",
+        ))
+        .await
+        .unwrap();
+    store.claim_due(at(1), 10).await;
+    let later = |n| RecipientState::Deferred {
+        attempts: 1,
+        next_attempt: at(n),
+        last: report("451 4.3.0 later"),
+        warned: false,
+    };
+    store
+        .record(id, vec![(0, later(3000)), (1, later(3000))], Vec::new())
+        .await
+        .unwrap();
+    assert!(store.claim_due(at(10), 10).await.is_empty());
+    assert_eq!(store.flush(Some("X.test"), at(10)).await.unwrap(), 1);
+    let claims = store.claim_due(at(10), 10).await;
+    assert_eq!(claims[0].recipients, vec![0], "only the flushed domain");
+    assert_eq!(store.flush(None, at(10)).await.unwrap(), 1);
+    assert_eq!(store.claim_due(at(10), 10).await[0].recipients, vec![1]);
+}
+
 macro_rules! suite {
     ($harness:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,6 +550,30 @@ macro_rules! suite {
         async fn concurrent_enqueues_are_all_committed() {
             if let Some(h) = $harness {
                 super::concurrent_enqueues_are_all_committed(h).await;
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn listing_filters_and_pages() {
+            if let Some(h) = $harness {
+                super::listing_filters_and_pages(h).await;
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn held_messages_wait_until_released() {
+            if let Some(h) = $harness {
+                super::held_messages_wait_until_released(h).await;
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn deleting_bounces_or_not() {
+            if let Some(h) = $harness {
+                super::deleting_bounces_or_not(h).await;
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn flush_makes_deferred_mail_due() {
+            if let Some(h) = $harness {
+                super::flush_makes_deferred_mail_due(h).await;
             }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
