@@ -35,14 +35,14 @@
 //! that is still pending; deleting only such a prefix keeps every update
 //! record of a pending message on disk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use smtp_proto::command::{BodyType, Notify, OriginalRecipient, Ret};
@@ -104,6 +104,7 @@ struct Shared {
     changed: Wakeup,
     next_id: AtomicU64,
     recovery: Recovery,
+    segment_size: u64,
     batches: AtomicU64,
     readers: Mutex<HashMap<u64, Arc<File>>>,
 }
@@ -112,7 +113,28 @@ struct Shared {
 struct Index {
     messages: BTreeMap<u64, Entry>,
     /// Pending messages whose latest message record is in each segment.
-    live: BTreeMap<u64, usize>,
+    live: BTreeMap<u64, Live>,
+    /// Every message with a recipient that is neither final nor claimed,
+    /// by the earliest time one is due (milliseconds, rounded up), so
+    /// claiming and finding the next due time never scan the whole queue.
+    due: BTreeSet<(u64, u64)>,
+}
+
+/// A due time as an index key: milliseconds since the epoch, rounded up,
+/// so a key not after "now" (rounded down) is never early.
+fn due_key(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    })
+}
+
+/// What of a segment is still needed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Live {
+    /// Pending messages whose latest message record is here.
+    count: usize,
+    /// Their body octets.
+    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -121,6 +143,8 @@ struct Entry {
     states: Vec<RecipientState>,
     claimed: Vec<bool>,
     body: BodyLocation,
+    /// This message's key in [`Index::due`].
+    due: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -171,6 +195,18 @@ impl Spool {
     /// every committed message is back in the queue with its recipients'
     /// last committed states, and a damaged tail is cut off.
     pub fn open(dir: impl Into<PathBuf>, durability: Durability) -> io::Result<Spool> {
+        Self::open_with_segment_size(dir, durability, SEGMENT_TARGET_SIZE)
+    }
+
+    /// [`Spool::open`] with segments of about `segment_size` octets
+    /// (default [`SEGMENT_TARGET_SIZE`]; at least 4 KiB). Smaller segments
+    /// reclaim space sooner and are copied forward more often.
+    pub fn open_with_segment_size(
+        dir: impl Into<PathBuf>,
+        durability: Durability,
+        segment_size: u64,
+    ) -> io::Result<Spool> {
+        let segment_size = segment_size.max(4096);
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
         let mut segments: Vec<u64> = Vec::new();
@@ -223,7 +259,7 @@ impl Spool {
         // left it.
         let active = segments.last().map_or(1, |last| last + 1);
         let file = create_segment(&dir, active, durability)?;
-        index.live.entry(active).or_insert(0);
+        index.live.entry(active).or_default();
         let next_id = (max_id + 1).max(unix_millis(SystemTime::now()) << 16);
         let shared = Arc::new(Shared {
             dir,
@@ -232,6 +268,7 @@ impl Spool {
             changed: Wakeup::new(),
             next_id: AtomicU64::new(next_id),
             recovery,
+            segment_size,
             batches: AtomicU64::new(0),
             readers: Mutex::new(HashMap::new()),
         });
@@ -379,15 +416,18 @@ impl Index {
         states: Vec<RecipientState>,
         body: BodyLocation,
     ) {
-        if let Some(old) = self.messages.remove(&id)
-            && let Some(count) = self.live.get_mut(&old.body.segment)
-        {
-            *count = count.saturating_sub(1);
+        if let Some(old) = self.messages.remove(&id) {
+            if let Some(key) = old.due {
+                self.due.remove(&(key, id));
+            }
+            self.forget(old.body);
         }
         if states.iter().all(RecipientState::is_final) {
             return;
         }
-        *self.live.entry(body.segment).or_insert(0) += 1;
+        let live = self.live.entry(body.segment).or_default();
+        live.count += 1;
+        live.bytes += body.len;
         let claimed = vec![false; states.len()];
         self.messages.insert(
             id,
@@ -396,8 +436,34 @@ impl Index {
                 states,
                 claimed,
                 body,
+                due: None,
             },
         );
+        self.reindex(id);
+    }
+
+    /// Puts `id` back in [`Index::due`] under its earliest unclaimed due
+    /// time.
+    fn reindex(&mut self, id: u64) {
+        let Some(entry) = self.messages.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = entry.due.take() {
+            self.due.remove(&(old, id));
+        }
+        let received = entry.envelope.received_at;
+        let key = entry
+            .states
+            .iter()
+            .zip(&entry.claimed)
+            .filter(|(_, claimed)| !**claimed)
+            .filter_map(|(state, _)| state.due_at(received))
+            .map(due_key)
+            .min();
+        entry.due = key;
+        if let Some(key) = key {
+            self.due.insert((key, id));
+        }
     }
 
     fn apply(&mut self, id: u64, outcomes: Vec<(usize, RecipientState)>) {
@@ -411,12 +477,37 @@ impl Index {
             }
         }
         if entry.states.iter().all(RecipientState::is_final) {
-            let segment = entry.body.segment;
+            let (body, key) = (entry.body, entry.due);
             self.messages.remove(&id);
-            if let Some(count) = self.live.get_mut(&segment) {
-                *count = count.saturating_sub(1);
+            if let Some(key) = key {
+                self.due.remove(&(key, id));
             }
+            self.forget(body);
+        } else {
+            self.reindex(id);
         }
+    }
+
+    /// A message record at `body` is no longer the latest of a pending
+    /// message.
+    fn forget(&mut self, body: BodyLocation) {
+        if let Some(live) = self.live.get_mut(&body.segment) {
+            live.count = live.count.saturating_sub(1);
+            live.bytes = live.bytes.saturating_sub(body.len);
+        }
+    }
+
+    /// The message's latest record is now the copy at `body`; its states
+    /// and claims stay as they are.
+    fn relocate(&mut self, id: u64, body: BodyLocation) {
+        let Some(entry) = self.messages.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.body, body);
+        self.forget(old);
+        let live = self.live.entry(body.segment).or_default();
+        live.count += 1;
+        live.bytes += body.len;
     }
 }
 
@@ -426,8 +517,8 @@ fn delete_finished_prefix(shared: &Shared, active: u64) -> io::Result<()> {
     let mut removed = Vec::new();
     {
         let mut index = lock(&shared.index);
-        while let Some((&segment, &count)) = index.live.first_key_value() {
-            if segment >= active || count > 0 {
+        while let Some((&segment, live)) = index.live.first_key_value() {
+            if segment >= active || live.count > 0 {
                 break;
             }
             index.live.remove(&segment);
@@ -491,9 +582,12 @@ impl Committer {
         if let Some(reason) = &self.failed {
             return Err(reason.clone());
         }
-        if self.position >= SEGMENT_TARGET_SIZE {
+        if self.position >= self.shared.segment_size {
             self.rotate()
                 .map_err(|err| format!("cannot start a new spool segment: {err}"))?;
+            if let Some(reason) = &self.failed {
+                return Err(reason.clone());
+            }
         }
         let mut buffer = Vec::with_capacity(
             batch
@@ -563,12 +657,90 @@ impl Committer {
     fn rotate(&mut self) -> io::Result<()> {
         let next = self.segment + 1;
         let file = create_segment(&self.shared.dir, next, self.shared.durability)?;
-        lock(&self.shared.index).live.entry(next).or_insert(0);
+        lock(&self.shared.index).live.entry(next).or_default();
         self.file = file;
         self.segment = next;
         self.position = SEGMENT_MAGIC.len() as u64;
         // The old active segment may now be deletable.
-        delete_finished_prefix(&self.shared, next)
+        delete_finished_prefix(&self.shared, next)?;
+        if let Err(err) = self.compact() {
+            tracing::warn!(error = %err, "cannot copy pending messages forward");
+        }
+        Ok(())
+    }
+
+    /// Copies forward the pending messages of the oldest sealed segment
+    /// when they are a small part of it (a few long-deferred messages must
+    /// not keep a whole segment, and every segment after it, on disk).
+    /// Each copy is a full message record with the current states, written
+    /// and synced before the index points at it; updates committed later
+    /// follow it in the log, so replay ends in the same state.
+    fn compact(&mut self) -> io::Result<()> {
+        let moves: Vec<(u64, Arc<QueuedEnvelope>, Vec<RecipientState>, BodyLocation)> = {
+            let index = lock(&self.shared.index);
+            let Some((&oldest, live)) = index.live.first_key_value() else {
+                return Ok(());
+            };
+            if oldest >= self.segment
+                || live.count == 0
+                || live.bytes > self.shared.segment_size / 4
+            {
+                return Ok(());
+            }
+            index
+                .messages
+                .iter()
+                .filter(|(_, entry)| entry.body.segment == oldest)
+                .map(|(&id, entry)| {
+                    (
+                        id,
+                        Arc::clone(&entry.envelope),
+                        entry.states.clone(),
+                        entry.body,
+                    )
+                })
+                .collect()
+        };
+        let Some(oldest) = moves.first().map(|m| m.3.segment) else {
+            return Ok(());
+        };
+        let source = File::open(segment_path(&self.shared.dir, oldest))?;
+        let mut buffer = Vec::new();
+        let mut relocated = Vec::with_capacity(moves.len());
+        for (id, envelope, states, body) in moves {
+            let mut bytes = vec![0u8; usize::try_from(body.len).map_err(io::Error::other)?];
+            source.read_exact_at(&mut bytes, body.offset)?;
+            let op = Op::Message {
+                id,
+                envelope,
+                states,
+                body: Bytes::from(bytes),
+            };
+            let start = buffer.len();
+            if let Some((offset, len)) = encode_record(&op, &mut buffer) {
+                relocated.push((
+                    id,
+                    BodyLocation {
+                        segment: self.segment,
+                        offset: self.position + (start + 8) as u64 + offset,
+                        len,
+                    },
+                ));
+            }
+        }
+        if let Err(err) = self.write(&buffer) {
+            self.failed = Some(format!("spool write failed: {err}"));
+            return Err(err);
+        }
+        self.position += buffer.len() as u64;
+        {
+            let mut index = lock(&self.shared.index);
+            for (id, body) in relocated {
+                index.relocate(id, body);
+            }
+        }
+        tracing::debug!(segment = oldest, "copied pending messages forward");
+        delete_finished_prefix(&self.shared, self.segment)
     }
 }
 
@@ -588,11 +760,19 @@ impl Spool {
     /// Claims due recipients; see [`QueueStore::claim_due`].
     pub fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
         let mut index = lock(&self.inner.shared.index);
+        let now_key = unix_millis(now);
+        let candidates: Vec<u64> = index
+            .due
+            .iter()
+            .take_while(|(key, _)| *key <= now_key)
+            .take(max)
+            .map(|&(_, id)| id)
+            .collect();
         let mut claims = Vec::new();
-        for (&id, entry) in index.messages.iter_mut() {
-            if claims.len() >= max {
-                break;
-            }
+        for id in candidates {
+            let Some(entry) = index.messages.get_mut(&id) else {
+                continue;
+            };
             let received = entry.envelope.received_at;
             let due: Vec<usize> = (0..entry.states.len())
                 .filter(|&n| {
@@ -613,6 +793,7 @@ impl Spool {
                 },
                 recipients: due,
             });
+            index.reindex(id);
         }
         claims
     }
@@ -628,6 +809,7 @@ impl Spool {
                     }
                 }
             }
+            index.reindex(id.0);
         }
         self.inner.shared.changed.notify_one();
     }
@@ -635,19 +817,7 @@ impl Spool {
     /// The earliest due time; see [`QueueStore::next_due`].
     pub fn next_due(&self) -> Option<SystemTime> {
         let index = lock(&self.inner.shared.index);
-        index
-            .messages
-            .values()
-            .flat_map(|entry| {
-                let received = entry.envelope.received_at;
-                entry
-                    .states
-                    .iter()
-                    .zip(&entry.claimed)
-                    .filter(|(_, claimed)| !**claimed)
-                    .filter_map(move |(state, _)| state.due_at(received))
-            })
-            .min()
+        index.due.first().map(|&(key, _)| from_unix_millis(key))
     }
 
     /// Every queued message; see [`QueueStore::messages`].

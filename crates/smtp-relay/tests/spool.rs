@@ -214,6 +214,86 @@ async fn finished_segments_are_deleted_on_open() {
 }
 
 #[tokio::test]
+async fn a_long_deferred_message_is_copied_forward_so_old_segments_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open_with_segment_size(dir.path(), Durability::Os, 4096).unwrap();
+    let old = spool
+        .enqueue(message(
+            "a@example.com",
+            &["slow@example.net", "fast@example.net"],
+            "the old one\r\n",
+        ))
+        .await
+        .unwrap();
+    let deferred = RecipientState::Deferred {
+        attempts: 3,
+        next_attempt: at(3600),
+        last: report("451 4.3.0 later"),
+        warned: true,
+    };
+    spool
+        .record(
+            old,
+            vec![
+                (0, deferred.clone()),
+                (
+                    1,
+                    RecipientState::Delivered {
+                        last: report("250 ok"),
+                    },
+                ),
+            ],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    // Claimed while everything moves under it.
+    assert_eq!(spool.claim_due(at(3600), 10).len(), 1);
+    let filler = "x".repeat(1000);
+    for n in 0..80 {
+        let id = spool
+            .enqueue(message(
+                "a@example.com",
+                &["b@example.net"],
+                &format!("{n}{filler}\r\n"),
+            ))
+            .await
+            .unwrap();
+        spool
+            .record(
+                id,
+                vec![(
+                    0,
+                    RecipientState::Delivered {
+                        last: report("250 ok"),
+                    },
+                )],
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let files = segments(dir.path()).len();
+    // 80 KiB went through 4 KiB segments; the old message's segment did not
+    // stay behind with every one after it.
+    assert!(files <= 4, "{files} segments left");
+    // Still claimed: not handed out twice.
+    assert!(spool.claim_due(at(3600), 10).is_empty());
+    assert_eq!(spool.body(old).await.unwrap(), "the old one\r\n");
+    drop(spool);
+    let spool = Spool::open_with_segment_size(dir.path(), Durability::Os, 4096).unwrap();
+    let messages = spool.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].id, old);
+    assert_eq!(messages[0].states[0], deferred);
+    assert!(matches!(
+        messages[0].states[1],
+        RecipientState::Delivered { .. }
+    ));
+    assert_eq!(spool.body(old).await.unwrap(), "the old one\r\n");
+}
+
+#[tokio::test]
 async fn concurrent_enqueues_share_commits() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path(), Durability::Sync).unwrap();

@@ -161,3 +161,73 @@ async fn a_slow_greeting_is_waited_for() {
     assert!(mx.wait_accepted(1, Duration::from_secs(10)).await);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn connections_per_destination_are_capped() {
+    let mx = FakeMx::start(ip(1), Script::new().data_delay(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            routes: vec![("remote.test".into(), mx.addr())],
+            max_per_destination: 2,
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    let env = envelope();
+    let submissions = (0..8).map(|_| submit(relay.addr, &env, MESSAGE));
+    for result in futures::future::join_all(submissions).await {
+        result.unwrap();
+    }
+    assert!(mx.wait_accepted(8, Duration::from_secs(20)).await);
+    let most = mx.max_concurrent();
+    assert!((1..=2).contains(&most), "{most} connections at once");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_delivery_in_flight_at_shutdown_is_abandoned_and_retried_after_restart() {
+    let slow = FakeMx::start(ip(1), Script::new().data_delay(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut scheduler = smtp_relay::scheduler::SchedulerConfig::new("relay.test");
+    scheduler.shutdown_grace = Duration::from_millis(100);
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            routes: vec![("remote.test".into(), slow.addr())],
+            scheduler,
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    submit(relay.addr, &envelope(), MESSAGE).await.unwrap();
+    assert!(
+        slow.wait_until(Duration::from_secs(10), || slow.rcpt_commands() >= 1)
+            .await
+    );
+    relay.stop().await;
+    // Nothing was recorded for the abandoned attempt: still queued.
+    let spool =
+        smtp_relay::spool::Spool::open(dir.path(), smtp_relay::spool::Durability::Os).unwrap();
+    let messages = smtp_relay::queue::QueueStore::messages(&spool).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].states[0], RecipientState::Queued);
+    drop(spool);
+    let fast = FakeMx::start(ip(1), Script::new()).await.unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            routes: vec![("remote.test".into(), fast.addr())],
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    assert!(fast.wait_accepted(1, Duration::from_secs(10)).await);
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    relay.stop().await;
+}

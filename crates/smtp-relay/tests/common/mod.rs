@@ -199,6 +199,7 @@ pub struct RelayOptions {
     pub scheduler: SchedulerConfig,
     pub listen: SocketAddr,
     pub authenticator: bool,
+    pub max_per_destination: usize,
 }
 
 impl Default for RelayOptions {
@@ -214,6 +215,7 @@ impl Default for RelayOptions {
             scheduler: SchedulerConfig::new("relay.test"),
             listen: "127.0.0.1:0".parse().unwrap(),
             authenticator: false,
+            max_per_destination: 20,
         }
     }
 }
@@ -275,6 +277,7 @@ impl Relay {
         let dyn_clock: Arc<dyn Clock> = clock.clone();
         let mut delivery = DeliveryConfig::new("relay.test");
         delivery.mx_port = options.mx_port;
+        delivery.max_per_destination = options.max_per_destination;
         delivery.timeouts = smtp_client::Timeouts::uniform(Duration::from_secs(5));
         let deliverer = Deliverer::new(
             delivery,
