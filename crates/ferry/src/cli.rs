@@ -29,6 +29,9 @@ pub enum Command {
     /// (MX, routes, a smarthost, or a local Maildir), with retries and
     /// bounces.
     Relay(Box<RelayArgs>),
+    /// Look into and act on a running relay's queue (through its --admin
+    /// interface): list, show, summary, flush, hold, release, delete.
+    Queue(crate::queue::QueueArgs),
 }
 
 /// What `--bare-lf` allows.

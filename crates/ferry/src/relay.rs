@@ -10,6 +10,8 @@ use smtp_client::{Credentials, TlsConfig};
 use smtp_relay::clock::{Clock, TokioClock};
 use smtp_relay::deliver::{BoxFuture, Deliverer, DeliveryConfig, LocalDelivery, MxLookup};
 use smtp_relay::dns::MxResolver;
+use smtp_relay::inspect::QueueInspect;
+use smtp_relay::observe::Observed;
 use smtp_relay::queue::{QueueStore, QueuedEnvelope};
 use smtp_relay::receive::{RelayAccess, RelayBackend};
 use smtp_relay::route::{HostPort, Router, Smarthost, SmarthostTls};
@@ -231,7 +233,7 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
 }
 
 /// Serves and delivers out of `store` until SIGINT or SIGTERM.
-async fn serve<S: QueueStore + Clone>(
+async fn serve<S: QueueInspect + Send + Sync>(
     args: RelayArgs,
     setup: Setup,
     store: S,
@@ -242,7 +244,9 @@ async fn serve<S: QueueStore + Clone>(
         scheduler,
         hostname,
     } = setup;
-    let spool = store;
+    // Metrics and events see everything the receiver and the scheduler do
+    // to the queue.
+    let spool = Observed::new(store, crate::ops::event_sinks(&args.ops)?);
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let max_message_size = usize::try_from(args.listener.max_message_size).unwrap_or(usize::MAX);
     let backend = RelayBackend::new(
@@ -262,6 +266,9 @@ async fn serve<S: QueueStore + Clone>(
     )?;
     let scheduler = Scheduler::new(spool.clone(), deliverer, clock, scheduler);
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin =
+        crate::ops::start_admin(&args.ops, spool.clone(), hostname.clone(), stopped.clone())
+            .await?;
     let delivering = tokio::spawn(async move {
         let mut stopped = stopped;
         scheduler
@@ -273,12 +280,16 @@ async fn serve<S: QueueStore + Clone>(
     let served = listener::serve(server, &args.listener).await;
     let _ = stop.send(true);
     let _ = delivering.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     served?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "shut down; {} messages queued",
-        QueueStore::messages(&spool).await.len()
-    );
+    let queued = spool
+        .summary(std::time::SystemTime::now())
+        .await
+        .map(|s| s.queued + s.deferred + s.held)
+        .unwrap_or(0);
+    let _ = writeln!(out, "shut down; {queued} recipients pending");
     Ok(())
 }

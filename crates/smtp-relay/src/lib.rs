@@ -17,6 +17,7 @@
 //! - [`notice`]: the RFC 3464 notifications the scheduler queues;
 //! - [`inspect`]: listing, summary, hold, release, delete and flush on
 //!   any store, for the admin interface;
+//! - [`observe`]: metrics and events of any store;
 //! - [`clock`]: the injected clock;
 //! - `postgres` (feature `postgres`): a queue in PostgreSQL shared by
 //!   many relay nodes.
@@ -28,6 +29,7 @@ pub mod dns;
 pub mod dsn;
 pub mod inspect;
 pub mod notice;
+pub mod observe;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod queue;
