@@ -45,6 +45,9 @@ pub struct AdminState<S> {
     pub token: Option<String>,
     /// Renders the metrics.
     pub metrics: Option<PrometheusHandle>,
+    /// Called at every flush (the scheduler forgets its destination
+    /// backoff, so flushed mail is really tried).
+    pub on_flush: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 type Shared<S> = Arc<AdminState<S>>;
@@ -225,6 +228,9 @@ async fn flush<S: QueueInspect>(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let domain = params.get("domain").map(String::as_str);
+    if let Some(on_flush) = &state.on_flush {
+        on_flush();
+    }
     match state.store.flush(domain, SystemTime::now()).await {
         Ok(n) => axum::Json(json!({ "flushed": n })).into_response(),
         Err(e) => internal(e),

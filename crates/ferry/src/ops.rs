@@ -95,6 +95,7 @@ pub async fn start_admin<S: QueueInspect + Send + Sync + 'static>(
     args: &OpsArgs,
     store: S,
     reporting_mta: String,
+    on_flush: Arc<dyn Fn() + Send + Sync>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
     let Some(addr) = args.admin else {
@@ -122,6 +123,7 @@ pub async fn start_admin<S: QueueInspect + Send + Sync + 'static>(
         reporting_mta,
         token,
         metrics: Some(metrics),
+        on_flush: Some(on_flush),
     });
     Ok(Some(tokio::spawn(async move {
         let shutdown = async move {

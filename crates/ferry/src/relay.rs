@@ -266,9 +266,15 @@ async fn serve<S: QueueInspect + Send + Sync>(
     )?;
     let scheduler = Scheduler::new(spool.clone(), deliverer, clock, scheduler);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let admin =
-        crate::ops::start_admin(&args.ops, spool.clone(), hostname.clone(), stopped.clone())
-            .await?;
+    let flushed = scheduler.clone();
+    let admin = crate::ops::start_admin(
+        &args.ops,
+        spool.clone(),
+        hostname.clone(),
+        Arc::new(move || flushed.clear_backoff()),
+        stopped.clone(),
+    )
+    .await?;
     let delivering = tokio::spawn(async move {
         let mut stopped = stopped;
         scheduler

@@ -20,7 +20,8 @@
 //! `class` is the subject of the enhanced status code of the last reply
 //! (RFC 3463: `4.4` routing or connection, `5.1` addressing, `5.7`
 //! policy, …), `expired` for a recipient that failed because its queue
-//! lifetime ran out, and `other` without a code.
+//! lifetime ran out, `deleted` for recipients of a message an operator
+//! deleted, and `other` without a code.
 
 use std::collections::HashMap;
 use std::io;
@@ -414,7 +415,37 @@ impl<S: QueueInspect> QueueInspect for Observed<S> {
         notices: Vec<NewMessage>,
         now: SystemTime,
     ) -> io::Result<bool> {
-        self.inner.remove(id, notices, now).await
+        let recipients: Vec<String> = match self.inner.get(id).await? {
+            Some(listed) => listed
+                .message
+                .envelope
+                .recipients
+                .iter()
+                .zip(&listed.message.states)
+                .filter(|(_, state)| !state.is_final())
+                .map(|(r, _)| r.address.clone())
+                .collect(),
+            None => return Ok(false),
+        };
+        let removed = self.inner.remove(id, notices, now).await?;
+        if removed {
+            // A deletion fails the recipients left: reported as a bounce
+            // with the deletion's reason, whether or not the sender is told.
+            metrics::counter!("ferry_recipients_bounced_total", "class" => "deleted")
+                .increment(recipients.len() as u64);
+            self.emit(Event {
+                kind: EventKind::Bounce,
+                at: SystemTime::now(),
+                id,
+                sender: None,
+                recipients,
+                diagnostic: Some(crate::inspect::DELETED.to_owned()),
+                remote_mta: None,
+                next_attempt: None,
+                size: None,
+            });
+        }
+        Ok(removed)
     }
 
     async fn flush(&self, domain: Option<&str>, now: SystemTime) -> io::Result<u64> {

@@ -538,6 +538,13 @@ impl<S: QueueStore + Clone> Scheduler<S> {
         (states, notices)
     }
 
+    /// Forgets every destination's connection-level backoff (an operator's
+    /// flush: the destinations are said to be back). Only this scheduler's
+    /// backoff: other nodes of a shared queue keep theirs.
+    pub fn clear_backoff(&self) {
+        lock(&self.inner.backoff).clear();
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.inner.store
