@@ -114,6 +114,7 @@ struct Setup {
     deliverer: Deliverer,
     scheduler: SchedulerConfig,
     hostname: String,
+    clock: Arc<dyn Clock>,
 }
 
 fn setup(args: &RelayArgs) -> Result<Setup, String> {
@@ -175,7 +176,7 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
     let mut delivery = DeliveryConfig::new(hostname.clone());
     delivery.mx_port = args.mx_port;
     delivery.max_per_destination = usize::try_from(args.max_per_destination).unwrap_or(usize::MAX);
-    let deliverer = Deliverer::new(delivery, router, resolver, local, clock);
+    let deliverer = Deliverer::new(delivery, router, resolver, local, Arc::clone(&clock));
     let mut scheduler = SchedulerConfig::new(hostname.clone());
     scheduler.retry = RetryPolicy {
         first: args.retry_min,
@@ -190,6 +191,7 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
         deliverer,
         scheduler,
         hostname,
+        clock,
     })
 }
 
@@ -203,6 +205,7 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
         deliverer,
         scheduler,
         hostname,
+        clock,
     } = setup(&args)?;
     let recovery = spool.recovery();
     println!(
@@ -219,7 +222,6 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
             String::new()
         }
     );
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let max_message_size = usize::try_from(args.listener.max_message_size).unwrap_or(usize::MAX);
     let backend = RelayBackend::new(
         spool.clone(),
