@@ -115,6 +115,7 @@ struct Setup {
     deliverer: Deliverer,
     scheduler: SchedulerConfig,
     hostname: String,
+    clock: Arc<dyn Clock>,
 }
 
 fn setup(args: &RelayArgs) -> Result<Setup, String> {
@@ -170,7 +171,7 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
     let mut delivery = DeliveryConfig::new(hostname.clone());
     delivery.mx_port = args.mx_port;
     delivery.max_per_destination = usize::try_from(args.max_per_destination).unwrap_or(usize::MAX);
-    let deliverer = Deliverer::new(delivery, router, resolver, local, clock);
+    let deliverer = Deliverer::new(delivery, router, resolver, local, Arc::clone(&clock));
     let mut scheduler = SchedulerConfig::new(hostname.clone());
     scheduler.retry = RetryPolicy {
         first: args.retry_min,
@@ -184,6 +185,7 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
         deliverer,
         scheduler,
         hostname,
+        clock,
     })
 }
 
@@ -243,11 +245,11 @@ async fn serve<S: QueueInspect + Send + Sync>(
         deliverer,
         scheduler,
         hostname,
+        clock,
     } = setup;
     // Metrics and events see everything the receiver and the scheduler do
     // to the queue.
     let spool = Observed::new(store, crate::ops::event_sinks(&args.ops)?);
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let max_message_size = usize::try_from(args.listener.max_message_size).unwrap_or(usize::MAX);
     let backend = RelayBackend::new(
         spool.clone(),

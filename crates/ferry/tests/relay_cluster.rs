@@ -88,10 +88,10 @@ fn delivered_tags(dump: &Path) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if let Ok(text) = std::fs::read_to_string(&path) {
-                if let Some(tag) = text.lines().find_map(|l| l.strip_prefix("Subject: ")) {
-                    tags.push(tag.trim().to_owned());
-                }
+            } else if let Ok(text) = std::fs::read_to_string(&path)
+                && let Some(tag) = text.lines().find_map(|l| l.strip_prefix("Subject: "))
+            {
+                tags.push(tag.trim().to_owned());
             }
         }
     }
