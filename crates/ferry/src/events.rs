@@ -119,6 +119,7 @@ impl EventLog {
 /// Posts events to a webhook from a bounded buffer.
 pub struct Webhook {
     sender: mpsc::Sender<String>,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Webhook {
@@ -156,11 +157,21 @@ impl Webhook {
                 batch.clear();
             }
         });
-        Ok(Arc::new(Self { sender }))
+        Ok(Arc::new(Self {
+            sender,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    /// How many events were dropped because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn send(&self, line: String) {
         if self.sender.try_send(line).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("ferry_events_dropped_total").increment(1);
             tracing::warn!("webhook buffer full; event dropped for the webhook");
         }
@@ -217,6 +228,88 @@ mod tests {
         assert_eq!(value["id"], "00000000000000FF");
         assert_eq!(value["diagnostic"], "451 4.3.0 \"busy\"");
         assert_eq!(value["next_attempt"], 400.0);
+    }
+
+    fn event(n: u64) -> Event {
+        Event {
+            kind: EventKind::Accept,
+            at: UNIX_EPOCH + Duration::from_secs(n),
+            id: MessageId(n),
+            sender: Some("a@example.com".to_owned()),
+            recipients: vec!["b@example.net".to_owned()],
+            diagnostic: None,
+            remote_mta: None,
+            next_attempt: None,
+            size: Some(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_webhook_gets_events_in_order_and_drops_past_its_buffer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Reserve a port with nothing listening yet: the webhook is down.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let webhook = Webhook::start(&format!("http://127.0.0.1:{port}/hook"), 3).unwrap();
+        let sinks = Sinks {
+            log: None,
+            webhook: Some(Arc::clone(&webhook)),
+        };
+        for n in 0..10 {
+            sinks.emit(&event(n));
+            // Let the sender take its first batch before the buffer fills.
+            tokio::task::yield_now().await;
+        }
+        assert!(webhook.dropped() >= 6, "dropped {}", webhook.dropped());
+        assert!(webhook.dropped() <= 7, "dropped {}", webhook.dropped());
+        // The webhook comes up: the buffered events arrive, in order.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        while ids.len() < 10 - webhook.dropped() as usize {
+            let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                .await
+                .expect("the webhook retried")
+                .unwrap();
+            let mut raw = Vec::new();
+            let mut buffer = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buffer).await.unwrap();
+                raw.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&raw);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    if body.len() >= length {
+                        assert!(head.starts_with("POST /hook HTTP/1.1"));
+                        for line in body.lines() {
+                            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                            ids.push(value["id"].as_str().unwrap().to_owned());
+                        }
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            stream
+                .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "in order");
+        assert_eq!(ids[0], MessageId(0).to_string(), "the oldest are kept");
     }
 
     #[test]
