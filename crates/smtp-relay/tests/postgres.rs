@@ -301,3 +301,69 @@ async fn migrations_are_applied_once_or_refused_and_listed() {
     PgQueue::connect(refuse).await.unwrap();
     drop(nodes);
 }
+
+/// Claim latency with 1,000,000 messages queued (generated in SQL): one
+/// claim of 100, the next due time and one listing page, each timed.
+/// Run by hand: `cargo test -p smtp-relay --features postgres --test
+/// postgres -- --ignored --nocapture`; the numbers are in
+/// docs/benchmarks.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a million messages: run by hand"]
+async fn claim_latency_with_a_million_queued() {
+    use smtp_relay::inspect::{Filter, QueueInspect};
+    let Some(url) = pg_cluster::database().await else {
+        return;
+    };
+    let a = node(&url, "a", Duration::from_secs(60)).await;
+    a.enqueue(message(&["seed@x.test"], "the body\r\n"))
+        .await
+        .unwrap();
+    let sql = pg_cluster::client(&url).await;
+    let started = Instant::now();
+    sql.batch_execute(
+        "INSERT INTO ferry_messages (sender, smtputf8, requiretls, received_at, kind, body_hash, body_size)
+         SELECT 'a@example.com', false, false, now() - (g % 86400) * interval '1 second', 0,
+                (SELECT hash FROM ferry_bodies LIMIT 1), 10
+         FROM generate_series(1, 1000000) AS g;
+         INSERT INTO ferry_recipients (message_id, idx, address, domain, state, due_at)
+         SELECT id, 0, 'r' || id || '@d' || (id % 100) || '.test', 'd' || (id % 100) || '.test', 0, received_at
+         FROM ferry_messages;
+         ANALYZE;",
+    )
+    .await
+    .unwrap();
+    eprintln!("generated 1,000,000 messages in {:?}", started.elapsed());
+    let t = Instant::now();
+    let claims = a.claim_due(SystemTime::now(), 100).await;
+    let claim = t.elapsed();
+    assert_eq!(claims.len(), 100);
+    let t = Instant::now();
+    assert!(a.next_due().await.is_some());
+    let next_due = t.elapsed();
+    let t = Instant::now();
+    let page = a
+        .list(&Filter::default(), None, 1000, SystemTime::now())
+        .await
+        .unwrap();
+    let list = t.elapsed();
+    assert_eq!(page.messages.len(), 1000);
+    let t = Instant::now();
+    let filtered = a
+        .list(
+            &Filter {
+                domain: Some("d7.test".to_owned()),
+                ..Filter::default()
+            },
+            page.next,
+            1000,
+            SystemTime::now(),
+        )
+        .await
+        .unwrap();
+    let list_domain = t.elapsed();
+    assert_eq!(filtered.messages.len(), 1000);
+    eprintln!(
+        "claim 100: {claim:?}; next due: {next_due:?}; list page of 1000: {list:?}; \
+         list page filtered by domain: {list_domain:?}"
+    );
+}
