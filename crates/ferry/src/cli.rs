@@ -29,6 +29,9 @@ pub enum Command {
     /// (MX, routes, a smarthost, or a local Maildir), with retries and
     /// bounces.
     Relay(Box<RelayArgs>),
+    /// Look into and act on a running relay's queue (through its --admin
+    /// interface): list, show, summary, flush, hold, release, delete.
+    Queue(crate::queue::QueueArgs),
 }
 
 /// What `--bare-lf` allows.
@@ -309,6 +312,9 @@ pub struct RelayArgs {
     /// When to warn senders who asked for NOTIFY=DELAY.
     #[arg(long, value_name = "DURATION", default_value = "4h", value_parser = parse_duration)]
     pub delay_warning: std::time::Duration,
+    /// The shared queue, the admin interface and the event log.
+    #[command(flatten)]
+    pub ops: crate::ops::OpsArgs,
 }
 
 /// Parses `300`, `30s`, `5m`, `4h` or `5d`.

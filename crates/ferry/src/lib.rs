@@ -6,15 +6,20 @@
 //! delivery, user lists, certificates, message composition, benchmark
 //! reports — is unit-tested on its own.
 
+pub mod admin;
 pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod client_run;
 pub mod compose;
+pub mod events;
 pub mod fd_limit;
+pub mod http;
 pub mod listener;
 pub mod maildir;
+pub mod ops;
 pub mod outcome;
+pub mod queue;
 pub mod relay;
 pub mod report;
 pub mod send;

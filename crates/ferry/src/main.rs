@@ -42,6 +42,7 @@ fn main() -> ExitCode {
                 1
             }
         },
+        Command::Queue(args) => i32::from(runtime.block_on(ferry::queue::run(args))),
         Command::Send(args) => runtime.block_on(ferry::client_run::run_send(args)),
         Command::Bench(args) => runtime.block_on(ferry::client_run::run_bench(args)),
     };

@@ -10,6 +10,8 @@ use smtp_client::{Credentials, TlsConfig};
 use smtp_relay::clock::{Clock, TokioClock};
 use smtp_relay::deliver::{BoxFuture, Deliverer, DeliveryConfig, LocalDelivery, MxLookup};
 use smtp_relay::dns::MxResolver;
+use smtp_relay::inspect::QueueInspect;
+use smtp_relay::observe::Observed;
 use smtp_relay::queue::{QueueStore, QueuedEnvelope};
 use smtp_relay::receive::{RelayAccess, RelayBackend};
 use smtp_relay::route::{HostPort, Router, Smarthost, SmarthostTls};
@@ -109,11 +111,11 @@ fn smarthost(args: &RelayArgs) -> Result<Option<Smarthost>, String> {
 
 /// Everything `ferry relay` runs, built from its flags.
 struct Setup {
-    spool: Spool,
     access: RelayAccess,
     deliverer: Deliverer,
     scheduler: SchedulerConfig,
     hostname: String,
+    clock: Arc<dyn Clock>,
 }
 
 fn setup(args: &RelayArgs) -> Result<Setup, String> {
@@ -165,17 +167,11 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
     } else {
         None
     };
-    let durability = match args.durability {
-        DurabilityMode::Sync => Durability::Sync,
-        DurabilityMode::Os => Durability::Os,
-    };
-    let spool = Spool::open(&args.spool, durability)
-        .map_err(|e| format!("{}: {e}", args.spool.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let mut delivery = DeliveryConfig::new(hostname.clone());
     delivery.mx_port = args.mx_port;
     delivery.max_per_destination = usize::try_from(args.max_per_destination).unwrap_or(usize::MAX);
-    let deliverer = Deliverer::new(delivery, router, resolver, local, clock);
+    let deliverer = Deliverer::new(delivery, router, resolver, local, Arc::clone(&clock));
     let mut scheduler = SchedulerConfig::new(hostname.clone());
     scheduler.retry = RetryPolicy {
         first: args.retry_min,
@@ -185,11 +181,11 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
     scheduler.max_queue_lifetime = args.max_queue_lifetime;
     scheduler.delay_warning = args.delay_warning;
     Ok(Setup {
-        spool,
         access,
         deliverer,
         scheduler,
         hostname,
+        clock,
     })
 }
 
@@ -197,13 +193,29 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
 /// sessions finish, gives deliveries in flight a few seconds and abandons
 /// the rest (they are retried from the spool after a restart).
 pub async fn run(args: RelayArgs) -> Result<(), String> {
-    let Setup {
-        spool,
-        access,
-        deliverer,
-        scheduler,
-        hostname,
-    } = setup(&args)?;
+    let setup = setup(&args)?;
+    if let Some(url) = &args.ops.queue {
+        let store = crate::ops::open_postgres(url, &args.ops).await?;
+        let recovery = store.recovery();
+        println!(
+            "queue in PostgreSQL (node {}): {} messages, {} recipients pending",
+            store.node(),
+            recovery.messages,
+            recovery.pending_recipients
+        );
+        let result = serve(args, setup, store.clone()).await;
+        // Hand what this node still holds to the other nodes at once.
+        if let Err(err) = store.release_all().await {
+            tracing::warn!(error = %err, "cannot release this node's leases");
+        }
+        return result;
+    }
+    let durability = match args.durability {
+        DurabilityMode::Sync => Durability::Sync,
+        DurabilityMode::Os => Durability::Os,
+    };
+    let spool = Spool::open(&args.spool, durability)
+        .map_err(|e| format!("{}: {e}", args.spool.display()))?;
     let recovery = spool.recovery();
     println!(
         "spool {}: {} messages, {} recipients pending{}",
@@ -219,7 +231,25 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
             String::new()
         }
     );
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    serve(args, setup, spool).await
+}
+
+/// Serves and delivers out of `store` until SIGINT or SIGTERM.
+async fn serve<S: QueueInspect + Send + Sync>(
+    args: RelayArgs,
+    setup: Setup,
+    store: S,
+) -> Result<(), String> {
+    let Setup {
+        access,
+        deliverer,
+        scheduler,
+        hostname,
+        clock,
+    } = setup;
+    // Metrics and events see everything the receiver and the scheduler do
+    // to the queue.
+    let spool = Observed::new(store, crate::ops::event_sinks(&args.ops)?);
     let max_message_size = usize::try_from(args.listener.max_message_size).unwrap_or(usize::MAX);
     let backend = RelayBackend::new(
         spool.clone(),
@@ -246,6 +276,15 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
     let server = builder.build().map_err(|e| e.to_string())?;
     let scheduler = Scheduler::new(spool.clone(), deliverer, clock, scheduler);
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let flushed = scheduler.clone();
+    let admin = crate::ops::start_admin(
+        &args.ops,
+        spool.clone(),
+        hostname.clone(),
+        Arc::new(move || flushed.clear_backoff()),
+        stopped.clone(),
+    )
+    .await?;
     let delivering = tokio::spawn(async move {
         let mut stopped = stopped;
         scheduler
@@ -257,8 +296,16 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
     let served = listener::serve(server, &args.listener).await;
     let _ = stop.send(true);
     let _ = delivering.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     served?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "shut down; {} messages queued", spool.messages().len());
+    let queued = spool
+        .summary(std::time::SystemTime::now())
+        .await
+        .map(|s| s.queued + s.deferred + s.held)
+        .unwrap_or(0);
+    let _ = writeln!(out, "shut down; {queued} recipients pending");
     Ok(())
 }

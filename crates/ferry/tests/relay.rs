@@ -238,7 +238,7 @@ fn queued_mail_survives_a_graceful_restart() {
     let (status, lines) = first.terminate();
     assert!(status.success(), "{status:?}");
     assert!(
-        lines.iter().any(|l| l == "shut down; 1 messages queued"),
+        lines.iter().any(|l| l == "shut down; 1 recipients pending"),
         "{lines:?}"
     );
     // The downstream comes up on that port and the relay restarts.

@@ -15,14 +15,23 @@
 //! - [`deliver`]: one delivery attempt over smtp-client pools;
 //! - [`scheduler`]: claims, retries, expiry and notifications;
 //! - [`notice`]: the RFC 3464 notifications the scheduler queues;
-//! - [`clock`]: the injected clock.
+//! - [`inspect`]: listing, summary, hold, release, delete and flush on
+//!   any store, for the admin interface;
+//! - [`observe`]: metrics and events of any store;
+//! - [`clock`]: the injected clock;
+//! - `postgres` (feature `postgres`): a queue in PostgreSQL shared by
+//!   many relay nodes.
 
 pub mod clock;
 mod crc32c;
 pub mod deliver;
 pub mod dns;
 pub mod dsn;
+pub mod inspect;
 pub mod notice;
+pub mod observe;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod queue;
 pub mod receive;
 pub mod route;

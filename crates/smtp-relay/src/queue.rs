@@ -238,7 +238,11 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Claims every recipient due at `now` (queued, or deferred with a next
     /// attempt not after `now`) that is not claimed yet, grouped by
     /// message, at most `max` messages.
-    fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim>;
+    ///
+    /// Async because a shared store (PostgreSQL) claims over the network;
+    /// a store that cannot reach its storage logs the error and claims
+    /// nothing, and the scheduler asks again on its next wake-up.
+    fn claim_due(&self, now: SystemTime, max: usize) -> impl Future<Output = Vec<Claim>> + Send;
 
     /// Records new states for recipients of `id` and, in the same commit
     /// and before it, enqueues `notices` (delivery status notifications
@@ -253,23 +257,55 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Gives claimed recipients back without an outcome (an attempt
     /// abandoned at shutdown); they are due again at once.
-    fn release(&self, id: MessageId, recipients: &[usize]);
+    fn release(&self, id: MessageId, recipients: &[usize]) -> impl Future<Output = ()> + Send;
 
     /// The message's content.
     fn body(&self, id: MessageId) -> impl Future<Output = io::Result<Bytes>> + Send;
 
     /// The earliest time a recipient that is not claimed is due.
-    fn next_due(&self) -> Option<SystemTime>;
+    fn next_due(&self) -> impl Future<Output = Option<SystemTime>> + Send;
 
     /// Completes when a message was enqueued or a claim was released after
     /// the last call (so a waiting scheduler wakes up).
     fn changed(&self) -> impl Future<Output = ()> + Send;
 
     /// Every message in the queue, for inspection and tests.
-    fn messages(&self) -> Vec<QueuedMessage>;
+    fn messages(&self) -> impl Future<Output = Vec<QueuedMessage>> + Send;
 
     /// What the store found when it opened.
     fn recovery(&self) -> Recovery;
+
+    /// Waits for one of the `max` delivery slots of `destination` that
+    /// every node sharing this store counts against (a per-destination
+    /// cap across nodes). `None` means the store has no shared slots: a
+    /// store used by one node, where the scheduler's own cap is the cap.
+    fn acquire_slot(
+        &self,
+        destination: &str,
+        max: usize,
+    ) -> impl Future<Output = Option<Slot>> + Send {
+        let _ = (destination, max);
+        async { None }
+    }
+
+    /// Gives back a slot from [`QueueStore::acquire_slot`].
+    fn release_slot(&self, slot: Slot) -> impl Future<Output = ()> + Send {
+        let _ = slot;
+        async {}
+    }
+}
+
+/// One delivery slot of a destination held by this node; see
+/// [`QueueStore::acquire_slot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The destination, as the scheduler names it.
+    pub destination: String,
+    /// Which of the destination's slots.
+    pub number: u32,
+    /// Identifies this holding of the slot (a slot taken over after its
+    /// lease ran out has a new one).
+    pub token: i64,
 }
 
 /// Milliseconds since the Unix epoch (0 before it), for storage.

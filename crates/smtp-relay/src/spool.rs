@@ -753,21 +753,12 @@ impl Op {
     }
 }
 
-impl QueueStore for Spool {
-    async fn enqueue(&self, message: NewMessage) -> io::Result<MessageId> {
-        let id = self.new_id();
-        let states = vec![RecipientState::Queued; message.envelope.recipients.len()];
-        self.commit(vec![Op::Message {
-            id,
-            envelope: Arc::new(message.envelope),
-            states,
-            body: message.body,
-        }])
-        .await?;
-        Ok(MessageId(id))
-    }
-
-    fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
+/// Synchronous views of the queue: the spool keeps its index in memory,
+/// so these answer without waiting (the [`QueueStore`] methods of the same
+/// names delegate to them).
+impl Spool {
+    /// Claims due recipients; see [`QueueStore::claim_due`].
+    pub fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
         let mut index = lock(&self.inner.shared.index);
         let now_key = unix_millis(now);
         let candidates: Vec<u64> = index
@@ -807,6 +798,99 @@ impl QueueStore for Spool {
         claims
     }
 
+    /// Gives claims back; see [`QueueStore::release`].
+    pub fn release(&self, id: MessageId, recipients: &[usize]) {
+        {
+            let mut index = lock(&self.inner.shared.index);
+            if let Some(entry) = index.messages.get_mut(&id.0) {
+                for &n in recipients {
+                    if let Some(claimed) = entry.claimed.get_mut(n) {
+                        *claimed = false;
+                    }
+                }
+            }
+            index.reindex(id.0);
+        }
+        self.inner.shared.changed.notify_one();
+    }
+
+    /// The earliest due time; see [`QueueStore::next_due`].
+    pub fn next_due(&self) -> Option<SystemTime> {
+        let index = lock(&self.inner.shared.index);
+        index.due.first().map(|&(key, _)| from_unix_millis(key))
+    }
+
+    /// Every queued message; see [`QueueStore::messages`].
+    pub fn messages(&self) -> Vec<QueuedMessage> {
+        lock(&self.inner.shared.index)
+            .messages
+            .iter()
+            .map(|(&id, entry)| QueuedMessage {
+                id: MessageId(id),
+                envelope: Arc::clone(&entry.envelope),
+                states: entry.states.clone(),
+            })
+            .collect()
+    }
+
+    /// Up to `limit` messages after `after` (in id order) for which `keep`
+    /// says yes: a page of a listing that never copies the whole queue.
+    pub fn page(
+        &self,
+        after: Option<MessageId>,
+        limit: usize,
+        mut keep: impl FnMut(&QueuedMessage) -> bool,
+    ) -> Vec<QueuedMessage> {
+        let index = lock(&self.inner.shared.index);
+        let start = after.map_or(0, |id| id.0.saturating_add(1));
+        let mut page = Vec::new();
+        for (&id, entry) in index.messages.range(start..) {
+            if page.len() >= limit {
+                break;
+            }
+            let message = QueuedMessage {
+                id: MessageId(id),
+                envelope: Arc::clone(&entry.envelope),
+                states: entry.states.clone(),
+            };
+            if keep(&message) {
+                page.push(message);
+            }
+        }
+        page
+    }
+
+    /// One queued message.
+    pub fn message(&self, id: MessageId) -> Option<QueuedMessage> {
+        lock(&self.inner.shared.index)
+            .messages
+            .get(&id.0)
+            .map(|entry| QueuedMessage {
+                id,
+                envelope: Arc::clone(&entry.envelope),
+                states: entry.states.clone(),
+            })
+    }
+}
+
+impl QueueStore for Spool {
+    async fn enqueue(&self, message: NewMessage) -> io::Result<MessageId> {
+        let id = self.new_id();
+        let states = vec![RecipientState::Queued; message.envelope.recipients.len()];
+        self.commit(vec![Op::Message {
+            id,
+            envelope: Arc::new(message.envelope),
+            states,
+            body: message.body,
+        }])
+        .await?;
+        Ok(MessageId(id))
+    }
+
+    async fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
+        Spool::claim_due(self, now, max)
+    }
+
     async fn record(
         &self,
         id: MessageId,
@@ -827,19 +911,8 @@ impl QueueStore for Spool {
         self.commit(ops).await
     }
 
-    fn release(&self, id: MessageId, recipients: &[usize]) {
-        {
-            let mut index = lock(&self.inner.shared.index);
-            if let Some(entry) = index.messages.get_mut(&id.0) {
-                for &n in recipients {
-                    if let Some(claimed) = entry.claimed.get_mut(n) {
-                        *claimed = false;
-                    }
-                }
-            }
-            index.reindex(id.0);
-        }
-        self.inner.shared.changed.notify_one();
+    async fn release(&self, id: MessageId, recipients: &[usize]) {
+        Spool::release(self, id, recipients);
     }
 
     async fn body(&self, id: MessageId) -> io::Result<Bytes> {
@@ -871,25 +944,16 @@ impl QueueStore for Spool {
         .map_err(io::Error::other)?
     }
 
-    fn next_due(&self) -> Option<SystemTime> {
-        let index = lock(&self.inner.shared.index);
-        index.due.first().map(|&(key, _)| from_unix_millis(key))
+    async fn next_due(&self) -> Option<SystemTime> {
+        Spool::next_due(self)
     }
 
     async fn changed(&self) {
         self.inner.shared.changed.notified().await;
     }
 
-    fn messages(&self) -> Vec<QueuedMessage> {
-        lock(&self.inner.shared.index)
-            .messages
-            .iter()
-            .map(|(&id, entry)| QueuedMessage {
-                id: MessageId(id),
-                envelope: Arc::clone(&entry.envelope),
-                states: entry.states.clone(),
-            })
-            .collect()
+    async fn messages(&self) -> Vec<QueuedMessage> {
+        Spool::messages(self)
     }
 
     fn recovery(&self) -> Recovery {
