@@ -253,6 +253,6 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
     let _ = delivering.await;
     served?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "shut down; {} messages queued", spool.messages().len());
+    let _ = writeln!(out, "shut down; {} messages queued", spool.snapshot().len());
     Ok(())
 }

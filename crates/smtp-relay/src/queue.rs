@@ -228,7 +228,9 @@ pub struct Recovery {
 /// A queue store: the durable half of the relay.
 ///
 /// Every method that changes the queue returns only once the change is
-/// committed as the store's durability setting says. Implementations:
+/// committed as the store's durability setting says. Every method that
+/// reads or claims is async too, so a store behind a network (a shared
+/// PostgreSQL queue) fits the same trait. Implementations:
 /// [`Spool`](crate::spool::Spool) (a checksummed log on local disk).
 pub trait QueueStore: Send + Sync + 'static {
     /// Commits a new message; after `Ok` the receiver may say `250`.
@@ -238,7 +240,7 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Claims every recipient due at `now` (queued, or deferred with a next
     /// attempt not after `now`) that is not claimed yet, grouped by
     /// message, at most `max` messages.
-    fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim>;
+    fn claim_due(&self, now: SystemTime, max: usize) -> impl Future<Output = Vec<Claim>> + Send;
 
     /// Records new states for recipients of `id` and, in the same commit
     /// and before it, enqueues `notices` (delivery status notifications
@@ -253,20 +255,20 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Gives claimed recipients back without an outcome (an attempt
     /// abandoned at shutdown); they are due again at once.
-    fn release(&self, id: MessageId, recipients: &[usize]);
+    fn release(&self, id: MessageId, recipients: &[usize]) -> impl Future<Output = ()> + Send;
 
     /// The message's content.
     fn body(&self, id: MessageId) -> impl Future<Output = io::Result<Bytes>> + Send;
 
     /// The earliest time a recipient that is not claimed is due.
-    fn next_due(&self) -> Option<SystemTime>;
+    fn next_due(&self) -> impl Future<Output = Option<SystemTime>> + Send;
 
     /// Completes when a message was enqueued or a claim was released after
     /// the last call (so a waiting scheduler wakes up).
     fn changed(&self) -> impl Future<Output = ()> + Send;
 
     /// Every message in the queue, for inspection and tests.
-    fn messages(&self) -> Vec<QueuedMessage>;
+    fn messages(&self) -> impl Future<Output = Vec<QueuedMessage>> + Send;
 
     /// What the store found when it opened.
     fn recovery(&self) -> Recovery;

@@ -204,7 +204,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             let room = inner.config.max_in_flight.saturating_sub(tasks.len());
             if room > 0 {
                 let now = inner.clock.now();
-                for claim in inner.store.claim_due(now, room) {
+                for claim in inner.store.claim_due(now, room).await {
                     let this = self.clone();
                     tasks.spawn(async move { this.deliver_claim(claim).await });
                 }
@@ -212,7 +212,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             let next_due = if tasks.len() >= inner.config.max_in_flight {
                 None
             } else {
-                inner.store.next_due()
+                inner.store.next_due().await
             };
             let wait = async {
                 match next_due {
@@ -261,7 +261,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             Ok(body) => body,
             Err(err) => {
                 tracing::error!(%id, error = %err, "cannot read a queued message");
-                inner.store.release(id, &claim.recipients);
+                inner.store.release(id, &claim.recipients).await;
                 return;
             }
         };
@@ -297,7 +297,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
         let envelope = &claim.message.envelope;
         let limit = self.limit(destination);
         let Ok(_permit) = limit.acquire_owned().await else {
-            inner.store.release(id, recipients);
+            inner.store.release(id, recipients).await;
             return;
         };
         let now = inner.clock.now();
@@ -340,7 +340,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
         );
         if let Err(err) = inner.store.record(id, states, notices).await {
             tracing::error!(%id, error = %err, "cannot record delivery outcomes");
-            inner.store.release(id, recipients);
+            inner.store.release(id, recipients).await;
         }
     }
 

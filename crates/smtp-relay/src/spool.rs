@@ -767,7 +767,7 @@ impl QueueStore for Spool {
         Ok(MessageId(id))
     }
 
-    fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
+    async fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
         let mut index = lock(&self.inner.shared.index);
         let now_key = unix_millis(now);
         let candidates: Vec<u64> = index
@@ -827,7 +827,7 @@ impl QueueStore for Spool {
         self.commit(ops).await
     }
 
-    fn release(&self, id: MessageId, recipients: &[usize]) {
+    async fn release(&self, id: MessageId, recipients: &[usize]) {
         {
             let mut index = lock(&self.inner.shared.index);
             if let Some(entry) = index.messages.get_mut(&id.0) {
@@ -871,7 +871,7 @@ impl QueueStore for Spool {
         .map_err(io::Error::other)?
     }
 
-    fn next_due(&self) -> Option<SystemTime> {
+    async fn next_due(&self) -> Option<SystemTime> {
         let index = lock(&self.inner.shared.index);
         index.due.first().map(|&(key, _)| from_unix_millis(key))
     }
@@ -880,7 +880,19 @@ impl QueueStore for Spool {
         self.inner.shared.changed.notified().await;
     }
 
-    fn messages(&self) -> Vec<QueuedMessage> {
+    async fn messages(&self) -> Vec<QueuedMessage> {
+        self.snapshot()
+    }
+
+    fn recovery(&self) -> Recovery {
+        self.inner.shared.recovery.clone()
+    }
+}
+
+impl Spool {
+    /// Every message in the queue now (what [`QueueStore::messages`]
+    /// returns), without waiting.
+    pub fn snapshot(&self) -> Vec<QueuedMessage> {
         lock(&self.inner.shared.index)
             .messages
             .iter()
@@ -890,10 +902,6 @@ impl QueueStore for Spool {
                 states: entry.states.clone(),
             })
             .collect()
-    }
-
-    fn recovery(&self) -> Recovery {
-        self.inner.shared.recovery.clone()
     }
 }
 

@@ -214,7 +214,7 @@ async fn a_delivery_in_flight_at_shutdown_is_abandoned_and_retried_after_restart
     // Nothing was recorded for the abandoned attempt: still queued.
     let spool =
         smtp_relay::spool::Spool::open(dir.path(), smtp_relay::spool::Durability::Os).unwrap();
-    let messages = smtp_relay::queue::QueueStore::messages(&spool);
+    let messages = spool.snapshot();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].states[0], RecipientState::Queued);
     drop(spool);

@@ -13,7 +13,7 @@ use smtp_proto::address::Address;
 use smtp_proto::command::{MailParameters, RcptParameters};
 use smtp_relay::clock::{Clock, ManualClock};
 use smtp_relay::deliver::{Deliverer, DeliveryConfig, LocalDelivery, MxLookup};
-use smtp_relay::queue::{QueueStore, QueuedMessage, RecipientState};
+use smtp_relay::queue::{QueuedMessage, RecipientState};
 use smtp_relay::receive::{RelayAccess, RelayBackend};
 use smtp_relay::route::{HostPort, Router, Smarthost};
 use smtp_relay::scheduler::{Scheduler, SchedulerConfig};
@@ -395,7 +395,7 @@ impl Relay {
     }
 
     pub fn messages(&self) -> Vec<QueuedMessage> {
-        self.spool.messages()
+        self.spool.snapshot()
     }
 
     /// Advances the clock and lets the scheduler act on it.
