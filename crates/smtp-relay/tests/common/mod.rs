@@ -35,6 +35,8 @@ pub struct Delivered {
     pub mail: MailParameters,
     pub recipients: Vec<(String, RcptParameters)>,
     pub body: Vec<u8>,
+    /// Who authenticated, if anyone.
+    pub identity: Option<String>,
 }
 
 /// How a fake MX answers.
@@ -48,6 +50,9 @@ pub struct Script {
     pub data_451_times: usize,
     /// Offer DSN.
     pub dsn: bool,
+    /// Offer STARTTLS (a certificate for `localhost` made now) and AUTH
+    /// after it, for this user and password.
+    pub tls_auth: Option<(&'static str, &'static str)>,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +129,7 @@ impl Session for MxSession {
                 .map(|r| (r.address.as_str().to_owned(), r.parameters.clone()))
                 .collect(),
             body: bytes,
+            identity: envelope.identity.as_ref().map(|i| i.name.clone()),
         });
         Ok(())
     }
@@ -133,6 +139,8 @@ impl Session for MxSession {
 pub struct FakeMx {
     pub addr: SocketAddr,
     pub log: Arc<MxLog>,
+    /// The certificate STARTTLS presents, with `tls_auth`.
+    pub certificate_pem: Option<String>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -147,15 +155,28 @@ impl FakeMx {
             dsn: script.dsn,
             ..smtp_server::Extensions::default()
         };
-        let server = Server::builder(MxBackend {
+        let tls_auth = script.tls_auth;
+        let mut builder = Server::builder(MxBackend {
             script: Arc::new(script),
             log: Arc::clone(&log),
         })
         .hostname("mx.test")
         .extensions(extensions)
-        .listen(addr)
-        .build()
-        .unwrap();
+        .listen(addr);
+        let mut certificate_pem = None;
+        if let Some((user, password)) = tls_auth {
+            let certified =
+                rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+            let cert = certified.cert.pem();
+            let key = certified.signing_key.serialize_pem();
+            builder = builder
+                .tls(smtp_server::TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap())
+                .auth(users(&[(user, password)]), smtp_server::AuthPolicy::new())
+                // Tests refuse credentials on purpose: no delayed replies.
+                .auth_throttle(smtp_server::AuthThrottle::disabled());
+            certificate_pem = Some(cert);
+        }
+        let server = builder.build().unwrap();
         let listening = server.bind().await.unwrap();
         let addr = listening.local_addrs()[0];
         let (stop, stopped) = oneshot::channel();
@@ -169,6 +190,7 @@ impl FakeMx {
         FakeMx {
             addr,
             log,
+            certificate_pem,
             stop: Some(stop),
         }
     }
@@ -227,11 +249,18 @@ impl Default for RelayOptions {
     }
 }
 
+/// smtp-server's accounts with these names and plain passwords.
+pub fn users(accounts: &[(&str, &str)]) -> smtp_server::StaticUsers {
+    let mut users = smtp_server::StaticUsers::new();
+    for (name, password) in accounts {
+        users.add_plain(*name, *password).unwrap();
+    }
+    users
+}
+
 /// smtp-server's accounts with `user`/`secret`.
 pub fn test_users() -> smtp_server::StaticUsers {
-    let mut users = smtp_server::StaticUsers::new();
-    users.add_plain("user", "secret").unwrap();
-    users
+    users(&[("user", "secret")])
 }
 
 /// A running relay.
@@ -348,7 +377,7 @@ impl Relay {
     }
 
     pub fn messages(&self) -> Vec<QueuedMessage> {
-        self.spool.messages()
+        self.spool.snapshot()
     }
 
     /// Advances the clock and lets the scheduler act on it.
