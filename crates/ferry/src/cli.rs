@@ -343,6 +343,19 @@ pub struct CheckArgs {
     /// The recipient of the --intrusive probe messages.
     #[arg(long, value_name = "ADDRESS", requires = "intrusive")]
     pub rcpt: Option<String>,
+    /// Ask this DNS resolver instead of the system's (TLSA records count as
+    /// DNSSEC-validated only when it sets the AD bit).
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_server: Option<SocketAddr>,
+    /// Check the DKIM key published for this selector (repeatable).
+    #[arg(long, value_name = "SELECTOR")]
+    pub dkim_selector: Vec<String>,
+    /// For tests only: connect to MX hosts on this port instead of 25.
+    #[arg(long, value_name = "PORT", hide = true)]
+    pub test_mx_port: Option<u16>,
+    /// For tests only: fetch the MTA-STS policy from this port instead of 443.
+    #[arg(long, value_name = "PORT", hide = true)]
+    pub test_mta_sts_port: Option<u16>,
 }
 
 /// The host name of this machine, for greetings and Received headers:

@@ -51,6 +51,7 @@
 //! for a new type is a small `impl TestDnsBuilder` block calling
 //! [`TestDnsBuilder::record`], best in a module of its own.
 
+mod authentic;
 mod handler;
 
 use std::collections::BTreeMap;
@@ -135,6 +136,7 @@ pub struct TestDnsBuilder {
     records: Vec<Record>,
     servfail: Vec<Name>,
     no_answer: Vec<Name>,
+    authentic: Vec<Name>,
     error: Option<String>,
 }
 
@@ -266,7 +268,8 @@ impl TestDnsBuilder {
         }
         let catalog = build_catalog(&self.zones, self.records)?;
         let queries = Arc::new(AtomicU64::new(0));
-        let handler = TestHandler::new(catalog, self.servfail, self.no_answer, queries.clone());
+        let mut handler = TestHandler::new(catalog, self.servfail, self.no_answer, queries.clone());
+        handler.authentic = self.authentic;
         let (udp, tcp) = bind_same_port().await?;
         let addr = udp.local_addr()?;
         let mut server = Server::new(handler);

@@ -113,6 +113,11 @@ impl RecordingVerifier {
         })
     }
 
+    /// What the last verification said, if one ran.
+    pub fn verdict(&self) -> Option<Result<(), rustls::Error>> {
+        self.verdict.lock().map(|v| v.clone()).unwrap_or(None)
+    }
+
     fn take(&self) -> Option<Result<(), rustls::Error>> {
         self.verdict.lock().map(|mut v| v.take()).unwrap_or(None)
     }

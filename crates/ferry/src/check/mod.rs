@@ -11,6 +11,8 @@
 //! | [`tls`] | STARTTLS or implicit TLS, certificate, protocol versions |
 //! | [`protocol`] | EHLO, extensions, pipelining, null sender, postmaster, SIZE, NOOP/RSET/QUIT |
 //! | [`security`] | STARTTLS injection, open relay, VRFY/EXPN, AUTH exposure, bare LF, smuggling |
+//! | [`dns`] | MX, SPF, DMARC, DKIM, TLS-RPT, DANE records, reverse DNS |
+//! | [`policy`] | MTA-STS record, policy over HTTPS, the enforce verdict |
 //! | [`server`] | the order of connections against one address |
 //! | [`report`] | results, the table, JSON, exit status |
 //!
@@ -20,6 +22,8 @@
 
 pub mod connection;
 pub mod conversation;
+pub mod dns;
+pub mod policy;
 pub mod protocol;
 pub mod report;
 pub mod security;
@@ -198,11 +202,33 @@ pub fn options(args: &CheckArgs) -> Result<server::Options, String> {
 pub async fn check(args: &CheckArgs, progress: &Progress) -> Result<Report, String> {
     let target = Target::parse(&args.target)?;
     let options = options(args)?;
+    let dns = dns::Dns::new(args.dns_server, options.timeout)?;
     let mut report = Report::new(&args.target);
     match target {
         Target::Server { host, port } => {
-            let addrs = resolve_host(&host, port).await;
-            let addrs = match addrs {
+            check_server_target(args, &options, &dns, &host, port, progress, &mut report).await;
+        }
+        Target::Domain(domain) => {
+            check_domain(args, &options, &dns, &domain, progress, &mut report).await;
+        }
+    }
+    Ok(report)
+}
+
+async fn check_server_target(
+    args: &CheckArgs,
+    options: &server::Options,
+    dns: &dns::Dns,
+    host: &str,
+    port: u16,
+    progress: &Progress,
+    report: &mut Report,
+) {
+    let addrs = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => {
+            progress.show(&format!("resolving {host}"));
+            match dns.addrs(host).await {
                 Ok(addrs) => addrs,
                 Err(err) => {
                     report.push(
@@ -211,66 +237,151 @@ pub async fn check(args: &CheckArgs, progress: &Progress) -> Result<Report, Stri
                             &format!("{host}:{port}"),
                             report::Section::Connection,
                             report::Status::Fail,
-                            err,
+                            format!("{host}: {err}"),
                             "RFC 5321 §5.1",
                         )
                         .fix("Publish A or AAAA records for the host."),
                     );
-                    return Ok(report);
+                    return;
                 }
-            };
-            let is_name = host.parse::<IpAddr>().is_err();
-            for addr in addrs {
-                let label = if is_name {
-                    format!("{host}[{}]:{port}", addr.ip())
-                } else {
-                    addr.to_string()
-                };
-                let target = server::ServerTarget {
-                    label,
-                    addr,
-                    host: is_name.then(|| host.clone()),
-                    domain: args.domain.clone(),
-                    implicit_tls: port == 465,
-                    submission: matches!(port, 465 | 587),
-                    strictness: if matches!(port, 465 | 587) {
-                        Strictness::Submission
-                    } else {
-                        Strictness::Opportunistic
-                    },
-                };
-                let outcome = server::check(&target, &options, progress).await;
-                report.results.extend(outcome.results);
-                report.transcripts.extend(outcome.transcripts);
             }
         }
-        Target::Domain(domain) => {
-            return Err(format!(
-                "{domain}: give a port to check one server (for example {domain}:25)"
-            ));
+    };
+    let is_name = host.parse::<IpAddr>().is_err();
+    let submission = matches!(port, 465 | 587);
+    for ip in addrs {
+        let addr = SocketAddr::new(ip, port);
+        let label = if is_name {
+            format!("{host}[{ip}]:{port}")
+        } else {
+            addr.to_string()
+        };
+        let target = server::ServerTarget {
+            label,
+            addr,
+            host: is_name.then(|| host.to_owned()),
+            domain: args.domain.clone(),
+            implicit_tls: port == 465,
+            submission,
+            strictness: if submission {
+                Strictness::Submission
+            } else {
+                Strictness::Opportunistic
+            },
+        };
+        let outcome = server::check(&target, options, progress).await;
+        if outcome.reachable {
+            if ip.is_loopback() && args.dns_server.is_none() {
+                report.push(report::CheckResult::new(
+                    "connection.fcrdns",
+                    &target.label,
+                    report::Section::Connection,
+                    report::Status::Skip,
+                    "loopback address: reverse DNS does not apply",
+                    "RFC 5321 §4.1.4",
+                ));
+            } else {
+                report.push(dns::fcrdns(dns, &target.label, ip, &outcome.names).await);
+            }
         }
+        report.results.extend(outcome.results);
+        report.transcripts.extend(outcome.transcripts);
     }
-    Ok(report)
 }
 
-async fn resolve_host(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
+async fn check_domain(
+    args: &CheckArgs,
+    options: &server::Options,
+    dns: &dns::Dns,
+    domain: &str,
+    progress: &Progress,
+    report: &mut Report,
+) {
+    progress.show(&format!("{domain}: DNS"));
+    let mut results = Vec::new();
+    let mx = dns::mx(dns, domain, &mut results).await;
+    dns::spf(dns, domain, &mut results).await;
+    dns::dmarc(dns, domain, &mut results).await;
+    for selector in &args.dkim_selector {
+        dns::dkim(dns, domain, selector, &mut results).await;
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("{host}: {e}"))?
-        .collect();
-    let mut unique = Vec::new();
-    for addr in addrs {
-        if !unique.contains(&addr) {
-            unique.push(addr);
+    dns::tls_rpt(dns, domain, &mut results).await;
+    progress.show(&format!("{domain}: MTA-STS"));
+    let policy = policy::check(
+        dns,
+        domain,
+        &options.roots,
+        args.test_mta_sts_port.unwrap_or(443),
+        options.timeout,
+        &mut results,
+    )
+    .await;
+    report.results.extend(results);
+    let dns::MxSet::Hosts(hosts) = mx else {
+        return;
+    };
+    let port = args.test_mx_port.unwrap_or(25);
+    let mut mx_tls = Vec::new();
+    for host in &hosts {
+        let mut results = Vec::new();
+        // RFC 7672 §2.2: the TLSA name always uses port 25.
+        let dane = dns::dane_records(dns, &host.name, 25, &mut results).await;
+        report.results.extend(results);
+        let strictness = match (&dane, &policy) {
+            (Some(dane), _) if dane.records.iter().any(|r| r.usage == 2) => Strictness::Dane,
+            // DANE-EE (usage 3) ignores names and issuers (RFC 7672 §3.1.1);
+            // DANE takes precedence over MTA-STS (RFC 8461 §2).
+            (Some(_), _) => Strictness::Opportunistic,
+            (None, Some(p)) if p.mode == policy::Mode::Enforce => Strictness::MtaStsEnforce,
+            _ => Strictness::Opportunistic,
+        };
+        let mut problem = None;
+        for ip in &host.addrs {
+            let addr = SocketAddr::new(*ip, port);
+            let target = server::ServerTarget {
+                label: format!("{}[{ip}]:{port}", host.name),
+                addr,
+                host: Some(host.name.clone()),
+                domain: Some(domain.to_owned()),
+                implicit_tls: false,
+                submission: false,
+                strictness,
+            };
+            let outcome = server::check(&target, options, progress).await;
+            if outcome.reachable {
+                report.push(dns::fcrdns(dns, &target.label, *ip, &outcome.names).await);
+            }
+            if let Some(dane) = &dane {
+                let chain = outcome.tls.as_ref().map(|t| t.chain.as_slice());
+                report.push(dns::dane_match(&target.label, dane, chain));
+            }
+            let why = match (&outcome.tls, outcome.cert) {
+                _ if !outcome.reachable => Some(format!("{ip} unreachable")),
+                (None, _) => Some(format!("{ip} has no working STARTTLS")),
+                (Some(_), Some(cert)) if !cert.trusted => {
+                    Some(format!("{ip} certificate not trusted"))
+                }
+                (Some(_), Some(cert)) if !cert.name_ok => {
+                    Some(format!("{ip} certificate not valid for {}", host.name))
+                }
+                _ => None,
+            };
+            if problem.is_none() {
+                problem = why;
+            }
+            report.results.extend(outcome.results);
+            report.transcripts.extend(outcome.transcripts);
         }
+        mx_tls.push(policy::MxTls {
+            host: host.name.clone(),
+            problem,
+        });
     }
-    if unique.is_empty() {
-        return Err(format!("{host} has no address"));
+    if let Some(policy) = &policy {
+        report
+            .results
+            .extend(policy::enforce_verdict(domain, policy, &mx_tls));
     }
-    Ok(unique)
 }
 
 /// `ferry check` as a command: prints the report and returns the exit
