@@ -307,7 +307,7 @@ impl Conversation {
 
     fn log(&mut self, prefix: &str, text: &str) {
         if self.record {
-            for line in text.split_inclusive('\n') {
+            for line in text.split('\n') {
                 let shown = super::report::one_line(line);
                 self.lines.push(format!("{prefix} {shown}"));
             }

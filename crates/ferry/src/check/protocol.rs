@@ -36,7 +36,8 @@ pub fn ehlo(
                 .iter()
                 .skip(1)
                 .map(|l| l.as_ref())
-                .filter(|l| !ehlo_line_ok(l))
+                // A bare `250` last line (smtp-sink sends one) carries nothing.
+                .filter(|l| !l.is_empty() && !ehlo_line_ok(l))
                 .collect();
             let caps = Capabilities::from_reply(reply);
             let result = if caps.domain.is_empty() {
