@@ -329,6 +329,9 @@ pub struct CheckArgs {
     /// [default: the unqualified <postmaster>].
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Option<String>,
+    /// Use TLS from the first byte (RFC 8314 §3); implied by port 465.
+    #[arg(long)]
+    pub implicit_tls: bool,
     /// Log in with this user (over TLS only) to check authenticated
     /// submission.
     #[arg(long, value_name = "NAME", requires = "password_env")]

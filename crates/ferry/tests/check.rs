@@ -123,6 +123,8 @@ struct Spec {
     insecure_auth: bool,
     user: Option<(&'static str, &'static str)>,
     hostname: &'static str,
+    /// Listen with implicit TLS instead of plain SMTP.
+    implicit: bool,
 }
 
 #[derive(Clone)]
@@ -204,13 +206,17 @@ async fn start_smtp(spec: Spec) -> SocketAddr {
         open_relay: spec.open_relay,
         vrfy_confirms: spec.vrfy_confirms,
     };
-    let mut builder = Server::builder(backend)
-        .hostname(if spec.hostname.is_empty() {
-            "mx.good.test"
-        } else {
-            spec.hostname
-        })
-        .listen("127.0.0.1:0".parse().unwrap());
+    let mut builder = Server::builder(backend).hostname(if spec.hostname.is_empty() {
+        "mx.good.test"
+    } else {
+        spec.hostname
+    });
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    builder = if spec.implicit {
+        builder.listen_tls(any)
+    } else {
+        builder.listen(any)
+    };
     if let Some((cert, key)) = &spec.tls {
         builder = builder.tls(TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap());
     }
@@ -594,6 +600,42 @@ async fn good_server_passes_every_server_check() {
     assert!(lines.iter().any(|l| l.starts_with("C: EHLO")));
     assert!(lines.iter().any(|l| l.starts_with("S: 220")));
     assert!(!lines.iter().any(|l| l.trim() == "C: DATA"));
+}
+
+#[tokio::test]
+async fn implicit_tls_is_checked_from_the_first_byte() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["mx.good.test"], false);
+    let addr = start_smtp(Spec {
+        tls: Some((leaf.chain_pem, leaf.key_pem)),
+        implicit: true,
+        ..Spec::default()
+    })
+    .await;
+    let ca_path = ca.path();
+    let report = run(&with_fast(&[
+        &addr.to_string(),
+        "--implicit-tls",
+        "--ca",
+        ca_path.to_str().unwrap(),
+    ]))
+    .await;
+    no_failures(&report);
+    for id in [
+        "tls.implicit",
+        "tls.chain",
+        "tls.legacy-versions",
+        "protocol.ehlo",
+        "security.auth-plaintext",
+    ] {
+        expect(&report, id, Status::Pass);
+    }
+    assert!(report.find("tls.starttls").is_none());
+    assert!(report.find("security.starttls-injection").is_none());
+    // Plain SMTP on that port is not TLS.
+    let plain = start_smtp(Spec::default()).await;
+    let report = run(&with_fast(&[&plain.to_string(), "--implicit-tls"])).await;
+    expect(&report, "tls.implicit", Status::Fail);
 }
 
 #[tokio::test]
@@ -1076,6 +1118,9 @@ async fn domains() -> Domain {
         .mx("redirect.test", 10, "mx.good.test")
         .txt("_mta-sts.redirect.test", "v=STSv1; id=1")
         .a("mta-sts.redirect.test", lo)
+        .mx("badcert.test", 10, "mx.good.test")
+        .txt("_mta-sts.badcert.test", "v=STSv1; id=1")
+        .a("mta-sts.badcert.test", lo)
         .mx("ctype.test", 10, "mx.good.test")
         .txt("_mta-sts.ctype.test", "v=STSv1; id=1")
         .a("mta-sts.ctype.test", lo)

@@ -261,7 +261,7 @@ async fn check_server_target(
             addr,
             host: is_name.then(|| host.to_owned()),
             domain: args.domain.clone(),
-            implicit_tls: port == 465,
+            implicit_tls: port == 465 || args.implicit_tls,
             submission,
             strictness: if submission {
                 Strictness::Submission
