@@ -245,10 +245,29 @@ pub fn mail_group(
     target: &str,
     postmaster: &str,
     pipelined: bool,
+    submission: bool,
     replies: &[Result<Reply, ProbeError>],
 ) {
     let get = |i: usize| replies.get(i).and_then(|r| r.as_ref().ok());
     let mail = get(0);
+    if submission && let Some(refused) = mail.filter(|r| r.code() == 530) {
+        // RFC 6409 §4.3: a submission server may require AUTH first.
+        let evidence = format!(
+            "MAIL FROM:<> → {}: AUTH comes first on submission (give --user to check further)",
+            show(refused)
+        );
+        for id in ["protocol.null-sender", "protocol.postmaster"] {
+            out.push(CheckResult::new(
+                id,
+                target,
+                Section::Protocol,
+                Status::Skip,
+                evidence.clone(),
+                "RFC 6409 §4.3",
+            ));
+        }
+        return;
+    }
     match mail {
         Some(r) if r.code() == 250 => out.push(CheckResult::new(
             "protocol.null-sender",
@@ -465,6 +484,7 @@ mod tests {
             "t",
             "<postmaster>",
             true,
+            false,
             &[ok(250), ok(250), ok(503), ok(250)],
         );
         assert!(out.iter().all(|r| r.status == Status::Pass), "{out:?}");
@@ -474,12 +494,20 @@ mod tests {
             "t",
             "<postmaster>",
             true,
+            false,
             &[ok(250), ok(550), ok(250), ok(503)],
         );
         let order = out.iter().find(|r| r.id == "protocol.pipelining").unwrap();
         assert_eq!(order.status, Status::Fail);
         let postmaster = out.iter().find(|r| r.id == "protocol.postmaster").unwrap();
         assert_eq!(postmaster.status, Status::Fail);
+        // A submission server that wants AUTH first is not at fault.
+        let mut out = Vec::new();
+        mail_group(&mut out, "t", "<postmaster>", false, true, &[ok(530)]);
+        assert!(out.iter().all(|r| r.status == Status::Skip), "{out:?}");
+        let mut out = Vec::new();
+        mail_group(&mut out, "t", "<postmaster>", false, false, &[ok(530)]);
+        assert_eq!(out[0].status, Status::Fail);
     }
 
     #[test]

@@ -511,6 +511,7 @@ async fn main_session(
         label,
         &postmaster,
         caps.pipelining,
+        target.submission,
         &replies,
     );
 
