@@ -346,10 +346,13 @@ pub struct CheckArgs {
     /// The recipient of the --intrusive probe messages.
     #[arg(long, value_name = "ADDRESS", requires = "intrusive")]
     pub rcpt: Option<String>,
-    /// Ask this DNS resolver instead of the system's (TLSA records count as
-    /// DNSSEC-validated only when it sets the AD bit).
+    /// Ask this DNS resolver instead of the system's.
     #[arg(long, value_name = "IP:PORT")]
     pub dns_server: Option<SocketAddr>,
+    /// Trust these DNSKEY records (zone-file lines) for DNSSEC instead of
+    /// the IANA root keys, for private or test zones.
+    #[arg(long, value_name = "FILE")]
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// Check the DKIM key published for this selector (repeatable).
     #[arg(long, value_name = "SELECTOR")]
     pub dkim_selector: Vec<String>,

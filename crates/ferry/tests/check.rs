@@ -995,11 +995,21 @@ struct Domain {
 
 impl Domain {
     async fn check(&self, domain: &str, extra: &[&str]) -> Report {
+        self.check_trusting(domain, extra, true).await
+    }
+
+    /// `with_anchor` false: the IANA root keys only, which do not lead to
+    /// the test zones.
+    async fn check_trusting(&self, domain: &str, extra: &[&str], with_anchor: bool) -> Report {
         let smtp_port = self.smtp_port.to_string();
         let https_port = self.https_port.to_string();
         let ca = self.ca.path();
-        let mut args = vec![
-            domain,
+        let anchors = self.ca.dir.path().join("anchors");
+        let mut args = vec![domain];
+        if with_anchor {
+            args.extend(["--dnssec-trust-anchor", anchors.to_str().unwrap()]);
+        }
+        args.extend([
             "--dns-server",
             &self.dns_addr,
             "--test-mx-port",
@@ -1008,7 +1018,7 @@ impl Domain {
             &https_port,
             "--ca",
             ca.to_str().unwrap(),
-        ];
+        ]);
         args.extend_from_slice(extra);
         run(&with_fast(&args)).await
     }
@@ -1082,7 +1092,7 @@ async fn domains() -> Domain {
         )
         .txt("gone._domainkey.good.test", "v=DKIM1; p=")
         .tlsa("_25._tcp.mx.good.test", 3, 1, 1, &tlsa)
-        .authentic("good.test")
+        .signed("good.test")
         .record(
             "1.0.0.127.in-addr.arpa",
             test_dns::RData::PTR(hickory_proto::rr::rdata::PTR(
@@ -1129,7 +1139,7 @@ async fn domains() -> Domain {
         .mx("danebad.test", 10, "mx.danebad.test")
         .a("mx.danebad.test", lo)
         .tlsa("_25._tcp.mx.danebad.test", 3, 1, 1, &[0u8; 32])
-        .authentic("danebad.test")
+        .signed("danebad.test")
         .mx("daneplain.test", 10, "mx.daneplain.test")
         .a("mx.daneplain.test", lo)
         .tlsa("_25._tcp.mx.daneplain.test", 3, 1, 1, &tlsa);
@@ -1137,6 +1147,8 @@ async fn domains() -> Domain {
         builder = builder.txt(&format!("i{i}.spf.test"), "v=spf1 ip4:192.0.2.1 -all");
     }
     let dns = builder.start().await.unwrap();
+    let anchors = ca.dir.path().join("anchors");
+    std::fs::write(&anchors, dns.trust_anchors()).unwrap();
     Domain {
         dns_addr: dns.addr().to_string(),
         _dns: dns,
@@ -1307,4 +1319,15 @@ async fn dane_tlsa_matching_not_matching_and_unsigned() {
     let report = d.check("daneplain.test", &[]).await;
     expect(&report, "dns.dane", Status::Warn);
     assert!(report.find("tls.dane").is_none());
+    // The signed zone, but no trust anchor that leads to it: the same TLSA
+    // records are not validated.
+    let report = d.check_trusting("good.test", &[], false).await;
+    expect(&report, "dns.dane", Status::Warn);
+    assert!(
+        report
+            .find("dns.dane")
+            .unwrap()
+            .evidence
+            .contains("not DNSSEC-validated")
+    );
 }

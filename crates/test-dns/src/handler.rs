@@ -17,8 +17,6 @@ pub(crate) struct TestHandler {
     servfail: Vec<Name>,
     no_answer: Vec<Name>,
     queries: Arc<AtomicU64>,
-    /// Names answered with the AD bit set (see `authentic.rs`).
-    pub(crate) authentic: Vec<Name>,
 }
 
 impl TestHandler {
@@ -33,7 +31,6 @@ impl TestHandler {
             servfail,
             no_answer,
             queries,
-            authentic: Vec::new(),
         }
     }
 }
@@ -81,13 +78,6 @@ impl RequestHandler for TestHandler {
                     })
                 }
             };
-        }
-        if names.iter().any(|name| under(&self.authentic, name)) {
-            let response_handle = crate::authentic::AuthenticResponse::new(response_handle);
-            return self
-                .catalog
-                .handle_request::<_, T>(request, response_handle)
-                .await;
         }
         self.catalog
             .handle_request::<R, T>(request, response_handle)

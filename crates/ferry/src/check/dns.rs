@@ -4,20 +4,20 @@
 //! reverse DNS for server addresses.
 //!
 //! Look-ups go through hickory-resolver, to the system's resolver or
-//! `--dns-server`. TLSA records are trusted only when that resolver says
-//! it validated them (the AD bit, RFC 4035 §3.2.3, asked for with AD=1 in
-//! the query as RFC 6840 §5.7 describes), the way MTAs doing DANE trust
-//! their local validating resolver (RFC 7672 §2.1): ferry does not verify
-//! DNSSEC signatures itself.
+//! `--dns-server`. TLSA records count only when hickory's DNSSEC validator
+//! proves them secure from the trust anchors (the IANA root keys, or
+//! `--dnssec-trust-anchor`), as RFC 7672 §2.1 requires.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use rustls_pki_types::CertificateDer;
@@ -63,6 +63,8 @@ pub struct Tlsa {
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
+    /// The same resolvers, validating DNSSEC in-process (for TLSA).
+    validator: TokioResolver,
     /// Where the AD-bit queries go.
     server: Option<SocketAddr>,
     timeout: Duration,
@@ -100,15 +102,20 @@ pub fn plain_name(name: &Name) -> String {
 
 impl Dns {
     /// A resolver asking `server` (`--dns-server`), or the system's
-    /// resolvers when `None`.
-    pub fn new(server: Option<SocketAddr>, timeout: Duration) -> Result<Dns, String> {
+    /// resolvers when `None`. TLSA records are validated with DNSSEC
+    /// against `anchors` (the IANA root keys when `None`).
+    pub fn new(
+        server: Option<SocketAddr>,
+        timeout: Duration,
+        anchors: Option<TrustAnchors>,
+    ) -> Result<Dns, String> {
         let mut opts = ResolverOpts::default();
         opts.timeout = timeout.min(Duration::from_secs(10));
         opts.attempts = 2;
         // Answers must be today's: a checker that caches would hide fixes.
         opts.cache_size = 0;
         opts.ndots = 0;
-        let (resolver, server) = match server {
+        let (config, server) = match server {
             Some(addr) => {
                 // Only the given server: not /etc/hosts either.
                 opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
@@ -117,14 +124,7 @@ impl Dns {
                 let mut tcp = ConnectionConfig::tcp();
                 tcp.port = addr.port();
                 let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-                let resolver = TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    TokioRuntimeProvider::default(),
-                )
-                .with_options(opts)
-                .build()
-                .map_err(|e| format!("cannot set up the resolver: {e}"))?;
-                (resolver, Some(addr))
+                (ResolverConfig::from_name_servers(vec![ns]), Some(addr))
             }
             None => {
                 let (config, _) = hickory_resolver::system_conf::read_system_conf()
@@ -133,16 +133,27 @@ impl Dns {
                     .name_servers()
                     .first()
                     .map(|ns| SocketAddr::new(ns.ip, 53));
-                let resolver =
-                    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-                        .with_options(opts)
-                        .build()
-                        .map_err(|e| format!("cannot set up the resolver: {e}"))?;
-                (resolver, first)
+                (config, first)
             }
         };
+        let build = |opts: ResolverOpts, anchors: Option<Arc<TrustAnchors>>| {
+            let mut builder =
+                TokioResolver::builder_with_config(config.clone(), TokioRuntimeProvider::default())
+                    .with_options(opts);
+            if let Some(anchors) = anchors {
+                builder = builder.with_trust_anchor(anchors);
+            }
+            builder
+                .build()
+                .map_err(|e| format!("cannot set up the resolver: {e}"))
+        };
+        let resolver = build(opts.clone(), None)?;
+        let mut validating = opts;
+        validating.validate = true;
+        let validator = build(validating, Some(Arc::new(anchors.unwrap_or_default())))?;
         Ok(Dns {
             resolver,
+            validator,
             server,
             timeout,
         })
@@ -239,7 +250,7 @@ impl Dns {
     /// answers loopback reverse names itself, RFC 6761 §6.3).
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsFailure> {
         let name = Name::from(ip);
-        let (answers, _) = self.raw_query(&name.to_ascii(), RecordType::PTR).await?;
+        let answers = self.raw_query(&name.to_ascii(), RecordType::PTR).await?;
         let names: Vec<String> = answers
             .into_iter()
             .filter_map(|r| match r {
@@ -253,46 +264,58 @@ impl Dns {
         Ok(names)
     }
 
-    /// TLSA records at `name` and whether the resolver marked them as
-    /// DNSSEC-validated (AD bit).
+    /// TLSA records at `name` and whether they are DNSSEC-validated: every
+    /// record proven secure by hickory's validator from the trust anchors
+    /// down (RFC 4035 §5). Records that only the non-validating look-up
+    /// finds are returned as not validated.
     pub async fn tlsa(&self, name: &str) -> Result<(Vec<Tlsa>, bool), DnsFailure> {
-        let (answers, authentic) = self.raw_query(name, RecordType::TLSA).await?;
-        let records: Vec<Tlsa> = answers
-            .into_iter()
-            .filter_map(|r| match r {
-                RData::TLSA(t) => Some(Tlsa {
-                    usage: t.cert_usage.into(),
-                    selector: t.selector.into(),
-                    matching: t.matching.into(),
-                    data: t.cert_data,
-                }),
-                _ => None,
-            })
+        let query = fqdn(name)?;
+        let to_tlsa = |data: &RData| match data {
+            RData::TLSA(t) => Some(Tlsa {
+                usage: t.cert_usage.into(),
+                selector: t.selector.into(),
+                matching: t.matching.into(),
+                data: t.cert_data.clone(),
+            }),
+            _ => None,
+        };
+        if let Ok(lookup) = self.validator.lookup(query.clone(), RecordType::TLSA).await {
+            let answers: Vec<_> = lookup
+                .answers()
+                .iter()
+                .filter(|r| r.record_type() == RecordType::TLSA)
+                .collect();
+            if !answers.is_empty() {
+                let secure = answers.iter().all(|r| r.proof == Proof::Secure);
+                let records = answers.iter().filter_map(|r| to_tlsa(&r.data)).collect();
+                return Ok((records, secure));
+            }
+        }
+        // Not provable (an unsigned zone, or a validation failure): what
+        // the zone says without DNSSEC.
+        let records: Vec<Tlsa> = self
+            .records(name, RecordType::TLSA)
+            .await?
+            .iter()
+            .filter_map(to_tlsa)
             .collect();
         if records.is_empty() {
             return Err(DnsFailure::NoData);
         }
-        Ok((records, authentic))
+        Ok((records, false))
     }
 
-    /// One query with AD=1 and DO=1, straight to the resolver: the answer
-    /// records and the AD bit of the response.
-    async fn raw_query(
-        &self,
-        name: &str,
-        kind: RecordType,
-    ) -> Result<(Vec<RData>, bool), DnsFailure> {
+    /// One query straight to the resolver (for PTR, which hickory-resolver
+    /// answers itself for loopback, RFC 6761 §6.3): the answer records.
+    async fn raw_query(&self, name: &str, kind: RecordType) -> Result<Vec<RData>, DnsFailure> {
         let Some(server) = self.server else {
             return Err(DnsFailure::Failed("no resolver address to ask".into()));
         };
         let query_name = fqdn(name)?;
         let mut message = Message::new(rand_id(), MessageType::Query, OpCode::Query);
         message.metadata.recursion_desired = true;
-        // RFC 6840 §5.7: AD=1 in a query asks for the AD bit in the answer.
-        message.metadata.authentic_data = true;
         let mut edns = Edns::new();
         edns.set_max_payload(1232);
-        edns.set_dnssec_ok(true);
         message.set_edns(edns);
         message.add_query(Query::query(query_name, kind));
         let bytes = message
@@ -315,7 +338,7 @@ impl Dns {
             .filter(|r| r.record_type() == kind)
             .map(|r| r.data.clone())
             .collect();
-        Ok((records, response.metadata.authentic_data))
+        Ok(records)
     }
 
     /// One query over UDP, again over TCP when the answer is truncated.
@@ -1310,7 +1333,7 @@ pub async fn dane_records(
                 .collect::<Vec<_>>()
                 .join(", ");
             if !validated {
-                out.push(CheckResult::new("dns.dane", host, Section::Dns, Status::Warn, format!("TLSA {shown} at {name}, but not DNSSEC-validated (no AD bit): senders ignore them"), rfc)
+                out.push(CheckResult::new("dns.dane", host, Section::Dns, Status::Warn, format!("TLSA {shown} at {name}, but not DNSSEC-validated: senders ignore them"), rfc)
                     .fix("Sign the zone with DNSSEC (and check with a validating resolver), or remove the TLSA records."));
                 return None;
             }

@@ -202,7 +202,14 @@ pub fn options(args: &CheckArgs) -> Result<server::Options, String> {
 pub async fn check(args: &CheckArgs, progress: &Progress) -> Result<Report, String> {
     let target = Target::parse(&args.target)?;
     let options = options(args)?;
-    let dns = dns::Dns::new(args.dns_server, options.timeout)?;
+    let anchors = match &args.dnssec_trust_anchor {
+        Some(path) => Some(
+            hickory_resolver::proto::dnssec::TrustAnchors::from_file(path)
+                .map_err(|e| format!("--dnssec-trust-anchor {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let dns = dns::Dns::new(args.dns_server, options.timeout, anchors)?;
     let mut report = Report::new(&args.target);
     match target {
         Target::Server { host, port } => {
