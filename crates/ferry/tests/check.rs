@@ -594,6 +594,21 @@ async fn good_server_passes_every_server_check() {
     }
     // No PTR for 127.0.0.1 in this zone.
     expect(&report, "connection.fcrdns", Status::Warn);
+    expect(&report, "protocol.extensions", Status::Info);
+    let extensions = &report.find("protocol.extensions").unwrap().evidence;
+    assert!(
+        extensions.starts_with("offered: PIPELINING SIZE 8BITMIME"),
+        "{extensions}"
+    );
+    // A name without addresses is reported, and nothing else is tried.
+    let missing = run(&with_fast(&[
+        "nowhere.good.test:25",
+        "--dns-server",
+        &dns_addr,
+    ]))
+    .await;
+    expect(&missing, "connection.resolve", Status::Fail);
+    assert_eq!(missing.results.len(), 1);
     assert_eq!(report.exit_code(), 0);
     // The transcript has both directions and never a DATA command.
     let lines: Vec<&String> = report.transcripts.iter().flat_map(|(_, l)| l).collect();
