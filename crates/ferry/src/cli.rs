@@ -26,6 +26,12 @@ pub enum Command {
     /// Load-test an SMTP server.
     Bench(BenchArgs),
     /// Check a mail domain's DNS policy and servers, or one SMTP server.
+    ///
+    /// A domain gets its MX set, SPF, DMARC, DKIM, MTA-STS, TLS-RPT and DANE
+    /// checked, then every address of every MX host; HOST:PORT is one
+    /// server (port 465 means implicit TLS). Each check prints pass, warn,
+    /// fail, info or skip with the evidence, the RFC and, for warn and
+    /// fail, how to fix it.
     Check(Box<CheckArgs>),
 }
 
@@ -280,17 +286,13 @@ pub struct BenchArgs {
 /// `ferry check`.
 #[derive(Debug, Clone, Args)]
 #[command(
-    long_about = "Check a mail domain (its MX set, SPF, DMARC, DKIM, MTA-STS, TLS-RPT and DANE, \
-and every address of every MX host) or one SMTP server given as HOST:PORT (port 465 means \
-implicit TLS). Each check prints pass, warn, fail, info or skip with the evidence, the RFC and, \
-for warn and fail, how to fix it.",
     after_help = "What is sent by default: EHLO, STARTTLS, NOOP, RSET, an unknown command \
 (XFERRYCHECK), VRFY postmaster, EXPN postmaster, MAIL FROM:<> with RCPT TO:<postmaster> (and a \
 nested MAIL and RSET, pipelined when offered), MAIL FROM:<> SIZE=<limit+1>, MAIL FROM a reserved \
 example domain with RCPT TO a reserved example domain (the open-relay probe), RSET<LF>NOOP<CRLF>, \
 STARTTLS<CRLF>RSET<CRLF> in one write (injection probe), two ClientHellos offering only TLS 1.0 \
-and TLS 1.1, and QUIT; with --user, AUTH (only over TLS) and MAIL FROM a foreign domain. DATA is \
-never sent. Connections are opened one at a time.
+and TLS 1.1, and QUIT; with --user, AUTH (only over TLS) and MAIL FROM a foreign domain. Without \
+--intrusive, DATA is never sent. Connections are opened one at a time.
 
 --intrusive (needs --rcpt) adds, for each of the five end-of-data variants <LF>.<LF>, \
 <LF>.<CRLF>, <CRLF>.<LF>, <CR>.<CRLF> and <CRLF>.<CR>: a new session with MAIL FROM:<RCPT>, \
