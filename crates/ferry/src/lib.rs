@@ -1,5 +1,6 @@
 //! The `ferry` command: receive mail into a Maildir (`ferry serve`), send one
-//! message (`ferry send`) and load-test any SMTP server (`ferry bench`).
+//! message (`ferry send`), load-test any SMTP server (`ferry bench`) and
+//! check a mail domain or server (`ferry check`).
 //!
 //! The binary is a thin `main` over this library, so every piece — Maildir
 //! delivery, user lists, certificates, message composition, benchmark
@@ -7,6 +8,7 @@
 
 pub mod bench;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod client_run;
 pub mod compose;

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         },
         Command::Send(args) => runtime.block_on(ferry::client_run::run_send(args)),
         Command::Bench(args) => runtime.block_on(ferry::client_run::run_bench(args)),
+        Command::Check(args) => runtime.block_on(ferry::check::run(*args)),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
