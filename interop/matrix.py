@@ -73,12 +73,12 @@ def run(args, **kwargs):
     return result
 
 
-def make_certificate(directory):
+def make_certificate(directory, days=2, stem="peer"):
     """A self-signed certificate for localhost and 127.0.0.1, made now."""
-    cert = directory / "peer-cert.pem"
-    key = directory / "peer-key.pem"
+    cert = directory / f"{stem}-cert.pem"
+    key = directory / f"{stem}-key.pem"
     result = run([
-        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", str(days),
         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
         # An end-entity certificate: webpki refuses a CA certificate as a leaf.
         "-addext", "basicConstraints=critical,CA:FALSE",
@@ -574,6 +574,86 @@ def ferry_relay_delivers_to_smtp_sink(ctx):
         dumped = sink.dumped()
         check(b"by relay.interop.test with ESMTP id " in dumped, "the relay's Received is missing")
         check(b"through the relay" in dumped, "body missing at smtp-sink")
+
+
+# --- ferry check against ferry serve, aiosmtpd and smtp-sink ------------------
+
+def ferry_check(ctx, target, *extra):
+    result = run([ctx.ferry, "check", target, "--json", "--timeout", "5", *extra])
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise Failure(f"ferry check printed no JSON (exit {result.returncode}): "
+                      f"{result.stdout!r} {result.stderr!r}")
+    check(result.returncode in (0, 1), f"ferry check exited {result.returncode}")
+    check((result.returncode == 1) == report["failed"], "exit status does not match the report")
+    return result.returncode, {r["id"]: r for r in report["results"]}
+
+
+def statuses(results):
+    return {id: r["status"] for id, r in results.items()}
+
+
+@case
+def ferry_check_against_ferry_serve(ctx):
+    # A certificate valid for a year: the matrix's two-day one would be
+    # reported as about to expire, rightly.
+    cert, key = make_certificate(ctx.workdir, days=365, stem="check")
+    with FerryServer(ctx.ferry, ctx.workdir, "--tls-cert", str(cert), "--tls-key", str(key),
+                     "--sink") as server:
+        code, results = ferry_check(ctx, f"127.0.0.1:{server.port}", "--ca", str(cert))
+        check(code == 0, f"ferry check found failures: {statuses(results)}")
+        # ferry serve stores mail for any recipient, so the relay probe can
+        # only say "possible"; everything else that applies passes.
+        expected_warn = {"security.open-relay"}
+        for id, result in results.items():
+            if id in expected_warn:
+                check(result["status"] == "warn", f"{id}: {result}")
+            else:
+                check(result["status"] in ("pass", "info", "skip"), f"{id}: {result}")
+        for id in ["tls.starttls", "tls.chain", "protocol.pipelining", "protocol.size-limit",
+                   "security.bare-lf", "security.starttls-injection", "tls.legacy-versions"]:
+            check(results[id]["status"] == "pass", f"{id}: {results[id]}")
+        # Nothing was stored: the checks never send DATA.
+        check(server.messages() == [], "ferry check stored a message")
+
+
+@case
+def ferry_check_against_aiosmtpd(ctx):
+    with Aiosmtpd(ctx) as peer:
+        code, results = ferry_check(ctx, f"127.0.0.1:{peer.port}")
+        # aiosmtpd ends command lines at a bare LF.
+        check(results["security.bare-lf"]["status"] == "warn", f"bare LF: {results['security.bare-lf']}")
+        check(results["tls.starttls"]["status"] == "warn", f"STARTTLS: {results['tls.starttls']}")
+        check(results["protocol.ehlo"]["status"] == "pass", f"EHLO: {results['protocol.ehlo']}")
+        check(peer.received() == [], "aiosmtpd received a message")
+
+
+@case
+def ferry_check_against_aiosmtpd_starttls(ctx):
+    with Aiosmtpd(ctx, "--tls-cert", str(ctx.cert), "--tls-key", str(ctx.key)) as peer:
+        code, results = ferry_check(ctx, f"127.0.0.1:{peer.port}", "--ca", str(ctx.cert))
+        check(results["tls.starttls"]["status"] == "pass", f"STARTTLS: {results['tls.starttls']}")
+        check(results["security.starttls-injection"]["status"] == "pass",
+              f"injection: {results['security.starttls-injection']}")
+        check(results["protocol.ehlo-after-tls"]["status"] == "pass",
+              f"EHLO after TLS: {results['protocol.ehlo-after-tls']}")
+
+
+@case
+def ferry_check_against_smtp_sink(ctx):
+    with SmtpSink(ctx) as sink:
+        code, results = ferry_check(ctx, f"127.0.0.1:{sink.port}")
+        check(results["connection.greeting"]["status"] == "pass", f"{results['connection.greeting']}")
+        check(results["protocol.ehlo"]["status"] == "pass", f"{results['protocol.ehlo']}")
+        check(results["tls.starttls"]["status"] == "warn", f"{results['tls.starttls']}")
+        # smtp-sink offers AUTH PLAIN LOGIN without TLS and says 250 to VRFY.
+        check(results["security.auth-plaintext"]["status"] == "fail", f"{results['security.auth-plaintext']}")
+        check(results["security.vrfy"]["status"] == "warn", f"{results['security.vrfy']}")
+        check(code == 1, "the plaintext AUTH failure sets exit status 1")
+        # smtp-sink accepts every recipient.
+        check(results["security.open-relay"]["status"] == "warn", f"{results['security.open-relay']}")
+        check(sink.dumped() == b"", "smtp-sink received a message")
 
 
 class Context:

@@ -125,7 +125,7 @@ impl Authenticator for FuzzAuthenticator {
         _mechanism: &str,
         credentials: &Credentials,
     ) -> Result<Identity, SmtpError> {
-        if credentials.username == "u" && credentials.password == "p" {
+        if credentials.username() == "u" && credentials.as_password() == Some("p") {
             Ok(Identity::new("u"))
         } else {
             Err(smtp_server::invalid_credentials())

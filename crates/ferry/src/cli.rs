@@ -1,5 +1,5 @@
 //! The command-line interface: `ferry serve`, `ferry send`, `ferry bench`,
-//! `ferry relay`.
+//! `ferry relay`, `ferry queue`, `ferry check`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +32,14 @@ pub enum Command {
     /// Look into and act on a running relay's queue (through its --admin
     /// interface): list, show, summary, flush, hold, release, delete.
     Queue(crate::queue::QueueArgs),
+    /// Check a mail domain's DNS policy and servers, or one SMTP server.
+    ///
+    /// A domain gets its MX set, SPF, DMARC, DKIM, MTA-STS, TLS-RPT and DANE
+    /// checked, then every address of every MX host; HOST:PORT is one
+    /// server (port 465 means implicit TLS). Each check prints pass, warn,
+    /// fail, info or skip with the evidence, the RFC and, for warn and
+    /// fail, how to fix it.
+    Check(Box<CheckArgs>),
 }
 
 /// What `--bare-lf` allows.
@@ -501,6 +509,89 @@ pub struct BenchArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ferry check`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "What is sent by default: EHLO, STARTTLS, NOOP, RSET, an unknown command \
+(XFERRYCHECK), VRFY postmaster, EXPN postmaster, MAIL FROM:<> with RCPT TO:<postmaster> (and a \
+nested MAIL and RSET, pipelined when offered), MAIL FROM:<> SIZE=<limit+1>, MAIL FROM a reserved \
+example domain with RCPT TO a reserved example domain (the open-relay probe), RSET<LF>NOOP<CRLF>, \
+STARTTLS<CRLF>RSET<CRLF> in one write (injection probe), two ClientHellos offering only TLS 1.0 \
+and TLS 1.1, and QUIT; with --user, AUTH (only over TLS) and MAIL FROM a foreign domain. Without \
+--intrusive, DATA is never sent. Connections are opened one at a time.
+
+--intrusive (needs --rcpt) adds, for each of the five end-of-data variants <LF>.<LF>, \
+<LF>.<CRLF>, <CRLF>.<LF>, <CR>.<CRLF> and <CRLF>.<CR>: a new session with MAIL FROM:<RCPT>, \
+RCPT TO:<RCPT>, DATA and a short message with the subject \"ferry check smuggling probe\" ending \
+in that variant; then the connection is dropped without <CRLF>.<CRLF>, so a safe server stores \
+nothing. A server that answers 250 has accepted the probe message for RCPT. Use it only on your \
+own servers.
+
+Exit status: 0 when no check failed, 1 when one did, 2 on usage errors."
+)]
+pub struct CheckArgs {
+    /// A mail domain (example.com) or one server (HOST:PORT).
+    #[arg(value_name = "DOMAIN|HOST:PORT")]
+    pub target: String,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Include the SMTP conversations (AUTH masked) in the report.
+    #[arg(long)]
+    pub transcript: bool,
+    /// Time limit for each network step, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = at_least::<1>)]
+    pub timeout: u64,
+    /// How long to wait for the 220 greeting, in seconds (RFC 5321
+    /// §4.5.3.2.1 asks senders to wait 5 minutes).
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = at_least::<1>)]
+    pub greeting_timeout: u64,
+    /// Name to give in EHLO [default: the local address literal].
+    #[arg(long, value_name = "NAME")]
+    pub helo: Option<String>,
+    /// Trust the certificates in this PEM file as well as the public roots
+    /// (for a private CA).
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Mail domain of a HOST:PORT target, for RCPT TO:<postmaster@DOMAIN>
+    /// [default: the unqualified <postmaster>].
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Use TLS from the first byte (RFC 8314 §3); implied by port 465.
+    #[arg(long)]
+    pub implicit_tls: bool,
+    /// Log in with this user (over TLS only) to check authenticated
+    /// submission.
+    #[arg(long, value_name = "NAME", requires = "password_env")]
+    pub user: Option<String>,
+    /// Read the --user password from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "user")]
+    pub password_env: Option<String>,
+    /// Also run the SMTP smuggling probes, which send DATA (see below);
+    /// only for your own servers.
+    #[arg(long, requires = "rcpt")]
+    pub intrusive: bool,
+    /// The recipient of the --intrusive probe messages.
+    #[arg(long, value_name = "ADDRESS", requires = "intrusive")]
+    pub rcpt: Option<String>,
+    /// Ask this DNS resolver instead of the system's.
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_server: Option<SocketAddr>,
+    /// Trust these DNSKEY records (zone-file lines) for DNSSEC instead of
+    /// the IANA root keys, for private or test zones.
+    #[arg(long, value_name = "FILE")]
+    pub dnssec_trust_anchor: Option<PathBuf>,
+    /// Check the DKIM key published for this selector (repeatable).
+    #[arg(long, value_name = "SELECTOR")]
+    pub dkim_selector: Vec<String>,
+    /// For tests only: connect to MX hosts on this port instead of 25.
+    #[arg(long, value_name = "PORT", hide = true)]
+    pub test_mx_port: Option<u16>,
+    /// For tests only: fetch the MTA-STS policy from this port instead of 443.
+    #[arg(long, value_name = "PORT", hide = true)]
+    pub test_mta_sts_port: Option<u16>,
 }
 
 /// The host name of this machine, for greetings and Received headers:

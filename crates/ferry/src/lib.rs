@@ -1,6 +1,7 @@
 //! The `ferry` command: receive mail into a Maildir (`ferry serve`), send one
 //! message (`ferry send`), load-test any SMTP server (`ferry bench`) and
-//! relay mail through a durable queue (`ferry relay`).
+//! relay mail through a durable queue (`ferry relay`, `ferry queue`) and
+//! check a mail domain or server (`ferry check`).
 //!
 //! The binary is a thin `main` over this library, so every piece — Maildir
 //! delivery, user lists, certificates, message composition, benchmark
@@ -9,6 +10,7 @@
 pub mod admin;
 pub mod bench;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod client_run;
 pub mod compose;

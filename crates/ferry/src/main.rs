@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Command::Queue(args) => i32::from(runtime.block_on(ferry::queue::run(args))),
         Command::Send(args) => runtime.block_on(ferry::client_run::run_send(args)),
         Command::Bench(args) => runtime.block_on(ferry::client_run::run_bench(args)),
+        Command::Check(args) => runtime.block_on(ferry::check::run(*args)),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -21,7 +21,6 @@ use smtp_client::{
     Step, Timeouts, Tls, TlsConfig,
 };
 use smtp_server::smtp_proto::command::{MailParameters, OriginalRecipient, RcptParameters};
-use smtp_server::smtp_proto::sasl::Credentials as SaslCredentials;
 use smtp_server::smtp_proto::{EnhancedCode, Reply};
 use smtp_server::{
     AuthPolicy, Authenticator, Backend, Body, ConnectionInfo, Extensions, Identity, Limits, Server,
@@ -175,7 +174,7 @@ impl Authenticator for RecordingAuth {
         &self,
         info: &ConnectionInfo,
         mechanism: &str,
-        credentials: &SaslCredentials,
+        credentials: &Credentials,
     ) -> Result<Identity, SmtpError> {
         self.log.auth.lock().unwrap().push(mechanism.to_owned());
         self.inner.authenticate(info, mechanism, credentials).await

@@ -10,6 +10,7 @@ use smtp_proto::transcript::TranscriptLine;
 
 use crate::error::Error;
 use crate::tls::{Tls, TlsConfig};
+use smtp_proto::sasl::Credentials;
 
 /// Which protocol to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,109 +97,39 @@ impl Timeouts {
     }
 }
 
-/// Credentials for `AUTH` (RFC 4954).
-#[derive(Clone, PartialEq, Eq)]
-pub enum Credentials {
-    /// A user name and password, sent with `PLAIN` (RFC 4616) or `LOGIN`.
-    Password {
-        /// The authorization identity (RFC 4616 §2 `authzid`): the
-        /// identity to act as, when different from `username`. The server
-        /// must grant that right; most refuse it.
-        authzid: Option<String>,
-        /// The user name: the authentication identity (RFC 4616 §2
-        /// `authcid`), the same field as smtp-proto's
-        /// `sasl::Credentials::username`.
-        username: String,
-        /// The password.
-        password: String,
-    },
-    /// An OAuth 2.0 bearer token, sent with `XOAUTH2`.
-    OAuth2 {
-        /// The user (mailbox) the token belongs to.
-        username: String,
-        /// The access token.
-        token: String,
-    },
-}
-
-impl Credentials {
-    /// User name and password.
-    pub fn password(username: impl Into<String>, password: impl Into<String>) -> Self {
-        Credentials::Password {
-            authzid: None,
-            username: username.into(),
-            password: password.into(),
+/// CR, LF and NUL would split or forge protocol lines (and NUL is the
+/// PLAIN separator, RFC 4616 §2), so none may appear in credentials; the
+/// user name may not be empty, and XOAUTH2 has no field for an
+/// authorization identity.
+fn validate_credentials(credentials: &Credentials) -> Result<(), Error> {
+    let mut fields = vec![("user name", credentials.username())];
+    if let Some(password) = credentials.as_password() {
+        fields.push(("password", password));
+    }
+    if let Some(token) = credentials.as_token() {
+        fields.push(("token", token));
+    }
+    if let Some(authzid) = credentials.authzid() {
+        fields.push(("authorization identity", authzid));
+    }
+    for (name, value) in fields {
+        if has_forbidden_byte(value) {
+            return Err(Error::invalid(format!("CR, LF or NUL in the AUTH {name}")));
         }
     }
-
-    /// User name and OAuth 2.0 access token.
-    pub fn oauth2(username: impl Into<String>, token: impl Into<String>) -> Self {
-        Credentials::OAuth2 {
-            username: username.into(),
-            token: token.into(),
-        }
+    if credentials.username().is_empty() {
+        return Err(Error::invalid("empty AUTH user name"));
     }
-
-    /// The user name, for messages and transcripts.
-    pub fn username(&self) -> &str {
-        match self {
-            Credentials::Password { username, .. } | Credentials::OAuth2 { username, .. } => {
-                username
-            }
-        }
-    }
-
-    /// CR, LF and NUL would split or forge protocol lines (and NUL is the
-    /// PLAIN separator, RFC 4616 §2), so none may appear.
-    fn validate(&self) -> Result<(), Error> {
-        let fields: Vec<(&str, &str)> = match self {
-            Credentials::Password {
-                authzid,
-                username,
-                password,
-            } => {
-                let mut fields = vec![
-                    ("user name", username.as_str()),
-                    ("password", password.as_str()),
-                ];
-                if let Some(authzid) = authzid {
-                    fields.push(("authorization identity", authzid.as_str()));
-                }
-                fields
-            }
-            Credentials::OAuth2 { username, token } => {
-                vec![("user name", username.as_str()), ("token", token.as_str())]
-            }
-        };
-        for (name, value) in fields {
-            if has_forbidden_byte(value) {
-                return Err(Error::invalid(format!("CR, LF or NUL in the AUTH {name}")));
-            }
-        }
-        if self.username().is_empty() {
-            return Err(Error::invalid("empty AUTH user name"));
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Credentials::Password {
-                authzid, username, ..
-            } => f
-                .debug_struct("Password")
-                .field("authzid", authzid)
-                .field("username", username)
-                .field("password", &"<redacted>")
-                .finish(),
-            Credentials::OAuth2 { username, .. } => f
-                .debug_struct("OAuth2")
-                .field("username", username)
-                .field("token", &"<redacted>")
-                .finish(),
-        }
+    match credentials {
+        Credentials::Password { .. } => Ok(()),
+        Credentials::OAuth2 { .. } if credentials.authzid().is_some() => Err(Error::invalid(
+            "XOAUTH2 cannot carry an authorization identity: use Credentials::oauth2 without \
+             with_authzid",
+        )),
+        Credentials::OAuth2 { .. } => Ok(()),
+        _ => Err(Error::invalid(
+            "these credentials are of a kind this client cannot send",
+        )),
     }
 }
 
@@ -605,7 +536,7 @@ impl ClientConfigBuilder {
         let hello_name = self.hello_name.unwrap_or_else(|| "localhost".to_owned());
         validate_hello_name(&hello_name)?;
         if let Some(credentials) = &self.credentials {
-            credentials.validate()?;
+            validate_credentials(credentials)?;
         }
         if let Some(mechanism) = self.auth_mechanism {
             match &self.credentials {
@@ -740,11 +671,9 @@ mod tests {
             Credentials::password("user\r\n", "p"),
             Credentials::password("user", "p\n"),
             Credentials::oauth2("user", "tok\0en"),
-            Credentials::Password {
-                authzid: Some("a\rb".into()),
-                username: "u".into(),
-                password: "p".into(),
-            },
+            Credentials::password("u", "p").with_authzid("a\rb"),
+            Credentials::password("", "p"),
+            Credentials::oauth2("user", "token").with_authzid("boss"),
         ] {
             let error = ClientConfig::builder("h")
                 .credentials(credentials)

@@ -17,7 +17,7 @@ use smtp_proto::body::DataEncoder;
 use smtp_proto::command::{BodyType, Command, MailParameters, RcptParameters};
 use smtp_proto::ehlo::Capabilities;
 use smtp_proto::reply::ReplyDecoder;
-use smtp_proto::sasl;
+use smtp_proto::sasl::{self, Credentials};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -25,7 +25,7 @@ use tokio_rustls::TlsConnector;
 
 use smtp_proto::transcript::{self, Direction, LineKind, MASK, TranscriptLine};
 
-use crate::config::{AuthMechanism, ClientConfig, Credentials, Protocol};
+use crate::config::{AuthMechanism, ClientConfig, Protocol};
 use crate::envelope::{Envelope, RecipientOutcome, SendResult};
 use crate::error::{Error, ErrorKind, Step};
 use crate::message::Message;
@@ -364,6 +364,7 @@ impl Connection {
                     authzid,
                     username,
                     password,
+                    ..
                 },
             ) => {
                 let response = sasl::plain_response(authzid.as_deref(), username, password);
@@ -391,7 +392,12 @@ impl Connection {
                 let reply = self.read_reply(Step::Auth, timeout).await?;
                 self.auth_outcome(reply).await
             }
-            (AuthMechanism::XOAuth2, Credentials::OAuth2 { username, token }) => {
+            (
+                AuthMechanism::XOAuth2,
+                Credentials::OAuth2 {
+                    username, token, ..
+                },
+            ) => {
                 let response = sasl::xoauth2_response(username, token);
                 self.auth_with_response("XOAUTH2", &response).await
             }
@@ -452,6 +458,8 @@ impl Connection {
         let candidates: &[AuthMechanism] = match credentials {
             Credentials::Password { .. } => &[AuthMechanism::Plain, AuthMechanism::Login],
             Credentials::OAuth2 { .. } => &[AuthMechanism::XOAuth2],
+            // The builder refuses credentials of any other kind.
+            _ => &[],
         };
         candidates
             .iter()

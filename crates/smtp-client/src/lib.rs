@@ -61,8 +61,8 @@ mod tls;
 mod url;
 
 pub use config::{
-    AuthMechanism, ClientConfig, ClientConfigBuilder, Credentials, DEFAULT_CHUNK_SIZE,
-    MIN_CHUNK_SIZE, Protocol, Timeouts, Transcript,
+    AuthMechanism, ClientConfig, ClientConfigBuilder, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, Protocol,
+    Timeouts, Transcript,
 };
 pub use connection::Connection;
 pub use envelope::{
@@ -80,11 +80,12 @@ pub use smtp_proto;
 
 // The protocol types the API uses, re-exported so callers need not depend
 // on smtp-proto directly. smtp-server re-exports the shared ones
-// (`Address`, `EnhancedCode`, `Reply`, `BodyType`, `Notify`, `Ret`) the same
-// way, so both crates name the same types.
+// (`Address`, `Credentials`, `EnhancedCode`, `Reply`, `BodyType`, `Notify`,
+// `Ret`) the same way, so both crates name the same types.
 pub use smtp_proto::address::Address;
 pub use smtp_proto::command::{BodyType, Notify, Ret};
 pub use smtp_proto::ehlo::Capabilities;
+pub use smtp_proto::sasl::Credentials;
 pub use smtp_proto::transcript::{Direction, LineKind, TranscriptLine};
 pub use smtp_proto::{EnhancedCode, Reply};
 

@@ -13,8 +13,8 @@
 //! let line = plain_response(None, "user", "secret");
 //! assert_eq!(line, "AHVzZXIAc2VjcmV0");
 //! let credentials = parse_plain(&decode_response(line.as_bytes()).unwrap()).unwrap();
-//! assert_eq!(credentials.username, "user");
-//! assert_eq!(credentials.password, "secret");
+//! assert_eq!(credentials.username(), "user");
+//! assert_eq!(credentials.as_password(), Some("secret"));
 //! ```
 
 use std::fmt;
@@ -90,41 +90,184 @@ impl FromStr for Mechanism {
     }
 }
 
-/// What a client proved it knows: identities and a password.
+/// Credentials for `AUTH` (RFC 4954), the one type both ends use: the
+/// client sends them, and the server decodes a client's `PLAIN` (RFC 4616)
+/// or `LOGIN` response into them and hands them to its authenticator.
 ///
-/// Its `Debug` output does not show the password, so credentials can be
-/// logged by accident without leaking it.
+/// Build them with [`Credentials::password`] or [`Credentials::oauth2`],
+/// and [`Credentials::with_authzid`] to ask to act as another identity.
+/// Read them with [`username`](Credentials::username),
+/// [`authzid`](Credentials::authzid), [`as_password`](Credentials::as_password)
+/// and [`as_token`](Credentials::as_token), or by matching the variants
+/// (with `..`: variants may gain fields, and the enum may gain variants for
+/// other mechanisms).
+///
+/// `Debug` never shows the password or the token (they print as
+/// [`MASK`](crate::transcript::MASK)), so credentials logged by accident
+/// do not leak them.
 ///
 /// ```
 /// use smtp_proto::sasl::Credentials;
-/// let credentials = Credentials {
-///     authzid: None,
-///     username: "user".into(),
-///     password: "secret".into(),
-/// };
-/// assert!(!format!("{credentials:?}").contains("secret"));
+///
+/// let credentials = Credentials::password("alice", "wonderland");
+/// assert_eq!(credentials.username(), "alice");
+/// assert_eq!(credentials.authzid(), None);
+/// assert_eq!(credentials.as_password(), Some("wonderland"));
+/// assert!(!format!("{credentials:?}").contains("wonderland"));
+///
+/// // Acting as a shared mailbox: the server must grant that right.
+/// let delegated = Credentials::password("alice", "wonderland").with_authzid("sales");
+/// assert_eq!(delegated.authzid(), Some("sales"));
+///
+/// let token = Credentials::oauth2("alice@example.com", "ya29.token");
+/// assert_eq!(token.as_password(), None);
+/// assert_eq!(token.as_token(), Some("ya29.token"));
+///
+/// // What an authenticator does with them.
+/// match &credentials {
+///     Credentials::Password { username, password, .. } => {
+///         assert_eq!((username.as_str(), password.as_str()), ("alice", "wonderland"));
+///     }
+///     Credentials::OAuth2 { .. } => unreachable!(),
+///     _ => unreachable!("a mechanism this code does not know"),
+/// }
 /// ```
+#[non_exhaustive]
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// The authorization identity (RFC 4616 §2 `authzid`): the identity
-    /// the client asks to act as, when it named one. `None` (or the same
-    /// name as `username`) means "act as myself"; any other value asks for
-    /// a right the server must grant explicitly.
-    pub authzid: Option<String>,
-    /// The user name: the authentication identity whose password this is
-    /// (RFC 4616 §2 `authcid`; LOGIN's user name).
-    pub username: String,
-    /// The password.
-    pub password: String,
+pub enum Credentials {
+    /// A user name and password: what `PLAIN` (RFC 4616) and `LOGIN`
+    /// carry. Build it with [`Credentials::password`].
+    #[non_exhaustive]
+    Password {
+        /// The authorization identity (RFC 4616 §2 `authzid`): the
+        /// identity the client asks to act as, when it named one. `None`
+        /// (or the same name as `username`) means "act as myself"; any
+        /// other value asks for a right the server must grant explicitly.
+        authzid: Option<String>,
+        /// The user name: the authentication identity whose password this
+        /// is (RFC 4616 §2 `authcid`; LOGIN's user name).
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// A user name and an OAuth 2.0 bearer token: what `XOAUTH2` carries.
+    /// Build it with [`Credentials::oauth2`].
+    #[non_exhaustive]
+    OAuth2 {
+        /// The authorization identity, as for `Password`. `XOAUTH2` has no
+        /// field for it, so smtp-client refuses to send OAuth2 credentials
+        /// that have one.
+        authzid: Option<String>,
+        /// The user (mailbox) the token belongs to.
+        username: String,
+        /// The access token.
+        token: String,
+    },
+}
+
+impl Credentials {
+    /// A user name and password, without an authorization identity.
+    pub fn password(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Credentials::Password {
+            authzid: None,
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// A user name and an OAuth 2.0 access token, without an authorization
+    /// identity.
+    pub fn oauth2(username: impl Into<String>, token: impl Into<String>) -> Self {
+        Credentials::OAuth2 {
+            authzid: None,
+            username: username.into(),
+            token: token.into(),
+        }
+    }
+
+    /// The same credentials asking to act as `authzid` (RFC 4616 §2). An
+    /// empty `authzid` means none, as in a PLAIN response.
+    ///
+    /// ```
+    /// use smtp_proto::sasl::Credentials;
+    /// let credentials = Credentials::password("alice", "secret").with_authzid("sales");
+    /// assert_eq!(credentials.authzid(), Some("sales"));
+    /// assert_eq!(credentials.with_authzid("").authzid(), None);
+    /// ```
+    pub fn with_authzid(mut self, authzid: impl Into<String>) -> Self {
+        let authzid = authzid.into();
+        let value = (!authzid.is_empty()).then_some(authzid);
+        match &mut self {
+            Credentials::Password { authzid, .. } | Credentials::OAuth2 { authzid, .. } => {
+                *authzid = value;
+            }
+        }
+        self
+    }
+
+    /// The user name: the authentication identity (RFC 4616 §2 `authcid`).
+    pub fn username(&self) -> &str {
+        match self {
+            Credentials::Password { username, .. } | Credentials::OAuth2 { username, .. } => {
+                username
+            }
+        }
+    }
+
+    /// The authorization identity, when the client asked to act as someone
+    /// (RFC 4616 §2 `authzid`); never `Some("")`.
+    pub fn authzid(&self) -> Option<&str> {
+        match self {
+            Credentials::Password { authzid, .. } | Credentials::OAuth2 { authzid, .. } => {
+                authzid.as_deref().filter(|authzid| !authzid.is_empty())
+            }
+        }
+    }
+
+    /// The password of [`Credentials::Password`]; `None` for other kinds
+    /// of credentials, which a password check must refuse.
+    ///
+    /// (The constructor [`Credentials::password`] has the name
+    /// `password`, so this accessor is `as_password`.)
+    pub fn as_password(&self) -> Option<&str> {
+        match self {
+            Credentials::Password { password, .. } => Some(password),
+            Credentials::OAuth2 { .. } => None,
+        }
+    }
+
+    /// The access token of [`Credentials::OAuth2`]; `None` otherwise.
+    pub fn as_token(&self) -> Option<&str> {
+        match self {
+            Credentials::OAuth2 { token, .. } => Some(token),
+            Credentials::Password { .. } => None,
+        }
+    }
 }
 
 impl fmt::Debug for Credentials {
+    /// Shows the variant, the identities and [`MASK`](crate::transcript::MASK)
+    /// in place of the password or token.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("authzid", &self.authzid)
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
+        let mask = format_args!("{}", crate::transcript::MASK);
+        match self {
+            Credentials::Password {
+                authzid, username, ..
+            } => f
+                .debug_struct("Password")
+                .field("authzid", authzid)
+                .field("username", username)
+                .field("password", &mask)
+                .finish(),
+            Credentials::OAuth2 {
+                authzid, username, ..
+            } => f
+                .debug_struct("OAuth2")
+                .field("authzid", authzid)
+                .field("username", username)
+                .field("token", &mask)
+                .finish(),
+        }
     }
 }
 
@@ -216,7 +359,8 @@ pub fn decode_response(line: &[u8]) -> Result<Vec<u8>, SaslError> {
 /// Parses a decoded PLAIN response (RFC 4616 §2):
 /// `[authzid] NUL authcid NUL passwd`, all UTF-8.
 ///
-/// An empty `authzid` means none. An empty `authcid` or password, a
+/// The result is a [`Credentials::Password`]; an empty `authzid` means
+/// none. An empty `authcid` or password, a
 /// missing or extra NUL, or bytes that are not UTF-8 give
 /// [`SaslError::Malformed`].
 pub fn parse_plain(decoded: &[u8]) -> Result<Credentials, SaslError> {
@@ -234,7 +378,7 @@ pub fn parse_plain(decoded: &[u8]) -> Result<Credentials, SaslError> {
             .map(str::to_owned)
             .map_err(|_| SaslError::Malformed)
     };
-    Ok(Credentials {
+    Ok(Credentials::Password {
         authzid: if authzid.is_empty() {
             None
         } else {
@@ -338,19 +482,11 @@ mod tests {
     fn plain_with_and_without_authzid() {
         assert_eq!(
             parse_plain(b"\0user\0pass"),
-            Ok(Credentials {
-                authzid: None,
-                username: "user".into(),
-                password: "pass".into(),
-            })
+            Ok(Credentials::password("user", "pass"))
         );
         assert_eq!(
             parse_plain("admin\0us\u{e9}r\0p\u{e4}ss word".as_bytes()),
-            Ok(Credentials {
-                authzid: Some("admin".into()),
-                username: "us\u{e9}r".into(),
-                password: "p\u{e4}ss word".into(),
-            })
+            Ok(Credentials::password("us\u{e9}r", "p\u{e4}ss word").with_authzid("admin"))
         );
     }
 
@@ -373,18 +509,64 @@ mod tests {
     }
 
     #[test]
-    fn credentials_debug_redacts_password() {
-        let credentials = Credentials {
-            authzid: Some("boss".into()),
-            username: "user".into(),
-            password: "hunter2".into(),
-        };
-        let shown = format!("{credentials:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("user") && shown.contains("boss"), "{shown}");
-        assert!(shown.contains("<redacted>"), "{shown}");
-        let pretty = format!("{credentials:#?}");
-        assert!(!pretty.contains("hunter2"), "{pretty}");
+    fn credentials_debug_never_shows_secrets() {
+        let password = Credentials::password("user", "hunter2").with_authzid("boss");
+        let token = Credentials::oauth2("user@example.com", "ya29.sekrit");
+        for (credentials, secret, kind) in [
+            (&password, "hunter2", "Password"),
+            (&token, "ya29.sekrit", "OAuth2"),
+        ] {
+            for shown in [format!("{credentials:?}"), format!("{credentials:#?}")] {
+                assert!(!shown.contains(secret), "{shown}");
+                assert!(shown.starts_with(kind), "{shown}");
+                assert!(shown.contains("user"), "{shown}");
+                assert!(
+                    shown.contains(crate::transcript::MASK),
+                    "the secret shows as the transcript mask: {shown}"
+                );
+            }
+        }
+        assert!(format!("{password:?}").contains("\"boss\""));
+        // A secret equal to an identity is not hidden by that identity's
+        // presence: the secret field itself is always the mask.
+        let same = Credentials::password("alice", "alice");
+        assert_eq!(
+            format!("{same:?}"),
+            format!(
+                "Password {{ authzid: None, username: \"alice\", password: {} }}",
+                crate::transcript::MASK
+            )
+        );
+    }
+
+    #[test]
+    fn credentials_constructors_and_accessors() {
+        let password = Credentials::password("alice", "secret");
+        assert_eq!(password.username(), "alice");
+        assert_eq!(password.authzid(), None);
+        assert_eq!(password.as_password(), Some("secret"));
+        assert_eq!(password.as_token(), None);
+        let delegated = password.clone().with_authzid("sales");
+        assert_eq!(delegated.authzid(), Some("sales"));
+        assert_eq!(delegated.as_password(), Some("secret"));
+        assert_ne!(delegated, password);
+        // An empty authorization identity is none (RFC 4616 §2).
+        assert_eq!(delegated.with_authzid(""), password);
+
+        let token = Credentials::oauth2("bob@example.com", "tok");
+        assert_eq!(token.username(), "bob@example.com");
+        assert_eq!(token.as_password(), None);
+        assert_eq!(token.as_token(), Some("tok"));
+        assert_eq!(token.clone().with_authzid("x").authzid(), Some("x"));
+        assert_ne!(token, Credentials::password("bob@example.com", "tok"));
+
+        // Fields are public; an empty authzid written into one still reads
+        // as none.
+        let mut edited = Credentials::password("alice", "secret");
+        if let Credentials::Password { authzid, .. } = &mut edited {
+            *authzid = Some(String::new());
+        }
+        assert_eq!(edited.authzid(), None);
     }
 
     #[test]
@@ -461,7 +643,9 @@ mod tests {
         ) {
             let line = plain_response(authzid.as_deref(), &authcid, &password);
             let credentials = parse_plain(&decode_response(line.as_bytes()).unwrap()).unwrap();
-            prop_assert_eq!(credentials, Credentials { authzid, username: authcid, password });
+            prop_assert_eq!(credentials.username(), authcid.as_str());
+            prop_assert_eq!(credentials.as_password(), Some(password.as_str()));
+            prop_assert_eq!(credentials.authzid(), authzid.as_deref());
         }
 
         #[test]

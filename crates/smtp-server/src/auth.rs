@@ -55,18 +55,19 @@ pub enum SaslStep {
 ///         _mechanism: &str,
 ///         credentials: &Credentials,
 ///     ) -> Result<Identity, SmtpError> {
+///         let username = credentials.username();
 ///         // RFC 4616 §2: acting as another identity needs a right that
 ///         // this directory grants nobody.
-///         if credentials
-///             .authzid
-///             .as_deref()
-///             .is_some_and(|authzid| authzid != credentials.username)
-///         {
+///         if credentials.authzid().is_some_and(|authzid| authzid != username) {
 ///             return Err(invalid_credentials());
 ///         }
+///         // Only passwords are checked here: refuse any other kind.
+///         let Some(password) = credentials.as_password() else {
+///             return Err(invalid_credentials());
+///         };
 ///         // `?` on an I/O error answers 454 4.7.0 (try again later).
-///         if self.check_password(&credentials.username, &credentials.password).await? {
-///             Ok(Identity::new(credentials.username.clone()))
+///         if self.check_password(username, password).await? {
+///             Ok(Identity::new(username))
 ///         } else {
 ///             Err(invalid_credentials())
 ///         }
@@ -80,7 +81,12 @@ pub trait Authenticator: Send + Sync + 'static {
         vec!["PLAIN".to_owned(), "LOGIN".to_owned()]
     }
 
-    /// Checks a user name and password from `PLAIN` or `LOGIN`.
+    /// Checks the credentials of `PLAIN` or `LOGIN` (`mechanism` names
+    /// which), decoded into [`Credentials::Password`]. Read them with
+    /// [`Credentials::username`], [`Credentials::authzid`] and
+    /// [`Credentials::as_password`]; refuse ([`invalid_credentials`]) a kind
+    /// of credentials this authenticator does not check, such as a token
+    /// where it expects a password.
     fn authenticate(
         &self,
         info: &ConnectionInfo,

@@ -1685,7 +1685,7 @@ where
         else {
             return Ok(Err(SaslError::Malformed.reply()));
         };
-        let credentials = login_credentials(user, password);
+        let credentials = Credentials::password(user, password);
         self.check_credentials(authenticator, "LOGIN", credentials)
             .await
     }
@@ -1728,14 +1728,6 @@ where
 /// temporary failure.
 fn auth_error_reply(error: SmtpError) -> Reply {
     error.to_reply_or(|| reply(454, (4, 7, 0), "Temporary authentication failure"))
-}
-
-fn login_credentials(user: String, password: String) -> Credentials {
-    Credentials {
-        authzid: None,
-        username: user,
-        password,
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

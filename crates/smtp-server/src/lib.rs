@@ -164,8 +164,8 @@ pub use smtp_proto;
 
 // The protocol types the hooks use, re-exported so a receiver needs no
 // direct dependency on smtp-proto. smtp-client re-exports the shared ones
-// (`Address`, `EnhancedCode`, `Reply`, `BodyType`, `Notify`, `Ret`) the same
-// way, so both crates name the same types.
+// (`Address`, `Credentials`, `EnhancedCode`, `Reply`, `BodyType`, `Notify`,
+// `Ret`) the same way, so both crates name the same types.
 pub use smtp_proto::address::Address;
 pub use smtp_proto::command::{BodyType, MailParameters, Notify, RcptParameters, Ret};
 pub use smtp_proto::sasl::Credentials;

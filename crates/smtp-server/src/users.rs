@@ -521,20 +521,21 @@ impl Authenticator for StaticUsers {
         _mechanism: &str,
         credentials: &Credentials,
     ) -> Result<Identity, SmtpError> {
+        let username = credentials.username();
         // RFC 4616 §2: an authorization identity other than the user name
         // asks to act as someone else; no account here has that right.
         if credentials
-            .authzid
-            .as_deref()
-            .is_some_and(|authzid| authzid != credentials.username)
+            .authzid()
+            .is_some_and(|authzid| authzid != username)
         {
             return Err(invalid_credentials());
         }
-        if self
-            .verify(info, &credentials.username, &credentials.password)
-            .await?
-        {
-            Ok(Identity::new(credentials.username.clone()))
+        // The accounts have passwords only: a token is never valid here.
+        let Some(password) = credentials.as_password() else {
+            return Err(invalid_credentials());
+        };
+        if self.verify(info, username, password).await? {
+            Ok(Identity::new(username))
         } else {
             Err(invalid_credentials())
         }

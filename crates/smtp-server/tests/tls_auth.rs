@@ -5,9 +5,12 @@ mod common;
 use common::{
     Client, TestAuthenticator, TestBackend, builder, connect, server_name, test_tls, tls_connector,
 };
+use std::sync::{Arc, Mutex};
+
 use smtp_server::smtp_proto::sasl;
-use smtp_server::smtp_proto::sasl::Credentials;
-use smtp_server::{AuthPolicy, Authenticator, ConnectionInfo, Identity, SaslStep, SmtpError};
+use smtp_server::{
+    AuthPolicy, Authenticator, ConnectionInfo, Credentials, Identity, SaslStep, SmtpError,
+};
 
 fn b64(value: &str) -> String {
     sasl::login_response(value)
@@ -189,6 +192,76 @@ async fn auth_login() {
     assert_eq!(client.reply().await, "334 UGFzc3dvcmQ6\r\n");
     client.send(format!("{}\r\n", b64("secret"))).await;
     client.expect("235 2.7.0").await;
+}
+
+/// Keeps every mechanism and credentials it is handed, and refuses them.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(String, Credentials)>>>);
+
+impl Authenticator for Recorder {
+    async fn authenticate(
+        &self,
+        _info: &ConnectionInfo,
+        mechanism: &str,
+        credentials: &Credentials,
+    ) -> Result<Identity, SmtpError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((mechanism.to_owned(), credentials.clone()));
+        Err(smtp_server::invalid_credentials())
+    }
+}
+
+#[tokio::test]
+async fn plain_and_login_reach_the_authenticator_as_password_credentials() {
+    let backend = TestBackend::new();
+    let recorder = Recorder::default();
+    let server = builder(&backend)
+        .auth(recorder.clone(), AuthPolicy::new().allow_insecure(true))
+        .build()
+        .unwrap();
+    let mut client = connect(&server);
+    client.hello().await;
+    client
+        .send(format!(
+            "AUTH PLAIN {}\r\n",
+            sasl::plain_response(Some("sales"), "alice", "secret")
+        ))
+        .await;
+    client.expect("535 5.7.8").await;
+    client
+        .send(format!(
+            "AUTH PLAIN {}\r\n",
+            sasl::plain_response(None, "bob", "builder")
+        ))
+        .await;
+    client.expect("535 5.7.8").await;
+    client
+        .send(format!("AUTH LOGIN {}\r\n", b64("carol")))
+        .await;
+    assert_eq!(client.reply().await, "334 UGFzc3dvcmQ6\r\n");
+    client.send(format!("{}\r\n", b64("p\u{e4}ss"))).await;
+    client.expect("535 5.7.8").await;
+    let seen = recorder.0.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (
+                "PLAIN".to_owned(),
+                Credentials::password("alice", "secret").with_authzid("sales")
+            ),
+            ("PLAIN".to_owned(), Credentials::password("bob", "builder")),
+            (
+                "LOGIN".to_owned(),
+                Credentials::password("carol", "p\u{e4}ss")
+            ),
+        ]
+    );
+    assert!(
+        seen.iter()
+            .all(|(_, c)| matches!(c, Credentials::Password { .. }))
+    );
 }
 
 #[tokio::test]

@@ -33,10 +33,10 @@ fn info(ip: &str) -> ConnectionInfo {
 }
 
 fn credentials(authzid: Option<&str>, username: &str, password: &str) -> Credentials {
-    Credentials {
-        authzid: authzid.map(str::to_owned),
-        username: username.to_owned(),
-        password: password.to_owned(),
+    let credentials = Credentials::password(username, password);
+    match authzid {
+        Some(authzid) => credentials.with_authzid(authzid),
+        None => credentials,
     }
 }
 
@@ -90,6 +90,8 @@ async fn plain_users_and_the_authorization_identity_rule() {
     // Asking to act as another identity is refused even with the right
     // password (RFC 4616 §2).
     assert!(!ok(credentials(Some("admin"), "alice", "secret")).await);
+    // A token is not a password, even one equal to the password.
+    assert!(!ok(Credentials::oauth2("alice", "secret")).await);
 }
 
 #[tokio::test]

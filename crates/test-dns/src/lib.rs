@@ -51,6 +51,8 @@
 //! for a new type is a small `impl TestDnsBuilder` block calling
 //! [`TestDnsBuilder::record`], best in a module of its own.
 
+#[cfg(feature = "dnssec")]
+mod dnssec;
 mod handler;
 
 use std::collections::BTreeMap;
@@ -85,6 +87,8 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestDns {
     addr: SocketAddr,
     queries: Arc<AtomicU64>,
+    #[cfg_attr(not(feature = "dnssec"), allow(dead_code))]
+    trust_anchors: String,
     server: Server<TestHandler>,
 }
 
@@ -135,6 +139,9 @@ pub struct TestDnsBuilder {
     records: Vec<Record>,
     servfail: Vec<Name>,
     no_answer: Vec<Name>,
+    /// Zones to sign (see `dnssec.rs`).
+    #[cfg_attr(not(feature = "dnssec"), allow(dead_code))]
+    signed: Vec<Name>,
     error: Option<String>,
 }
 
@@ -264,7 +271,7 @@ impl TestDnsBuilder {
         if let Some(error) = self.error {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, error));
         }
-        let catalog = build_catalog(&self.zones, self.records)?;
+        let (catalog, trust_anchors) = build_catalog(&self.zones, self.records, &self.signed)?;
         let queries = Arc::new(AtomicU64::new(0));
         let handler = TestHandler::new(catalog, self.servfail, self.no_answer, queries.clone());
         let (udp, tcp) = bind_same_port().await?;
@@ -275,6 +282,7 @@ impl TestDnsBuilder {
         Ok(TestDns {
             addr,
             queries,
+            trust_anchors,
             server,
         })
     }
@@ -296,7 +304,15 @@ impl TestDnsBuilder {
 
 /// Puts every record in its zone and makes one in-memory zone handler per
 /// zone, each with an SOA and an NS record at its apex.
-fn build_catalog(declared: &[Name], records: Vec<Record>) -> io::Result<Catalog> {
+fn build_catalog(
+    declared: &[Name],
+    records: Vec<Record>,
+    signed: &[Name],
+) -> io::Result<(Catalog, String)> {
+    #[cfg_attr(not(feature = "dnssec"), allow(unused_mut))]
+    let mut trust_anchors = String::new();
+    #[cfg(not(feature = "dnssec"))]
+    let _ = signed;
     let mut zones: BTreeMap<Name, Vec<Record>> = BTreeMap::new();
     for zone in declared {
         zones.entry(zone.clone()).or_default();
@@ -343,10 +359,15 @@ fn build_catalog(declared: &[Name], records: Vec<Record>) -> io::Result<Catalog>
                 ));
             }
         }
+        #[cfg(feature = "dnssec")]
+        if signed.contains(&origin) {
+            trust_anchors.push_str(&dnssec::sign(&mut handler, &origin)?);
+            trust_anchors.push('\n');
+        }
         let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
         catalog.upsert(LowerName::new(&origin), vec![handler]);
     }
-    Ok(catalog)
+    Ok((catalog, trust_anchors))
 }
 
 #[cfg(not(feature = "dnssec"))]

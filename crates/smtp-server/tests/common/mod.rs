@@ -260,7 +260,7 @@ impl Authenticator for TestAuthenticator {
         _mechanism: &str,
         credentials: &Credentials,
     ) -> Result<Identity, SmtpError> {
-        if credentials.username == "alice" && credentials.password == "secret" {
+        if credentials.username() == "alice" && credentials.as_password() == Some("secret") {
             Ok(Identity::new("alice"))
         } else {
             Err(smtp_server::invalid_credentials())
