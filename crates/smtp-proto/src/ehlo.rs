@@ -114,17 +114,7 @@ impl Capabilities {
         let mut capabilities = Capabilities::default();
         let mut lines = reply.lines().iter();
         if let Some(first) = lines.next() {
-            match first.as_bytes().iter().position(|&b| b == b' ') {
-                // A space is one byte, so `at` is a character boundary.
-                Some(at) => {
-                    let (domain, greeting) = (&first[..at], &first[at + 1..]);
-                    capabilities.domain = domain.to_owned();
-                    if !greeting.is_empty() {
-                        capabilities.greeting = Some(greeting.to_owned());
-                    }
-                }
-                None => capabilities.domain = first.to_string(),
-            }
+            capabilities.set_first_line(first);
         }
         for line in lines {
             capabilities.add_line(line);
@@ -132,15 +122,53 @@ impl Capabilities {
         capabilities
     }
 
+    /// Records the first line of the reply: `domain [SP greeting]`.
+    pub(crate) fn set_first_line(&mut self, first: &str) {
+        match first.as_bytes().iter().position(|&b| b == b' ') {
+            // A space is one byte, so `at` is a character boundary.
+            Some(at) => {
+                let (domain, greeting) = (&first[..at], &first[at + 1..]);
+                self.domain = domain.to_owned();
+                if !greeting.is_empty() {
+                    self.greeting = Some(greeting.to_owned());
+                }
+            }
+            None => self.domain = first.to_owned(),
+        }
+    }
+
     /// Records one extension line (`ehlo-keyword *(SP ehlo-param)`,
     /// RFC 5321 §4.1.1.1).
     fn add_line(&mut self, line: &str) {
-        // Most lines are a bare keyword as servers send it: upper case,
-        // nothing around it. Those need no splitting into words.
-        if let Some(flag) = Keyword::of(line.as_bytes()).and_then(|known| self.flag(known)) {
-            *flag = true;
-            return;
+        if !self.add_bare_keyword(line.as_bytes()) {
+            self.add_extension(line);
         }
+    }
+
+    /// [`add_line`](Self::add_line) for a line not yet known to be UTF-8:
+    /// a bare keyword needs no check; other text is taken as
+    /// [`Reply`] takes it (invalid UTF-8 replaced).
+    pub(crate) fn add_line_bytes(&mut self, line: &[u8]) {
+        if !self.add_bare_keyword(line) {
+            self.add_extension(&crate::reply::utf8_text(line));
+        }
+    }
+
+    /// Most lines are a bare keyword as servers send it: upper case,
+    /// nothing around it. Those need no splitting into words; true when
+    /// `line` was one.
+    fn add_bare_keyword(&mut self, line: &[u8]) -> bool {
+        match Keyword::of(line).and_then(|known| self.flag(known)) {
+            Some(flag) => {
+                *flag = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records an extension line that is not a bare flag keyword.
+    fn add_extension(&mut self, line: &str) {
         let trimmed = line.trim_ascii_start();
         let (keyword, params) = match trimmed.bytes().position(|b| b.is_ascii_whitespace()) {
             // ASCII whitespace is one byte, so `at` is a character boundary.
@@ -271,11 +299,47 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reply::ReplyDecoder;
+    use crate::reply::{EhloReply, ReplyDecoder};
     use bytes::BytesMut;
 
     fn parse(lines: &[&'static str]) -> Capabilities {
         Capabilities::from_reply(&Reply::with_lines(250, None, lines.to_vec()))
+    }
+
+    #[test]
+    fn decode_ehlo_hands_back_other_replies_and_errors() {
+        let mut decoder = ReplyDecoder::new();
+        let mut input = BytesMut::from(&b"554-5.7.1 go away\r\n554 5.7.1 really\r\n250 OK\r\n"[..]);
+        match decoder.decode_ehlo(&mut input).unwrap().unwrap() {
+            EhloReply::Other(reply) => {
+                assert_eq!(reply.code(), 554);
+                assert_eq!(reply.lines(), ["go away", "really"]);
+            }
+            EhloReply::Capabilities(caps) => panic!("a 554 read as capabilities: {caps:?}"),
+        }
+        assert!(!decoder.is_partial());
+        // The same checks as `decode`: one code on every line, CRLF only.
+        let mut input = BytesMut::from(&b"250-mx\r\n251 PIPELINING\r\n"[..]);
+        assert_eq!(
+            decoder.decode_ehlo(&mut input),
+            Err(crate::reply::ReplyError::InconsistentCode)
+        );
+        let mut input = BytesMut::from(&b"250-mx\r\n250-PIPE\nLINING\r\n"[..]);
+        assert_eq!(
+            decoder.decode_ehlo(&mut input),
+            Err(crate::reply::ReplyError::BareLineEnding)
+        );
+        // After an error the decoder starts afresh.
+        let mut input = BytesMut::from(&b"250-mx\r\n"[..]);
+        assert_eq!(decoder.decode_ehlo(&mut input), Ok(None));
+        assert!(decoder.is_partial());
+        input.extend_from_slice(b"250 8BITMIME\r\n");
+        let Some(EhloReply::Capabilities(caps)) = decoder.decode_ehlo(&mut input).unwrap() else {
+            panic!("a 250 reply");
+        };
+        assert_eq!(caps.domain, "mx");
+        assert!(caps.eight_bit_mime);
+        assert!(!decoder.is_partial());
     }
 
     #[test]
@@ -497,6 +561,43 @@ mod tests {
                 let reply = ReplyDecoder::new().decode(&mut wire).unwrap().unwrap();
                 prop_assert!(wire.is_empty());
                 prop_assert_eq!(Capabilities::from_reply(&reply), caps);
+            }
+
+            /// `decode_ehlo` reads a 250 reply into the same capabilities
+            /// as `decode` then `from_reply`, whole or split in two reads.
+            #[test]
+            fn decode_ehlo_matches_decode_then_from_reply(
+                caps in capabilities(),
+                extra in proptest::collection::vec("[ -~]{0,20}", 0..4),
+                split in 0usize..400,
+            ) {
+                let mut lines: Vec<String> =
+                    caps.to_reply().lines().iter().map(|line| line.to_string()).collect();
+                lines.extend(extra);
+                let mut wire = BytesMut::new();
+                Reply::with_lines(250, None, lines).encode(&mut wire);
+                let expected = match ReplyDecoder::new().decode(&mut wire.clone()) {
+                    Ok(Some(reply)) => Ok(Some(Capabilities::from_reply(&reply))),
+                    Ok(None) => Ok(None),
+                    Err(error) => Err(error),
+                };
+                let mut decoder = ReplyDecoder::new();
+                let at = split.min(wire.len());
+                let mut input = BytesMut::from(&wire[..at]);
+                let first = decoder.decode_ehlo(&mut input);
+                let got = match first {
+                    Ok(Some(reply)) => Ok(Some(reply)),
+                    Ok(None) => {
+                        input.extend_from_slice(&wire[at..]);
+                        decoder.decode_ehlo(&mut input)
+                    }
+                    Err(error) => Err(error),
+                };
+                let got = got.map(|reply| reply.map(|reply| match reply {
+                    EhloReply::Capabilities(caps) => caps,
+                    EhloReply::Other(reply) => panic!("not read as capabilities: {reply:?}"),
+                }));
+                prop_assert_eq!(got, expected);
             }
 
             /// Adding the obsolete AUTH= line with the same mechanisms, in

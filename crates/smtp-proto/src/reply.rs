@@ -10,6 +10,8 @@ use std::fmt;
 
 use bytes::{Buf, BufMut, BytesMut};
 
+use crate::ehlo::Capabilities;
+
 use crate::limits::{
     DEFAULT_CLIENT_REPLY_LINE_MAX, DEFAULT_CLIENT_REPLY_LINES_MAX, REPLY_LINE_MAX,
 };
@@ -330,6 +332,21 @@ pub struct ReplyDecoder {
     code: u16,
     enhanced: Option<EnhancedCode>,
     lines: Vec<Cow<'static, str>>,
+    /// Lines of the reply in progress so far.
+    count: usize,
+    /// The capabilities read so far, when [`decode_ehlo`](Self::decode_ehlo)
+    /// reads a 250 reply straight into them instead of into `lines`.
+    ehlo: Option<Capabilities>,
+}
+
+/// What [`ReplyDecoder::decode_ehlo`] read: the reply to EHLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EhloReply {
+    /// A 250 reply, read straight into the capabilities it announces
+    /// (equal to [`Capabilities::from_reply`] of the same reply).
+    Capabilities(Capabilities),
+    /// Any other reply (EHLO refused or not understood), as a [`Reply`].
+    Other(Reply),
 }
 
 /// Lines reserved at once for a multi-line reply.
@@ -366,6 +383,8 @@ impl ReplyDecoder {
             code: 0,
             enhanced: None,
             lines: Vec::new(),
+            count: 0,
+            ehlo: None,
         }
     }
 
@@ -383,7 +402,7 @@ impl ReplyDecoder {
     /// of the stream this means the server closed the connection in the
     /// middle of a reply.
     pub fn is_partial(&self) -> bool {
-        !self.lines.is_empty()
+        self.count > 0
     }
 
     /// Consumes complete reply lines from the front of `src` and returns
@@ -394,14 +413,62 @@ impl ReplyDecoder {
     /// in the decoder; bytes after a complete reply stay in `src` for the
     /// next call. Between calls, only append to `src`.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, ReplyError> {
-        let result = self.decode_lines(src);
+        let result = self.decode_lines(src, false);
+        if result.is_err() {
+            self.reset();
+        }
+        result.map(|decoded| {
+            decoded.map(|reply| match reply {
+                EhloReply::Other(reply) => reply,
+                // Only a reply begun by `decode_ehlo` is read into
+                // capabilities (see there).
+                EhloReply::Capabilities(capabilities) => capabilities.to_reply(),
+            })
+        })
+    }
+
+    /// Like [`decode`](Self::decode), for the reply to EHLO: a 250 reply
+    /// is read straight into [`Capabilities`], line by line, without
+    /// building a [`Reply`] first; any other reply comes back as a
+    /// [`Reply`]. The same checks apply (line and line-count caps, CRLF
+    /// line ends, one code on every line), and the result equals
+    /// [`Capabilities::from_reply`] of what [`decode`](Self::decode) would
+    /// return. A reply begun with this method is finished with it (were it
+    /// finished with [`decode`](Self::decode), that would return
+    /// [`Capabilities::to_reply`] of it).
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use smtp_proto::reply::{EhloReply, ReplyDecoder};
+    ///
+    /// let mut decoder = ReplyDecoder::new();
+    /// let mut buf = BytesMut::from(&b"250-mx.example.org hi\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"[..]);
+    /// let Some(EhloReply::Capabilities(caps)) = decoder.decode_ehlo(&mut buf).unwrap() else {
+    ///     panic!("a 250 reply");
+    /// };
+    /// assert_eq!(caps.domain, "mx.example.org");
+    /// assert!(caps.pipelining);
+    /// assert_eq!(caps.size, Some(1000));
+    ///
+    /// let mut buf = BytesMut::from(&b"502 5.5.1 Command not implemented\r\n"[..]);
+    /// let Some(EhloReply::Other(reply)) = decoder.decode_ehlo(&mut buf).unwrap() else {
+    ///     panic!("not a 250 reply");
+    /// };
+    /// assert_eq!(reply.code(), 502);
+    /// ```
+    pub fn decode_ehlo(&mut self, src: &mut BytesMut) -> Result<Option<EhloReply>, ReplyError> {
+        let result = self.decode_lines(src, true);
         if result.is_err() {
             self.reset();
         }
         result
     }
 
-    fn decode_lines(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, ReplyError> {
+    fn decode_lines(
+        &mut self,
+        src: &mut BytesMut,
+        ehlo: bool,
+    ) -> Result<Option<EhloReply>, ReplyError> {
         // Each turn consumes one line; the line-count cap bounds the loop.
         // The lines taken are removed from `src` once, when the loop ends.
         let mut taken = 0;
@@ -412,7 +479,7 @@ impl ReplyDecoder {
                 Ok(None) => break Ok(None),
                 Err(error) => break Err(error),
             };
-            let reply = self.take_line(&rest[..len]);
+            let reply = self.take_line(&rest[..len], ehlo);
             taken += len + 2;
             self.scanned = 0;
             match reply {
@@ -460,29 +527,33 @@ impl ReplyDecoder {
     }
 
     /// Adds one line (without CRLF) to the reply in progress; returns the
-    /// reply when this was its last line.
-    fn take_line(&mut self, line: &[u8]) -> Result<Option<Reply>, ReplyError> {
+    /// reply when this was its last line. With `ehlo`, a 250 reply is read
+    /// into capabilities instead of lines.
+    fn take_line(&mut self, line: &[u8], ehlo: bool) -> Result<Option<EhloReply>, ReplyError> {
         let code = parse_code(line).ok_or(ReplyError::InvalidCode)?;
         let last = match line.get(3) {
             None | Some(b' ') => true,
             Some(b'-') => false,
             Some(_) => return Err(ReplyError::InvalidCode),
         };
-        if self.lines.len() >= self.max_lines {
+        if self.count >= self.max_lines {
             return Err(ReplyError::TooManyLines);
         }
         let mut text = line.get(4..).unwrap_or_default();
-        if self.lines.is_empty() {
+        let first = self.count == 0;
+        if first {
             self.code = code;
             self.enhanced = None;
-            if !last {
-                // A multi-line reply (EHLO above all) has about a dozen
-                // lines: grow once instead of line by line.
-                self.lines.reserve(MULTILINE_CAPACITY.min(self.max_lines));
-            }
             if let Some((enhanced, rest)) = split_enhanced(code, text) {
                 self.enhanced = Some(enhanced);
                 text = rest;
+            }
+            if ehlo && code == 250 {
+                self.ehlo = Some(Capabilities::default());
+            } else if !last {
+                // A multi-line reply (EHLO above all) has about a dozen
+                // lines: grow once instead of line by line.
+                self.lines.reserve(MULTILINE_CAPACITY.min(self.max_lines));
             }
         } else if code != self.code {
             return Err(ReplyError::InconsistentCode);
@@ -492,16 +563,26 @@ impl ReplyDecoder {
         {
             text = rest;
         }
-        self.lines.push(line_text(text));
+        self.count += 1;
+        match &mut self.ehlo {
+            Some(capabilities) if first => capabilities.set_first_line(&utf8_text(text)),
+            Some(capabilities) => capabilities.add_line_bytes(text),
+            None => self.lines.push(line_text(text)),
+        }
         if !last {
             return Ok(None);
+        }
+        self.count = 0;
+        if let Some(capabilities) = self.ehlo.take() {
+            self.enhanced = None;
+            return Ok(Some(EhloReply::Capabilities(capabilities)));
         }
         let reply = Reply {
             code: self.code,
             enhanced: self.enhanced.take(),
             lines: std::mem::take(&mut self.lines),
         };
-        Ok(Some(reply))
+        Ok(Some(EhloReply::Other(reply)))
     }
 
     fn reset(&mut self) {
@@ -509,6 +590,8 @@ impl ReplyDecoder {
         self.code = 0;
         self.enhanced = None;
         self.lines = Vec::new();
+        self.count = 0;
+        self.ehlo = None;
     }
 }
 
@@ -538,6 +621,16 @@ fn line_text(text: &[u8]) -> Cow<'static, str> {
         }
     };
     Cow::Borrowed(known)
+}
+
+/// A reply line's text as `str`: borrowed when it is UTF-8 (as it is in
+/// practice), otherwise with invalid sequences replaced, as
+/// [`line_text`] does.
+pub(crate) fn utf8_text(text: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(text) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(text),
+    }
 }
 
 /// The three-digit code at the start of a reply line (RFC 5321 §4.2:
