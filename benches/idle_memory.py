@@ -82,7 +82,8 @@ def server_command(args, port):
         command = ["/usr/sbin/smtp-sink"]
         if os.geteuid() == 0:
             command += ["-u", "nobody"]
-        return command + [f"127.0.0.1:{port}", "1000"]
+        # -m: smtp-sink serves at most 256 sessions at once unless told.
+        return command + ["-m", str(args.sessions + 100), f"127.0.0.1:{port}", "1000"]
     limit = str(args.sessions + 100)
     return [args.ferry, "serve", "--sink", "--no-tls", "--listen", f"127.0.0.1:{port}",
             "--max-connections-per-ip", limit, "--max-connections", limit]
@@ -104,11 +105,14 @@ def measure(args):
         for _ in range(args.sessions):
             if time.monotonic() > deadline:
                 sys.exit(f"timed out after {len(sockets)} sessions")
-            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-            sockets.append(sock)
-            read_reply(sock)
-            sock.sendall(b"EHLO client.example.org\r\n")
-            read_reply(sock)
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                sockets.append(sock)
+                read_reply(sock)
+                sock.sendall(b"EHLO client.example.org\r\n")
+                read_reply(sock)
+            except OSError as error:
+                sys.exit(f"session {len(sockets)} failed: {error}")
         time.sleep(0.5)
         after = rss_kib(server.pid)
         return len(sockets), before, after
