@@ -8,9 +8,9 @@
 //! - the write buffer, just flushed and so empty, gives its memory back
 //!   (a reply is small, and allocating it again costs far less than the
 //!   write that sends it);
-//! - waiting for a command, an empty read buffer larger than two command
-//!   lines is released and one of [`COMMAND_READ`] octets taken instead,
-//!   so a session idle between messages holds only that;
+//! - waiting for a command, an empty read buffer larger than
+//!   2 × [`COMMAND_READ`] is released and one of [`COMMAND_READ`] octets
+//!   taken instead, so a session idle between messages holds only that;
 //! - waiting for message text, the read buffer is given at least
 //!   [`BODY_READ`] octets of room, so a body arrives in few large reads.
 //!
@@ -20,9 +20,9 @@
 use bytes::BytesMut;
 use tokio_util::codec::Framed;
 
-/// Room for one command line (RFC 5321 §4.5.3.1.4: 512 octets, CRLF
-/// included), in the read buffer of a session waiting for a command.
-pub(crate) const COMMAND_READ: usize = 512;
+/// Room in the read buffer of a session waiting for a command: two
+/// command lines (RFC 5321 §4.5.3.1.4: 512 octets, CRLF included).
+pub(crate) const COMMAND_READ: usize = 1024;
 
 /// Room in the read buffer while message text is expected.
 pub(crate) const BODY_READ: usize = 16 * 1024;
@@ -31,7 +31,7 @@ pub(crate) const BODY_READ: usize = 16 * 1024;
 /// [`COMMAND_READ`] octets.
 pub(crate) fn framed<T, U>(io: T, codec: U) -> Framed<T, U> {
     let mut framed = Framed::with_capacity(io, codec, 0);
-    framed.read_buffer_mut().reserve(COMMAND_READ);
+    *framed.read_buffer_mut() = BytesMut::with_capacity(COMMAND_READ);
     framed
 }
 
@@ -43,19 +43,21 @@ pub(crate) fn before_wait<T, U>(framed: &mut Framed<T, U>, body: bool) {
         *write = BytesMut::new();
     }
     let read = framed.read_buffer_mut();
-    let room = if body {
-        BODY_READ
-    } else {
-        if read.is_empty() && read.capacity() > 2 * COMMAND_READ {
-            *read = BytesMut::new();
-        }
-        COMMAND_READ
-    };
-    // A command, or the whole of a pipelined group of commands, in one
-    // read: the text after STARTTLS in the same packet is discarded
-    // whole (RFC 3207 §4.2), never left for the TLS handshake to read.
+    let room = if body { BODY_READ } else { COMMAND_READ };
+    if !body && read.is_empty() && read.capacity() > 2 * COMMAND_READ {
+        *read = BytesMut::with_capacity(COMMAND_READ);
+    }
+    // A command, or a whole pipelined group of commands, comes in one
+    // read: text after STARTTLS in the same packet is discarded whole
+    // (RFC 3207 §4.2), never left for the TLS handshake to read.
     if read.capacity() - read.len() < room / 2 {
-        read.reserve(room);
+        // A new buffer, not `reserve`: a buffer remembers the capacity it
+        // was made with, and that is what it grows by while chunks split
+        // off it are still held (a body on its way to the session), so it
+        // must be made with the room wanted.
+        let mut fresh = BytesMut::with_capacity(room.max(2 * read.len()));
+        fresh.extend_from_slice(read);
+        *read = fresh;
     }
 }
 
@@ -90,6 +92,26 @@ mod tests {
         *framed.read_buffer_mut() = BytesMut::with_capacity(32);
         before_wait(&mut framed, false);
         assert!(framed.read_buffer().capacity() >= COMMAND_READ);
+    }
+
+    /// While a chunk split off the buffer is still held (on its way to the
+    /// session), the framed stream's next read still gets room for a
+    /// large read, not a few octets.
+    #[test]
+    fn a_body_buffer_regrows_by_a_large_read_while_chunks_are_held() {
+        let mut framed = framed(tokio::io::empty(), BytesCodec::new());
+        for body in [false, true] {
+            before_wait(&mut framed, body);
+            let room = if body { BODY_READ } else { COMMAND_READ };
+            let read = framed.read_buffer_mut();
+            let full = read.capacity();
+            read.resize(full, b'x');
+            let held = read.split_to(full).freeze();
+            // What the framed stream does before each read.
+            read.reserve(1);
+            assert!(read.capacity() >= room, "{} < {room}", read.capacity());
+            drop(held);
+        }
     }
 
     #[test]
