@@ -55,6 +55,9 @@ fn replies(c: &mut Criterion) {
     group.bench_function("ferry", |b| {
         b.iter(|| black_box(cases::ferry_ehlo(cases::EHLO_REPLY)))
     });
+    group.bench_function("ferry-owned", |b| {
+        b.iter(|| black_box(cases::ferry_ehlo_owned(cases::EHLO_REPLY)))
+    });
     group.bench_function("stalwart", |b| {
         b.iter(|| black_box(cases::stalwart_ehlo(cases::EHLO_REPLY)))
     });

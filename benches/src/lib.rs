@@ -8,7 +8,7 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use smtp_proto::body::{BodyEvent, DataDecoder, DataEncoder};
 use smtp_proto::codec::{ClientCodec, ServerCodec, ServerFrame};
-use smtp_proto::reply::EhloReply;
+use smtp_proto::reply::{BorrowedEhlo, EhloReply, ReplyDecoder};
 use tokio_util::codec::Decoder;
 
 /// One pipelined transaction with ESMTP parameters, as a busy MX sees it.
@@ -142,10 +142,24 @@ pub fn ferry_ehlo_via_reply(reply: &[u8]) -> smtp_proto::ehlo::Capabilities {
     smtp_proto::ehlo::Capabilities::from_reply(&reply)
 }
 
+/// ferry: reads an EHLO reply's capabilities borrowed from the bytes
+/// (`ReplyDecoder::parse_ehlo`, the zero-copy path), with every check of
+/// the reply decoder.
+pub fn ferry_ehlo(reply: &[u8]) -> usize {
+    let decoder = ReplyDecoder::new();
+    match decoder.parse_ehlo(reply).unwrap().unwrap() {
+        BorrowedEhlo::Capabilities { capabilities, len } => {
+            black_box(&capabilities);
+            len
+        }
+        BorrowedEhlo::Other { code } => panic!("not a 250 reply: {code}"),
+    }
+}
+
 /// ferry: decodes an EHLO reply with the client codec straight into the
-/// capabilities (`ClientCodec::decode_ehlo`), from the buffer a connection
-/// read it into.
-pub fn ferry_ehlo(reply: &[u8]) -> smtp_proto::ehlo::Capabilities {
+/// owned capabilities (`ClientCodec::decode_ehlo`), from the buffer a
+/// connection read it into.
+pub fn ferry_ehlo_owned(reply: &[u8]) -> smtp_proto::ehlo::Capabilities {
     let mut codec = ClientCodec::new();
     let mut buffer = BytesMut::from(reply);
     match codec.decode_ehlo(&mut buffer).unwrap().unwrap() {

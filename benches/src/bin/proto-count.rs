@@ -49,6 +49,9 @@ fn main() -> ExitCode {
             "ehlo-via-reply/ferry" => {
                 black_box(cases::ferry_ehlo_via_reply(black_box(cases::EHLO_REPLY)));
             }
+            "ehlo-owned/ferry" => {
+                black_box(cases::ferry_ehlo_owned(black_box(cases::EHLO_REPLY)));
+            }
             "ehlo/ferry" => {
                 black_box(cases::ferry_ehlo(black_box(cases::EHLO_REPLY)));
             }

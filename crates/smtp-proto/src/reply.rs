@@ -10,7 +10,7 @@ use std::fmt;
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use crate::ehlo::Capabilities;
+use crate::ehlo::{Capabilities, CapabilitiesRef, ExtensionLines};
 
 use crate::limits::{
     DEFAULT_CLIENT_REPLY_LINE_MAX, DEFAULT_CLIENT_REPLY_LINES_MAX, REPLY_LINE_MAX,
@@ -349,6 +349,23 @@ pub enum EhloReply {
     Other(Reply),
 }
 
+/// What [`ReplyDecoder::parse_ehlo`] found at the front of its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BorrowedEhlo<'a> {
+    /// A whole 250 reply of `len` octets, CRLF included.
+    Capabilities {
+        /// What the reply announces, borrowed from the input.
+        capabilities: CapabilitiesRef<'a>,
+        /// Octets of the reply at the front of the input.
+        len: usize,
+    },
+    /// A reply with another code: read it with [`ReplyDecoder::decode`].
+    Other {
+        /// The reply's code.
+        code: u16,
+    },
+}
+
 /// Lines reserved at once for a multi-line reply.
 const MULTILINE_CAPACITY: usize = 16;
 
@@ -496,34 +513,92 @@ impl ReplyDecoder {
     /// the line's length without it. Scans only bytes not yet checked, and
     /// never more than `max_line` bytes of a line.
     fn find_line_end(&mut self, src: &[u8]) -> Result<Option<usize>, ReplyError> {
-        let window = src.len().min(self.max_line);
-        let from = self.scanned.min(window);
-        if let Some(offset) = memchr::memchr2(b'\r', b'\n', &src[from..window]) {
-            let at = from + offset;
-            if src[at] == b'\n' {
-                return Err(ReplyError::BareLineEnding);
+        match line_end(src, self.scanned, self.max_line)? {
+            Ok(len) => Ok(Some(len)),
+            Err(scanned) => {
+                self.scanned = scanned;
+                Ok(None)
             }
-            // A CR: the line ends here only if LF follows at once.
-            let too_long = at + 2 > self.max_line;
-            return match src.get(at + 1) {
-                Some(b'\n') if too_long => Err(ReplyError::LineTooLong),
-                Some(b'\n') => Ok(Some(at)),
-                Some(_) => Err(ReplyError::BareLineEnding),
-                None if too_long => Err(ReplyError::LineTooLong),
-                None => {
-                    // Check the CR again when its successor arrives.
-                    self.scanned = at;
-                    Ok(None)
-                }
+        }
+    }
+
+    /// Reads the EHLO reply at the front of `src` without allocating or
+    /// consuming anything: a 250 reply becomes a [`CapabilitiesRef`]
+    /// borrowed from `src`, with the reply's length, to drop from the
+    /// buffer once done with it; for any other code, read the reply with
+    /// [`decode`](Self::decode). `Ok(None)` means the reply is not complete
+    /// yet (call again with more bytes). The checks are those of
+    /// [`decode`](Self::decode) (line and line-count caps, CRLF only, one
+    /// code on every line), and [`CapabilitiesRef::to_owned`] equals
+    /// [`Capabilities::from_reply`] of the decoded reply. Only this
+    /// decoder's caps are used, not its state.
+    ///
+    /// ```
+    /// use smtp_proto::reply::{BorrowedEhlo, ReplyDecoder};
+    ///
+    /// let input = b"250-mx.example.org hi\r\n250-PIPELINING\r\n250 AUTH PLAIN\r\n";
+    /// let decoder = ReplyDecoder::new();
+    /// let Some(BorrowedEhlo::Capabilities { capabilities, len }) = decoder.parse_ehlo(input).unwrap() else {
+    ///     panic!("a whole 250 reply");
+    /// };
+    /// assert_eq!(len, input.len());
+    /// assert_eq!(capabilities.domain, "mx.example.org");
+    /// assert!(capabilities.pipelining);
+    /// assert!(capabilities.supports_auth("plain"));
+    /// assert_eq!(decoder.parse_ehlo(&input[..30]), Ok(None));
+    /// ```
+    pub fn parse_ehlo<'a>(&self, src: &'a [u8]) -> Result<Option<BorrowedEhlo<'a>>, ReplyError> {
+        let mut taken = 0;
+        let mut count = 0;
+        let mut enhanced = None;
+        let mut capabilities = CapabilitiesRef::default();
+        let mut rest_start = 0;
+        loop {
+            let rest = &src[taken..];
+            let len = match line_end(rest, 0, self.max_line)? {
+                Ok(len) => len,
+                Err(_) => return Ok(None),
             };
+            let line = &rest[..len];
+            let code = parse_code(line).ok_or(ReplyError::InvalidCode)?;
+            let last = match line.get(3) {
+                None | Some(b' ') => true,
+                Some(b'-') => false,
+                Some(_) => return Err(ReplyError::InvalidCode),
+            };
+            if count >= self.max_lines {
+                return Err(ReplyError::TooManyLines);
+            }
+            let mut text = line.get(4..).unwrap_or_default();
+            if count == 0 {
+                if code != 250 {
+                    return Ok(Some(BorrowedEhlo::Other { code }));
+                }
+                if let Some((code, after)) = split_enhanced(code, text) {
+                    enhanced = Some(code);
+                    text = after;
+                }
+                capabilities.set_first_line(text);
+                rest_start = len + 2;
+            } else if code != 250 {
+                return Err(ReplyError::InconsistentCode);
+            } else {
+                text = strip_same_enhanced(enhanced, text);
+                capabilities.add_line(text);
+            }
+            count += 1;
+            taken += len + 2;
+            if last {
+                capabilities.lines = ExtensionLines {
+                    raw: &src[rest_start.min(taken)..taken],
+                    enhanced,
+                };
+                return Ok(Some(BorrowedEhlo::Capabilities {
+                    capabilities,
+                    len: taken,
+                }));
+            }
         }
-        self.scanned = window;
-        if src.len() >= self.max_line {
-            // max_line bytes and still no CRLF: even if the next bytes were
-            // CRLF, the line would pass the cap. Fail now, not at the end.
-            return Err(ReplyError::LineTooLong);
-        }
-        Ok(None)
     }
 
     /// Adds one line (without CRLF) to the reply in progress; returns the
@@ -557,11 +632,8 @@ impl ReplyDecoder {
             }
         } else if code != self.code {
             return Err(ReplyError::InconsistentCode);
-        } else if self.enhanced.is_some()
-            && let Some((enhanced, rest)) = split_enhanced(code, text)
-            && self.enhanced == Some(enhanced)
-        {
-            text = rest;
+        } else {
+            text = strip_same_enhanced(self.enhanced, text);
         }
         self.count += 1;
         match &mut self.ehlo {
@@ -621,6 +693,49 @@ fn line_text(text: &[u8]) -> Cow<'static, str> {
         }
     };
     Cow::Borrowed(known)
+}
+
+/// Finds the CRLF that ends the line at the front of `src`, looking from
+/// `from` (the octets before it hold neither CR nor LF) and never past
+/// `max_line` octets: `Ok(len)`, the line's length without CRLF, or
+/// `Err(scanned)` when more octets are needed, `scanned` of them checked.
+fn line_end(src: &[u8], from: usize, max_line: usize) -> Result<Result<usize, usize>, ReplyError> {
+    let window = src.len().min(max_line);
+    let from = from.min(window);
+    if let Some(offset) = memchr::memchr2(b'\r', b'\n', &src[from..window]) {
+        let at = from + offset;
+        if src[at] == b'\n' {
+            return Err(ReplyError::BareLineEnding);
+        }
+        // A CR: the line ends here only if LF follows at once.
+        let too_long = at + 2 > max_line;
+        return match src.get(at + 1) {
+            Some(b'\n') if too_long => Err(ReplyError::LineTooLong),
+            Some(b'\n') => Ok(Ok(at)),
+            Some(_) => Err(ReplyError::BareLineEnding),
+            None if too_long => Err(ReplyError::LineTooLong),
+            // Check the CR again when its successor arrives.
+            None => Ok(Err(at)),
+        };
+    }
+    if src.len() >= max_line {
+        // max_line bytes and still no CRLF: even if the next bytes were
+        // CRLF, the line would pass the cap. Fail now, not at the end.
+        return Err(ReplyError::LineTooLong);
+    }
+    Ok(Err(window))
+}
+
+/// The text of a line after the first: without its enhanced code when it
+/// repeats the first line's (RFC 2034 §4).
+pub(crate) fn strip_same_enhanced(first: Option<EnhancedCode>, text: &[u8]) -> &[u8] {
+    match first {
+        Some(first) => match split_enhanced(u16::from(first.class) * 100, text) {
+            Some((enhanced, rest)) if enhanced == first => rest,
+            _ => text,
+        },
+        None => text,
+    }
 }
 
 /// A reply line's text as `str`: borrowed when it is UTF-8 (as it is in
