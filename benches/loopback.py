@@ -170,8 +170,9 @@ def main():
         if not os.path.exists(tool):
             sys.exit(f"{tool} is not installed (Debian: postfix)")
 
-    # On the disk under test (the current directory), not a tmpfs.
-    workdir = tempfile.mkdtemp(prefix="loopback-", dir=os.getcwd())
+    # On the disk under test (target/ or the current directory), not a tmpfs.
+    parent = "target" if os.path.isdir("target") else os.getcwd()
+    workdir = tempfile.mkdtemp(prefix="loopback-", dir=parent)
     servers = start_servers(args, workdir)
     clients = {
         "smtp-source": lambda port, cell: run_smtp_source(port, *cell),
