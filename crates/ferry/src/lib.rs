@@ -10,7 +10,6 @@ pub mod certs;
 pub mod cli;
 pub mod client_run;
 pub mod compose;
-pub mod group_sync;
 pub mod maildir;
 pub mod outcome;
 pub mod report;

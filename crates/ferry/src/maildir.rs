@@ -21,8 +21,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::group_sync::GroupSync;
-
 /// How many body octets are gathered before one write to disk.
 pub const WRITE_BUFFER: usize = 64 * 1024;
 
@@ -40,8 +38,6 @@ struct Inner {
     root: PathBuf,
     host: String,
     sequence: AtomicU64,
-    /// Deliveries completing together share the fsync of `new/`.
-    new_sync: GroupSync,
 }
 
 /// The trace fields written in front of every stored message.
@@ -143,7 +139,6 @@ impl Maildir {
         }
         Ok(Maildir {
             inner: Arc::new(Inner {
-                new_sync: GroupSync::for_dir(root.join("new")),
                 root,
                 host: escape_host(host),
                 sequence: AtomicU64::new(0),
@@ -259,8 +254,7 @@ impl Delivery {
     }
 
     /// Finishes the delivery: writes what is buffered, fsyncs every file,
-    /// renames each into `new/` and fsyncs `new/` (one fsync shared by the
-    /// deliveries that complete together). Returns the final paths.
+    /// renames each into `new/` and fsyncs `new/`. Returns the final paths.
     /// On failure nothing of this delivery is left in the Maildir.
     pub async fn commit(mut self) -> io::Result<Vec<PathBuf>> {
         if !self.pending.is_empty() {
@@ -287,29 +281,16 @@ impl Delivery {
                 }
                 done.push(target);
             }
+            if let Err(err) = sync_dir(&new_dir) {
+                remove_all(&done);
+                // Best effort: the removal itself is not made durable when
+                // the directory cannot be synced.
+                let _ = sync_dir(&new_dir);
+                return Err(err);
+            }
             Ok(done)
         })
         .await;
-        // The fsync of `new/`, shared with the deliveries that complete at
-        // the same time (see `group_sync`).
-        let result = match result {
-            Ok(done) => match self.maildir.inner.new_sync.sync().await {
-                Ok(()) => Ok(done),
-                Err(err) => {
-                    let new_dir = self.maildir.inner.root.join("new");
-                    blocking(move || {
-                        remove_all(&done);
-                        // Best effort: the removal itself is not made
-                        // durable when the directory cannot be synced.
-                        let _ = sync_dir(&new_dir);
-                        Ok(())
-                    })
-                    .await?;
-                    Err(err)
-                }
-            },
-            Err(err) => Err(err),
-        };
         // Whatever happened, the tmp files are gone or renamed (the drop
         // below removes leftovers), so mark the delivery as finished only on
         // success.
