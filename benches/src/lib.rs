@@ -172,3 +172,11 @@ pub fn ferry_ehlo_owned(reply: &[u8]) -> smtp_proto::ehlo::Capabilities {
 pub fn stalwart_ehlo(reply: &[u8]) -> stalwart_smtp_proto::EhloResponse<String> {
     stalwart_smtp_proto::EhloResponse::parse(&mut reply.iter()).unwrap()
 }
+
+/// ferry: writes a one-line reply with an enhanced code, as a server does
+/// for every command.
+pub fn ferry_reply_encode(out: &mut BytesMut) -> usize {
+    out.clear();
+    smtp_proto::Reply::new(250, smtp_proto::EnhancedCode::new(2, 1, 5), "Recipient OK").encode(out);
+    out.len()
+}

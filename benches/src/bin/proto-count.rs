@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     let small = cases::stuffed_body(10 * 1024);
     let large = cases::stuffed_body(1024 * 1024);
     let message = cases::lf_message();
+    let mut out = bytes::BytesMut::with_capacity(256);
     for _ in 0..count {
         match case.as_str() {
             "commands/ferry" => {
@@ -48,6 +49,9 @@ fn main() -> ExitCode {
             }
             "ehlo-via-reply/ferry" => {
                 black_box(cases::ferry_ehlo_via_reply(black_box(cases::EHLO_REPLY)));
+            }
+            "reply-encode/ferry" => {
+                black_box(cases::ferry_reply_encode(black_box(&mut out)));
             }
             "ehlo-owned/ferry" => {
                 black_box(cases::ferry_ehlo_owned(black_box(cases::EHLO_REPLY)));

@@ -219,14 +219,24 @@ impl Reply {
     /// never be made to carry a second, injected reply.
     pub fn encode(&self, dst: &mut BytesMut) {
         let last = self.lines.len().saturating_sub(1);
-        let enhanced = self.enhanced.map(|code| code.to_string());
+        // "c.s.d" in a stack buffer: no allocation per reply.
+        let mut digits = [0u8; 16];
+        let enhanced = self.enhanced.map(|code| {
+            let mut len = put_number(&mut digits, 0, u16::from(code.class));
+            digits[len] = b'.';
+            len = put_number(&mut digits, len + 1, code.subject);
+            digits[len] = b'.';
+            len = put_number(&mut digits, len + 1, code.detail);
+            len
+        });
+        let enhanced = enhanced.and_then(|len| std::str::from_utf8(&digits[..len]).ok());
         if self.lines.is_empty() {
-            self.encode_line(dst, ' ', enhanced.as_deref(), "");
+            self.encode_line(dst, ' ', enhanced, "");
             return;
         }
         for (index, line) in self.lines.iter().enumerate() {
             let separator = if index == last { ' ' } else { '-' };
-            self.encode_line(dst, separator, enhanced.as_deref(), line);
+            self.encode_line(dst, separator, enhanced, line);
         }
     }
 
@@ -693,6 +703,26 @@ fn line_text(text: &[u8]) -> Cow<'static, str> {
         }
     };
     Cow::Borrowed(known)
+}
+
+/// Writes `value` in decimal into `buffer` at `at` (room for five digits
+/// is the caller's); returns the position after it.
+fn put_number(buffer: &mut [u8], at: usize, value: u16) -> usize {
+    let mut scratch = [0u8; 5];
+    let mut rest = value;
+    let mut len = 0;
+    loop {
+        scratch[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for (offset, &digit) in scratch[..len].iter().rev().enumerate() {
+        buffer[at + offset] = digit;
+    }
+    at + len
 }
 
 /// Finds the CRLF that ends the line at the front of `src`, looking from
@@ -1474,6 +1504,18 @@ mod proptests {
         b"\r",
         b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
     ];
+
+    proptest! {
+        /// The enhanced code is written as `Display` writes it.
+        #[test]
+        fn encoded_enhanced_code_matches_display(class in 0u8..=255, subject in any::<u16>(), detail in any::<u16>()) {
+            let code = EnhancedCode::new(class, subject, detail);
+            let mut out = BytesMut::new();
+            Reply::new(250, code, "Ok").encode(&mut out);
+            let expected = format!("250 {code} Ok\r\n");
+            prop_assert_eq!(&out[..], expected.as_bytes());
+        }
+    }
 
     proptest! {
         #[test]
