@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `ci` | format check, clippy with warnings as errors, all tests, tidy |
 //! | `interop` | the interop matrix against real peers (see `docs/interop.md`) |
-//! | `bench` | the criterion benchmarks (see `docs/benchmarks.md`) |
+//! | `bench` | the criterion benchmarks, then the loopback comparison with Postfix's smtp-sink and smtp-source when installed (see `docs/benchmarks.md`) |
 //! | `fuzz` | every fuzz target for a bounded time (needs nightly and cargo-fuzz) |
 //! | `tidy` | repository checks that need no build |
 //! | `crash-test` | kills `ferry relay` with SIGKILL under load and checks that every acknowledged message is delivered (`--rounds N`, `--clients N`) |
@@ -113,13 +113,31 @@ fn crash_test(args: &[String]) -> Result<(), String> {
     crash_test::run(&crash_test::ferry_binary(&root()), args)
 }
 
+/// The criterion benchmarks (arguments go to criterion), then, when
+/// Postfix's smtp-sink and smtp-source are installed, the loopback
+/// comparison against them (`benches/loopback.py`, every cell).
 fn bench(args: &[String]) -> Result<(), String> {
+    let cargo = cargo();
     let mut cargo_args = vec!["bench", "-p", "ferry-benches"];
     if !args.is_empty() {
         cargo_args.push("--");
         cargo_args.extend(args.iter().map(String::as_str));
     }
-    run(&cargo(), &cargo_args)
+    run(&cargo, &cargo_args)?;
+    let peers = ["/usr/sbin/smtp-sink", "/usr/sbin/smtp-source"];
+    if let Some(missing) = peers.iter().find(|peer| !Path::new(peer).exists()) {
+        println!("{missing} is not installed: skipping the loopback comparison");
+        return Ok(());
+    }
+    run(
+        &cargo,
+        &["build", "--release", "-p", "ferry", "-p", "ferry-benches"],
+    )?;
+    let target = env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
+    let ferry = target.join("release").join("ferry").display().to_string();
+    run("python3", &["benches/loopback.py", "--ferry", &ferry])
 }
 
 /// Runs each fuzz target for `seconds` (default 60).

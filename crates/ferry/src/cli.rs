@@ -506,6 +506,10 @@ pub struct BenchArgs {
     /// Use PIPELINING when offered.
     #[arg(long, value_enum, default_value_t = Pipelining::Auto)]
     pub pipelining: Pipelining,
+    /// Close each connection after this many messages (1: a new
+    /// connection, greeting, EHLO and QUIT for every message).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages_per_connection: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -854,10 +858,12 @@ mod tests {
         assert_eq!(bench.concurrency, 10);
         assert_eq!(bench.recipients, 1);
         assert_eq!(bench.pipelining, Pipelining::Auto);
+        assert_eq!(bench.messages_per_connection, 100);
         for args in [
             &["bench", "--messages", "1", "--duration", "1"][..],
             &["bench", "--concurrency", "0"],
             &["bench", "--recipients", "0"],
+            &["bench", "--messages-per-connection", "0"],
         ] {
             assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
         }

@@ -334,6 +334,8 @@ pub async fn run_bench(args: BenchArgs) -> i32 {
         config,
         PoolConfig {
             max_connections: concurrency,
+            max_messages_per_connection: usize::try_from(args.messages_per_connection)
+                .unwrap_or(usize::MAX),
             ..PoolConfig::default()
         },
     );

@@ -10,6 +10,8 @@ use std::fmt;
 
 use bytes::{Buf, BufMut, BytesMut};
 
+use crate::ehlo::{Capabilities, CapabilitiesRef, ExtensionLines};
+
 use crate::limits::{
     DEFAULT_CLIENT_REPLY_LINE_MAX, DEFAULT_CLIENT_REPLY_LINES_MAX, REPLY_LINE_MAX,
 };
@@ -217,14 +219,24 @@ impl Reply {
     /// never be made to carry a second, injected reply.
     pub fn encode(&self, dst: &mut BytesMut) {
         let last = self.lines.len().saturating_sub(1);
-        let enhanced = self.enhanced.map(|code| code.to_string());
+        // "c.s.d" in a stack buffer: no allocation per reply.
+        let mut digits = [0u8; 16];
+        let enhanced = self.enhanced.map(|code| {
+            let mut len = put_number(&mut digits, 0, u16::from(code.class));
+            digits[len] = b'.';
+            len = put_number(&mut digits, len + 1, code.subject);
+            digits[len] = b'.';
+            len = put_number(&mut digits, len + 1, code.detail);
+            len
+        });
+        let enhanced = enhanced.and_then(|len| std::str::from_utf8(&digits[..len]).ok());
         if self.lines.is_empty() {
-            self.encode_line(dst, ' ', enhanced.as_deref(), "");
+            self.encode_line(dst, ' ', enhanced, "");
             return;
         }
         for (index, line) in self.lines.iter().enumerate() {
             let separator = if index == last { ' ' } else { '-' };
-            self.encode_line(dst, separator, enhanced.as_deref(), line);
+            self.encode_line(dst, separator, enhanced, line);
         }
     }
 
@@ -330,6 +342,38 @@ pub struct ReplyDecoder {
     code: u16,
     enhanced: Option<EnhancedCode>,
     lines: Vec<Cow<'static, str>>,
+    /// Lines of the reply in progress so far.
+    count: usize,
+    /// The capabilities read so far, when [`decode_ehlo`](Self::decode_ehlo)
+    /// reads a 250 reply straight into them instead of into `lines`.
+    ehlo: Option<Capabilities>,
+}
+
+/// What [`ReplyDecoder::decode_ehlo`] read: the reply to EHLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EhloReply {
+    /// A 250 reply, read straight into the capabilities it announces
+    /// (equal to [`Capabilities::from_reply`] of the same reply).
+    Capabilities(Capabilities),
+    /// Any other reply (EHLO refused or not understood), as a [`Reply`].
+    Other(Reply),
+}
+
+/// What [`ReplyDecoder::parse_ehlo`] found at the front of its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BorrowedEhlo<'a> {
+    /// A whole 250 reply of `len` octets, CRLF included.
+    Capabilities {
+        /// What the reply announces, borrowed from the input.
+        capabilities: CapabilitiesRef<'a>,
+        /// Octets of the reply at the front of the input.
+        len: usize,
+    },
+    /// A reply with another code: read it with [`ReplyDecoder::decode`].
+    Other {
+        /// The reply's code.
+        code: u16,
+    },
 }
 
 /// Lines reserved at once for a multi-line reply.
@@ -366,6 +410,8 @@ impl ReplyDecoder {
             code: 0,
             enhanced: None,
             lines: Vec::new(),
+            count: 0,
+            ehlo: None,
         }
     }
 
@@ -383,7 +429,7 @@ impl ReplyDecoder {
     /// of the stream this means the server closed the connection in the
     /// middle of a reply.
     pub fn is_partial(&self) -> bool {
-        !self.lines.is_empty()
+        self.count > 0
     }
 
     /// Consumes complete reply lines from the front of `src` and returns
@@ -394,14 +440,62 @@ impl ReplyDecoder {
     /// in the decoder; bytes after a complete reply stay in `src` for the
     /// next call. Between calls, only append to `src`.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, ReplyError> {
-        let result = self.decode_lines(src);
+        let result = self.decode_lines(src, false);
+        if result.is_err() {
+            self.reset();
+        }
+        result.map(|decoded| {
+            decoded.map(|reply| match reply {
+                EhloReply::Other(reply) => reply,
+                // Only a reply begun by `decode_ehlo` is read into
+                // capabilities (see there).
+                EhloReply::Capabilities(capabilities) => capabilities.to_reply(),
+            })
+        })
+    }
+
+    /// Like [`decode`](Self::decode), for the reply to EHLO: a 250 reply
+    /// is read straight into [`Capabilities`], line by line, without
+    /// building a [`Reply`] first; any other reply comes back as a
+    /// [`Reply`]. The same checks apply (line and line-count caps, CRLF
+    /// line ends, one code on every line), and the result equals
+    /// [`Capabilities::from_reply`] of what [`decode`](Self::decode) would
+    /// return. A reply begun with this method is finished with it (were it
+    /// finished with [`decode`](Self::decode), that would return
+    /// [`Capabilities::to_reply`] of it).
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use smtp_proto::reply::{EhloReply, ReplyDecoder};
+    ///
+    /// let mut decoder = ReplyDecoder::new();
+    /// let mut buf = BytesMut::from(&b"250-mx.example.org hi\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"[..]);
+    /// let Some(EhloReply::Capabilities(caps)) = decoder.decode_ehlo(&mut buf).unwrap() else {
+    ///     panic!("a 250 reply");
+    /// };
+    /// assert_eq!(caps.domain, "mx.example.org");
+    /// assert!(caps.pipelining);
+    /// assert_eq!(caps.size, Some(1000));
+    ///
+    /// let mut buf = BytesMut::from(&b"502 5.5.1 Command not implemented\r\n"[..]);
+    /// let Some(EhloReply::Other(reply)) = decoder.decode_ehlo(&mut buf).unwrap() else {
+    ///     panic!("not a 250 reply");
+    /// };
+    /// assert_eq!(reply.code(), 502);
+    /// ```
+    pub fn decode_ehlo(&mut self, src: &mut BytesMut) -> Result<Option<EhloReply>, ReplyError> {
+        let result = self.decode_lines(src, true);
         if result.is_err() {
             self.reset();
         }
         result
     }
 
-    fn decode_lines(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, ReplyError> {
+    fn decode_lines(
+        &mut self,
+        src: &mut BytesMut,
+        ehlo: bool,
+    ) -> Result<Option<EhloReply>, ReplyError> {
         // Each turn consumes one line; the line-count cap bounds the loop.
         // The lines taken are removed from `src` once, when the loop ends.
         let mut taken = 0;
@@ -412,7 +506,7 @@ impl ReplyDecoder {
                 Ok(None) => break Ok(None),
                 Err(error) => break Err(error),
             };
-            let reply = self.take_line(&rest[..len]);
+            let reply = self.take_line(&rest[..len], ehlo);
             taken += len + 2;
             self.scanned = 0;
             match reply {
@@ -429,79 +523,148 @@ impl ReplyDecoder {
     /// the line's length without it. Scans only bytes not yet checked, and
     /// never more than `max_line` bytes of a line.
     fn find_line_end(&mut self, src: &[u8]) -> Result<Option<usize>, ReplyError> {
-        let window = src.len().min(self.max_line);
-        let from = self.scanned.min(window);
-        if let Some(offset) = memchr::memchr2(b'\r', b'\n', &src[from..window]) {
-            let at = from + offset;
-            if src[at] == b'\n' {
-                return Err(ReplyError::BareLineEnding);
+        match line_end(src, self.scanned, self.max_line)? {
+            Ok(len) => Ok(Some(len)),
+            Err(scanned) => {
+                self.scanned = scanned;
+                Ok(None)
             }
-            // A CR: the line ends here only if LF follows at once.
-            let too_long = at + 2 > self.max_line;
-            return match src.get(at + 1) {
-                Some(b'\n') if too_long => Err(ReplyError::LineTooLong),
-                Some(b'\n') => Ok(Some(at)),
-                Some(_) => Err(ReplyError::BareLineEnding),
-                None if too_long => Err(ReplyError::LineTooLong),
-                None => {
-                    // Check the CR again when its successor arrives.
-                    self.scanned = at;
-                    Ok(None)
-                }
+        }
+    }
+
+    /// Reads the EHLO reply at the front of `src` without allocating or
+    /// consuming anything: a 250 reply becomes a [`CapabilitiesRef`]
+    /// borrowed from `src`, with the reply's length, to drop from the
+    /// buffer once done with it; for any other code, read the reply with
+    /// [`decode`](Self::decode). `Ok(None)` means the reply is not complete
+    /// yet (call again with more bytes). The checks are those of
+    /// [`decode`](Self::decode) (line and line-count caps, CRLF only, one
+    /// code on every line), and [`CapabilitiesRef::to_owned`] equals
+    /// [`Capabilities::from_reply`] of the decoded reply. Only this
+    /// decoder's caps are used, not its state.
+    ///
+    /// ```
+    /// use smtp_proto::reply::{BorrowedEhlo, ReplyDecoder};
+    ///
+    /// let input = b"250-mx.example.org hi\r\n250-PIPELINING\r\n250 AUTH PLAIN\r\n";
+    /// let decoder = ReplyDecoder::new();
+    /// let Some(BorrowedEhlo::Capabilities { capabilities, len }) = decoder.parse_ehlo(input).unwrap() else {
+    ///     panic!("a whole 250 reply");
+    /// };
+    /// assert_eq!(len, input.len());
+    /// assert_eq!(capabilities.domain, "mx.example.org");
+    /// assert!(capabilities.pipelining);
+    /// assert!(capabilities.supports_auth("plain"));
+    /// assert_eq!(decoder.parse_ehlo(&input[..30]), Ok(None));
+    /// ```
+    pub fn parse_ehlo<'a>(&self, src: &'a [u8]) -> Result<Option<BorrowedEhlo<'a>>, ReplyError> {
+        let mut taken = 0;
+        let mut count = 0;
+        let mut enhanced = None;
+        let mut capabilities = CapabilitiesRef::default();
+        let mut rest_start = 0;
+        loop {
+            let rest = &src[taken..];
+            let len = match line_end(rest, 0, self.max_line)? {
+                Ok(len) => len,
+                Err(_) => return Ok(None),
             };
+            let line = &rest[..len];
+            let code = parse_code(line).ok_or(ReplyError::InvalidCode)?;
+            let last = match line.get(3) {
+                None | Some(b' ') => true,
+                Some(b'-') => false,
+                Some(_) => return Err(ReplyError::InvalidCode),
+            };
+            if count >= self.max_lines {
+                return Err(ReplyError::TooManyLines);
+            }
+            let mut text = line.get(4..).unwrap_or_default();
+            if count == 0 {
+                if code != 250 {
+                    return Ok(Some(BorrowedEhlo::Other { code }));
+                }
+                if let Some((code, after)) = split_enhanced(code, text) {
+                    enhanced = Some(code);
+                    text = after;
+                }
+                capabilities.set_first_line(text);
+                rest_start = len + 2;
+            } else if code != 250 {
+                return Err(ReplyError::InconsistentCode);
+            } else {
+                text = strip_same_enhanced(enhanced, text);
+                capabilities.add_line(text);
+            }
+            count += 1;
+            taken += len + 2;
+            if last {
+                capabilities.lines = ExtensionLines {
+                    raw: &src[rest_start.min(taken)..taken],
+                    enhanced,
+                };
+                return Ok(Some(BorrowedEhlo::Capabilities {
+                    capabilities,
+                    len: taken,
+                }));
+            }
         }
-        self.scanned = window;
-        if src.len() >= self.max_line {
-            // max_line bytes and still no CRLF: even if the next bytes were
-            // CRLF, the line would pass the cap. Fail now, not at the end.
-            return Err(ReplyError::LineTooLong);
-        }
-        Ok(None)
     }
 
     /// Adds one line (without CRLF) to the reply in progress; returns the
-    /// reply when this was its last line.
-    fn take_line(&mut self, line: &[u8]) -> Result<Option<Reply>, ReplyError> {
+    /// reply when this was its last line. With `ehlo`, a 250 reply is read
+    /// into capabilities instead of lines.
+    fn take_line(&mut self, line: &[u8], ehlo: bool) -> Result<Option<EhloReply>, ReplyError> {
         let code = parse_code(line).ok_or(ReplyError::InvalidCode)?;
         let last = match line.get(3) {
             None | Some(b' ') => true,
             Some(b'-') => false,
             Some(_) => return Err(ReplyError::InvalidCode),
         };
-        if self.lines.len() >= self.max_lines {
+        if self.count >= self.max_lines {
             return Err(ReplyError::TooManyLines);
         }
         let mut text = line.get(4..).unwrap_or_default();
-        if self.lines.is_empty() {
+        let first = self.count == 0;
+        if first {
             self.code = code;
             self.enhanced = None;
-            if !last {
-                // A multi-line reply (EHLO above all) has about a dozen
-                // lines: grow once instead of line by line.
-                self.lines.reserve(MULTILINE_CAPACITY.min(self.max_lines));
-            }
             if let Some((enhanced, rest)) = split_enhanced(code, text) {
                 self.enhanced = Some(enhanced);
                 text = rest;
             }
+            if ehlo && code == 250 {
+                self.ehlo = Some(Capabilities::default());
+            } else if !last {
+                // A multi-line reply (EHLO above all) has about a dozen
+                // lines: grow once instead of line by line.
+                self.lines.reserve(MULTILINE_CAPACITY.min(self.max_lines));
+            }
         } else if code != self.code {
             return Err(ReplyError::InconsistentCode);
-        } else if self.enhanced.is_some()
-            && let Some((enhanced, rest)) = split_enhanced(code, text)
-            && self.enhanced == Some(enhanced)
-        {
-            text = rest;
+        } else {
+            text = strip_same_enhanced(self.enhanced, text);
         }
-        self.lines.push(line_text(text));
+        self.count += 1;
+        match &mut self.ehlo {
+            Some(capabilities) if first => capabilities.set_first_line(&utf8_text(text)),
+            Some(capabilities) => capabilities.add_line_bytes(text),
+            None => self.lines.push(line_text(text)),
+        }
         if !last {
             return Ok(None);
+        }
+        self.count = 0;
+        if let Some(capabilities) = self.ehlo.take() {
+            self.enhanced = None;
+            return Ok(Some(EhloReply::Capabilities(capabilities)));
         }
         let reply = Reply {
             code: self.code,
             enhanced: self.enhanced.take(),
             lines: std::mem::take(&mut self.lines),
         };
-        Ok(Some(reply))
+        Ok(Some(EhloReply::Other(reply)))
     }
 
     fn reset(&mut self) {
@@ -509,6 +672,8 @@ impl ReplyDecoder {
         self.code = 0;
         self.enhanced = None;
         self.lines = Vec::new();
+        self.count = 0;
+        self.ehlo = None;
     }
 }
 
@@ -538,6 +703,79 @@ fn line_text(text: &[u8]) -> Cow<'static, str> {
         }
     };
     Cow::Borrowed(known)
+}
+
+/// Writes `value` in decimal into `buffer` at `at` (room for five digits
+/// is the caller's); returns the position after it.
+fn put_number(buffer: &mut [u8], at: usize, value: u16) -> usize {
+    let mut scratch = [0u8; 5];
+    let mut rest = value;
+    let mut len = 0;
+    loop {
+        scratch[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for (offset, &digit) in scratch[..len].iter().rev().enumerate() {
+        buffer[at + offset] = digit;
+    }
+    at + len
+}
+
+/// Finds the CRLF that ends the line at the front of `src`, looking from
+/// `from` (the octets before it hold neither CR nor LF) and never past
+/// `max_line` octets: `Ok(len)`, the line's length without CRLF, or
+/// `Err(scanned)` when more octets are needed, `scanned` of them checked.
+fn line_end(src: &[u8], from: usize, max_line: usize) -> Result<Result<usize, usize>, ReplyError> {
+    let window = src.len().min(max_line);
+    let from = from.min(window);
+    if let Some(offset) = memchr::memchr2(b'\r', b'\n', &src[from..window]) {
+        let at = from + offset;
+        if src[at] == b'\n' {
+            return Err(ReplyError::BareLineEnding);
+        }
+        // A CR: the line ends here only if LF follows at once.
+        let too_long = at + 2 > max_line;
+        return match src.get(at + 1) {
+            Some(b'\n') if too_long => Err(ReplyError::LineTooLong),
+            Some(b'\n') => Ok(Ok(at)),
+            Some(_) => Err(ReplyError::BareLineEnding),
+            None if too_long => Err(ReplyError::LineTooLong),
+            // Check the CR again when its successor arrives.
+            None => Ok(Err(at)),
+        };
+    }
+    if src.len() >= max_line {
+        // max_line bytes and still no CRLF: even if the next bytes were
+        // CRLF, the line would pass the cap. Fail now, not at the end.
+        return Err(ReplyError::LineTooLong);
+    }
+    Ok(Err(window))
+}
+
+/// The text of a line after the first: without its enhanced code when it
+/// repeats the first line's (RFC 2034 §4).
+pub(crate) fn strip_same_enhanced(first: Option<EnhancedCode>, text: &[u8]) -> &[u8] {
+    match first {
+        Some(first) => match split_enhanced(u16::from(first.class) * 100, text) {
+            Some((enhanced, rest)) if enhanced == first => rest,
+            _ => text,
+        },
+        None => text,
+    }
+}
+
+/// A reply line's text as `str`: borrowed when it is UTF-8 (as it is in
+/// practice), otherwise with invalid sequences replaced, as
+/// [`line_text`] does.
+pub(crate) fn utf8_text(text: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(text) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(text),
+    }
 }
 
 /// The three-digit code at the start of a reply line (RFC 5321 §4.2:
@@ -1266,6 +1504,18 @@ mod proptests {
         b"\r",
         b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
     ];
+
+    proptest! {
+        /// The enhanced code is written as `Display` writes it.
+        #[test]
+        fn encoded_enhanced_code_matches_display(class in 0u8..=255, subject in any::<u16>(), detail in any::<u16>()) {
+            let code = EnhancedCode::new(class, subject, detail);
+            let mut out = BytesMut::new();
+            Reply::new(250, code, "Ok").encode(&mut out);
+            let expected = format!("250 {code} Ok\r\n");
+            prop_assert_eq!(&out[..], expected.as_bytes());
+        }
+    }
 
     proptest! {
         #[test]

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
 use crate::auth::{DynAuthenticator, SaslStep};
+use crate::buffers;
 use crate::config::{BareLineEndings, TIMEOUT_MAX};
 use crate::error::SmtpError;
 use crate::server::Config;
@@ -227,7 +228,7 @@ where
         .transcript
         .as_ref()
         .map(|hook| Transcript::new(Arc::clone(hook), info.id.clone()));
-    let framed = Framed::new(
+    let framed = buffers::framed(
         transport,
         RecordingCodec::new(config.limits.max_line, transcript.is_some()),
     );
@@ -365,7 +366,7 @@ where
         loop {
             match self.run_commands(session).await {
                 Ok(Next::Continue) => {}
-                Ok(Next::StartTls) => match self.start_tls(session).await {
+                Ok(Next::StartTls) => match Box::pin(self.start_tls(session)).await {
                     Ok(()) => {}
                     Err(ended) => return ended,
                 },
@@ -571,6 +572,7 @@ where
             return self.frame(item).await;
         }
         self.flush().await?;
+        buffers::before_wait(&mut self.framed, matches!(wait, Wait::Body));
         let started = Instant::now();
         enum Event {
             Item(Option<io::Result<ServerFrame>>),
@@ -704,11 +706,14 @@ where
                     self.rcpt(session, to, params).await?;
                     None
                 }
+                // The message transfer, AUTH and STARTTLS are boxed: their
+                // state is large, and held inline it would be part of every
+                // idle session's task (see `buffers`).
                 Command::Data => {
-                    self.data(session).await?;
+                    Box::pin(self.data(session)).await?;
                     None
                 }
-                Command::Bdat { size, last } => self.bdat(session, size, last).await?,
+                Command::Bdat { size, last } => Box::pin(self.bdat(session, size, last)).await?,
                 Command::Rset => {
                     self.end_transaction();
                     let result = guarded(session.reset()).await;
@@ -770,7 +775,7 @@ where
                     mechanism,
                     initial_response,
                 } => {
-                    self.auth(session, mechanism, initial_response).await?;
+                    Box::pin(self.auth(session, mechanism, initial_response)).await?;
                     None
                 }
                 _ => {
@@ -1437,7 +1442,7 @@ where
 
     /// Upgrades the transport after `220` to STARTTLS.
     async fn start_tls<T: Session>(&mut self, session: &mut T) -> Flow {
-        let detached = Framed::new(
+        let detached = buffers::framed(
             Transport::Detached,
             RecordingCodec::new(self.config.limits.max_line, false),
         );
@@ -1463,7 +1468,7 @@ where
             return Err(Ended::Closed);
         };
         self.state.tls = transport.tls_info();
-        self.framed = Framed::new(
+        self.framed = buffers::framed(
             transport,
             RecordingCodec::new(self.config.limits.max_line, self.transcript.is_some()),
         );

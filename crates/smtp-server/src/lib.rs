@@ -107,6 +107,7 @@
 //!   own connection with `421 4.3.0`.
 
 mod auth;
+mod buffers;
 mod config;
 mod connection;
 mod error;

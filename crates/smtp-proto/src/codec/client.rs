@@ -8,7 +8,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::Reply;
 use crate::command::{Command, EncodeError};
-use crate::reply::{ReplyDecoder, ReplyError};
+use crate::reply::{EhloReply, ReplyDecoder, ReplyError};
 
 /// Frames the client side of an SMTP connection.
 ///
@@ -43,6 +43,16 @@ impl ClientCodec {
         Self {
             replies: ReplyDecoder::new(),
         }
+    }
+
+    /// Decodes the reply to EHLO: a 250 reply straight into
+    /// [`Capabilities`](crate::ehlo::Capabilities), any other as a
+    /// [`Reply`] (see [`ReplyDecoder::decode_ehlo`]).
+    pub fn decode_ehlo(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> Result<Option<EhloReply>, ClientCodecError> {
+        Ok(self.replies.decode_ehlo(src)?)
     }
 
     /// A codec with the given caps on reply line length and line count.

@@ -1,0 +1,143 @@
+//! What this disk does for concurrent small durable writes, the limit for
+//! `ferry serve --maildir`: each of `--writers` threads repeatedly writes a
+//! small file, fsyncs it, renames it into another directory and fsyncs
+//! that directory (the Maildir delivery step), for `--seconds`. Prints the
+//! deliveries per second and the fsyncs per second, as JSON with `--json`.
+//!
+//! ```sh
+//! cargo run --release -p ferry-benches --bin fsync-rate -- --dir target/fsync-probe --writers 50
+//! ```
+//!
+//! The count is bounded by time; the files are removed at the end.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+struct Options {
+    dir: PathBuf,
+    writers: usize,
+    seconds: f64,
+    size: usize,
+    json: bool,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        dir: PathBuf::from("target/fsync-probe"),
+        writers: 50,
+        seconds: 3.0,
+        size: 1024,
+        json: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--dir" => options.dir = PathBuf::from(value()?),
+            "--writers" => {
+                options.writers = value()?.parse().map_err(|e| format!("--writers: {e}"))?
+            }
+            "--seconds" => {
+                options.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?
+            }
+            "--size" => options.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
+            "--json" => options.json = true,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if !(1..=1000).contains(&options.writers) {
+        return Err("--writers must be 1 to 1000".into());
+    }
+    if !(0.1..=60.0).contains(&options.seconds) {
+        return Err("--seconds must be 0.1 to 60".into());
+    }
+    Ok(options)
+}
+
+/// One delivery: write, fsync the file, rename it into `new`, fsync `new`.
+fn deliver(tmp: &Path, new: &Path, name: &str, body: &[u8]) -> std::io::Result<()> {
+    let staged = tmp.join(name);
+    let mut file = File::create(&staged)?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&staged, new.join(name))?;
+    File::open(new)?.sync_all()
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("fsync-rate: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (tmp, new) = (options.dir.join("tmp"), options.dir.join("new"));
+    for dir in [&tmp, &new] {
+        if let Err(error) = fs::create_dir_all(dir) {
+            eprintln!("fsync-rate: {}: {error}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let body = vec![b'x'; options.size];
+    let started = Instant::now();
+    let threads: Vec<_> = (0..options.writers)
+        .map(|writer| {
+            let (tmp, new, done, count, body) = (
+                tmp.clone(),
+                new.clone(),
+                Arc::clone(&done),
+                Arc::clone(&count),
+                body.clone(),
+            );
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut index = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    deliver(&tmp, &new, &format!("{writer}.{index}"), &body)?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                    index += 1;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(options.seconds));
+    done.store(true, Ordering::Relaxed);
+    let mut failed = None;
+    for thread in threads {
+        if let Ok(Err(error)) = thread.join() {
+            failed = Some(error);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = fs::remove_dir_all(&options.dir);
+    if let Some(error) = failed {
+        eprintln!("fsync-rate: {error}");
+        return ExitCode::FAILURE;
+    }
+    let deliveries = count.load(Ordering::Relaxed) as f64 / elapsed;
+    if options.json {
+        println!(
+            "{{\"writers\":{},\"size\":{},\"deliveries_per_second\":{deliveries:.1},\"fsyncs_per_second\":{:.1}}}",
+            options.writers,
+            options.size,
+            2.0 * deliveries
+        );
+    } else {
+        println!(
+            "{} writers, {}-octet files: {deliveries:.0} deliveries/s (file fsync + rename + directory fsync), {:.0} fsyncs/s",
+            options.writers,
+            options.size,
+            2.0 * deliveries
+        );
+    }
+    ExitCode::SUCCESS
+}
