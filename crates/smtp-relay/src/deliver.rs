@@ -164,6 +164,8 @@ struct PoolKey {
     server_name: Option<String>,
     smarthost: bool,
     requiretls: bool,
+    /// Never STARTTLS: the retry after a failed opportunistic handshake.
+    plaintext: bool,
 }
 
 /// Makes delivery attempts.
@@ -460,6 +462,8 @@ impl Deliverer {
             }
             if key.requiretls {
                 builder = builder.tls(Tls::Required);
+            } else if key.plaintext {
+                builder = builder.tls(Tls::None);
             } else {
                 tls = tls.dangerous_accept_invalid_certs(true);
                 builder = builder.tls(Tls::Opportunistic);
@@ -538,32 +542,52 @@ impl Deliverer {
         let mut last_failure = String::from("451 4.4.1 no next hop reachable");
         for (hop, name) in hops {
             let remote = name.clone().unwrap_or_else(|| hop.host.clone());
-            let key = PoolKey {
-                host: hop.host.clone(),
-                port: hop.port,
-                server_name: name.clone(),
-                smarthost,
-                requiretls: envelope.requiretls,
-            };
-            let pool = match self.pool(key) {
-                Ok(pool) => pool,
-                Err(err) => {
-                    return AttemptOutcome {
-                        results: self.all(
-                            count,
-                            RecipientResult::Temporary,
-                            None,
-                            &format!("451 4.3.5 {err}"),
-                        ),
-                        connection_failure: false,
-                    };
+            let mut plaintext = false;
+            let sent = loop {
+                let key = PoolKey {
+                    host: hop.host.clone(),
+                    port: hop.port,
+                    server_name: name.clone(),
+                    smarthost,
+                    requiretls: envelope.requiretls,
+                    plaintext,
+                };
+                let pool = match self.pool(key) {
+                    Ok(pool) => pool,
+                    Err(err) => {
+                        return AttemptOutcome {
+                            results: self.all(
+                                count,
+                                RecipientResult::Temporary,
+                                None,
+                                &format!("451 4.3.5 {err}"),
+                            ),
+                            connection_failure: false,
+                        };
+                    }
+                };
+                let mut message = Message::from_bytes(body.clone());
+                if let Some(body_type) = envelope.body_type {
+                    message = message.body_type(body_type);
                 }
+                let sent = pool.send(&client_envelope, message).await;
+                // RFC 7435 §3: opportunistic security falls back to
+                // cleartext rather than not communicate. A failed STARTTLS
+                // handshake ends its connection, so the host is tried once
+                // more on a fresh one without STARTTLS. Never for a
+                // smarthost or for REQUIRETLS mail, which insist on TLS.
+                let tls_failed = sent.as_ref().is_err_and(|error| {
+                    error.kind() == ErrorKind::Tls
+                        && matches!(error.step(), Step::StartTls | Step::TlsHandshake)
+                });
+                if tls_failed && !plaintext && !smarthost && !envelope.requiretls {
+                    tracing::info!(next_hop = %hop, "STARTTLS failed; trying again without TLS");
+                    plaintext = true;
+                    continue;
+                }
+                break sent;
             };
-            let mut message = Message::from_bytes(body.clone());
-            if let Some(body_type) = envelope.body_type {
-                message = message.body_type(body_type);
-            }
-            match pool.send(&client_envelope, message).await {
+            match sent {
                 Ok(result) => {
                     return AttemptOutcome {
                         results: self.map_result(&result, &remote),

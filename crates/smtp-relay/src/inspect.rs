@@ -394,7 +394,7 @@ impl QueueInspect for Spool {
             self.record(id, outcomes, Vec::new()).await?;
             if !held {
                 // Wake the scheduler: the recipients are due now.
-                self.release(id, &[]);
+                QueueStore::release(self, id, &[]).await;
             }
         }
         Ok(true)
@@ -478,7 +478,7 @@ impl QueueInspect for Spool {
             }
         }
         if count > 0 {
-            self.release(MessageId(0), &[]);
+            QueueStore::release(self, MessageId(0), &[]).await;
         }
         Ok(count)
     }

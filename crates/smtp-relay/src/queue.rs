@@ -228,7 +228,9 @@ pub struct Recovery {
 /// A queue store: the durable half of the relay.
 ///
 /// Every method that changes the queue returns only once the change is
-/// committed as the store's durability setting says. Implementations:
+/// committed as the store's durability setting says. Every method that
+/// reads or claims is async too, so a store behind a network (a shared
+/// PostgreSQL queue) fits the same trait. Implementations:
 /// [`Spool`](crate::spool::Spool) (a checksummed log on local disk).
 pub trait QueueStore: Send + Sync + 'static {
     /// Commits a new message; after `Ok` the receiver may say `250`.

@@ -753,12 +753,21 @@ impl Op {
     }
 }
 
-/// Synchronous views of the queue: the spool keeps its index in memory,
-/// so these answer without waiting (the [`QueueStore`] methods of the same
-/// names delegate to them).
-impl Spool {
-    /// Claims due recipients; see [`QueueStore::claim_due`].
-    pub fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
+impl QueueStore for Spool {
+    async fn enqueue(&self, message: NewMessage) -> io::Result<MessageId> {
+        let id = self.new_id();
+        let states = vec![RecipientState::Queued; message.envelope.recipients.len()];
+        self.commit(vec![Op::Message {
+            id,
+            envelope: Arc::new(message.envelope),
+            states,
+            body: message.body,
+        }])
+        .await?;
+        Ok(MessageId(id))
+    }
+
+    async fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
         let mut index = lock(&self.inner.shared.index);
         let now_key = unix_millis(now);
         let candidates: Vec<u64> = index
@@ -798,8 +807,27 @@ impl Spool {
         claims
     }
 
-    /// Gives claims back; see [`QueueStore::release`].
-    pub fn release(&self, id: MessageId, recipients: &[usize]) {
+    async fn record(
+        &self,
+        id: MessageId,
+        outcomes: Vec<(usize, RecipientState)>,
+        notices: Vec<NewMessage>,
+    ) -> io::Result<()> {
+        let mut ops = Vec::with_capacity(notices.len() + 1);
+        for notice in notices {
+            let states = vec![RecipientState::Queued; notice.envelope.recipients.len()];
+            ops.push(Op::Message {
+                id: self.new_id(),
+                envelope: Arc::new(notice.envelope),
+                states,
+                body: notice.body,
+            });
+        }
+        ops.push(Op::Update { id: id.0, outcomes });
+        self.commit(ops).await
+    }
+
+    async fn release(&self, id: MessageId, recipients: &[usize]) {
         {
             let mut index = lock(&self.inner.shared.index);
             if let Some(entry) = index.messages.get_mut(&id.0) {
@@ -814,14 +842,57 @@ impl Spool {
         self.inner.shared.changed.notify_one();
     }
 
-    /// The earliest due time; see [`QueueStore::next_due`].
-    pub fn next_due(&self) -> Option<SystemTime> {
+    async fn body(&self, id: MessageId) -> io::Result<Bytes> {
+        let location = lock(&self.inner.shared.index)
+            .messages
+            .get(&id.0)
+            .map(|entry| entry.body)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such message"))?;
+        let shared = Arc::clone(&self.inner.shared);
+        tokio::task::spawn_blocking(move || {
+            let file = {
+                let mut readers = lock(&shared.readers);
+                match readers.get(&location.segment) {
+                    Some(file) => Arc::clone(file),
+                    None => {
+                        let file =
+                            Arc::new(File::open(segment_path(&shared.dir, location.segment))?);
+                        readers.insert(location.segment, Arc::clone(&file));
+                        file
+                    }
+                }
+            };
+            let len = usize::try_from(location.len).map_err(io::Error::other)?;
+            let mut body = vec![0u8; len];
+            file.read_exact_at(&mut body, location.offset)?;
+            Ok(Bytes::from(body))
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn next_due(&self) -> Option<SystemTime> {
         let index = lock(&self.inner.shared.index);
         index.due.first().map(|&(key, _)| from_unix_millis(key))
     }
 
-    /// Every queued message; see [`QueueStore::messages`].
-    pub fn messages(&self) -> Vec<QueuedMessage> {
+    async fn changed(&self) {
+        self.inner.shared.changed.notified().await;
+    }
+
+    async fn messages(&self) -> Vec<QueuedMessage> {
+        self.snapshot()
+    }
+
+    fn recovery(&self) -> Recovery {
+        self.inner.shared.recovery.clone()
+    }
+}
+
+impl Spool {
+    /// Every message in the queue now (what [`QueueStore::messages`]
+    /// returns), without waiting.
+    pub fn snapshot(&self) -> Vec<QueuedMessage> {
         lock(&self.inner.shared.index)
             .messages
             .iter()
@@ -870,94 +941,6 @@ impl Spool {
                 envelope: Arc::clone(&entry.envelope),
                 states: entry.states.clone(),
             })
-    }
-}
-
-impl QueueStore for Spool {
-    async fn enqueue(&self, message: NewMessage) -> io::Result<MessageId> {
-        let id = self.new_id();
-        let states = vec![RecipientState::Queued; message.envelope.recipients.len()];
-        self.commit(vec![Op::Message {
-            id,
-            envelope: Arc::new(message.envelope),
-            states,
-            body: message.body,
-        }])
-        .await?;
-        Ok(MessageId(id))
-    }
-
-    async fn claim_due(&self, now: SystemTime, max: usize) -> Vec<Claim> {
-        Spool::claim_due(self, now, max)
-    }
-
-    async fn record(
-        &self,
-        id: MessageId,
-        outcomes: Vec<(usize, RecipientState)>,
-        notices: Vec<NewMessage>,
-    ) -> io::Result<()> {
-        let mut ops = Vec::with_capacity(notices.len() + 1);
-        for notice in notices {
-            let states = vec![RecipientState::Queued; notice.envelope.recipients.len()];
-            ops.push(Op::Message {
-                id: self.new_id(),
-                envelope: Arc::new(notice.envelope),
-                states,
-                body: notice.body,
-            });
-        }
-        ops.push(Op::Update { id: id.0, outcomes });
-        self.commit(ops).await
-    }
-
-    async fn release(&self, id: MessageId, recipients: &[usize]) {
-        Spool::release(self, id, recipients);
-    }
-
-    async fn body(&self, id: MessageId) -> io::Result<Bytes> {
-        let location = lock(&self.inner.shared.index)
-            .messages
-            .get(&id.0)
-            .map(|entry| entry.body)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such message"))?;
-        let shared = Arc::clone(&self.inner.shared);
-        tokio::task::spawn_blocking(move || {
-            let file = {
-                let mut readers = lock(&shared.readers);
-                match readers.get(&location.segment) {
-                    Some(file) => Arc::clone(file),
-                    None => {
-                        let file =
-                            Arc::new(File::open(segment_path(&shared.dir, location.segment))?);
-                        readers.insert(location.segment, Arc::clone(&file));
-                        file
-                    }
-                }
-            };
-            let len = usize::try_from(location.len).map_err(io::Error::other)?;
-            let mut body = vec![0u8; len];
-            file.read_exact_at(&mut body, location.offset)?;
-            Ok(Bytes::from(body))
-        })
-        .await
-        .map_err(io::Error::other)?
-    }
-
-    async fn next_due(&self) -> Option<SystemTime> {
-        Spool::next_due(self)
-    }
-
-    async fn changed(&self) {
-        self.inner.shared.changed.notified().await;
-    }
-
-    async fn messages(&self) -> Vec<QueuedMessage> {
-        Spool::messages(self)
-    }
-
-    fn recovery(&self) -> Recovery {
-        self.inner.shared.recovery.clone()
     }
 }
 

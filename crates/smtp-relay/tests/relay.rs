@@ -760,3 +760,87 @@ async fn foreign_recipients_need_a_relay_network_or_authentication() {
     drop((inside, outside));
     relay.stop().await;
 }
+
+fn smarthost_for(mx: &FakeMx, user: &str, password: &str) -> smtp_relay::route::Smarthost {
+    let pem = mx.certificate_pem.as_ref().unwrap();
+    smtp_relay::route::Smarthost {
+        address: smtp_relay::route::HostPort {
+            host: mx.addr.ip().to_string(),
+            port: mx.addr.port(),
+        },
+        tls: smtp_relay::route::SmarthostTls::Starttls,
+        credentials: Some(smtp_client::Credentials::password(user, password)),
+        tls_config: smtp_client::TlsConfig::new()
+            .webpki_roots(false)
+            .add_root_certificates_pem(pem.as_bytes())
+            .unwrap()
+            .server_name("localhost"),
+    }
+}
+
+#[tokio::test]
+async fn a_smarthost_gets_auth_over_starttls_and_bad_credentials_keep_the_mail() {
+    let smarthost = FakeMx::start(Script {
+        tls_auth: Some(("relayuser", "s3cret")),
+        ..Script::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            smarthost: Some(smarthost_for(&smarthost, "relayuser", "s3cret")),
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    submit(
+        relay.addr,
+        &envelope(Some("alice@sender.test"), &["bob@anywhere.test"]),
+        MESSAGE,
+    )
+    .await
+    .unwrap();
+    wait_for("delivery through the smarthost", || {
+        smarthost.delivered().len() == 1
+    })
+    .await;
+    assert_eq!(
+        smarthost.delivered()[0].identity.as_deref(),
+        Some("relayuser")
+    );
+    relay.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            smarthost: Some(smarthost_for(&smarthost, "relayuser", "wrong")),
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    submit(
+        relay.addr,
+        &envelope(Some("alice@sender.test"), &["bob@anywhere.test"]),
+        MESSAGE,
+    )
+    .await
+    .unwrap();
+    wait_for("the deferral", || {
+        let m = relay.messages();
+        !m.is_empty() && all_deferred(&m)
+    })
+    .await;
+    let RecipientState::Deferred { last, .. } = &relay.messages()[0].states[0] else {
+        panic!()
+    };
+    // A refused login says nothing about the recipient: no bounce, retry.
+    assert!(
+        last.diagnostic.starts_with("451 4.7.0 535"),
+        "{}",
+        last.diagnostic
+    );
+    assert_eq!(smarthost.delivered().len(), 1);
+    relay.stop().await;
+}

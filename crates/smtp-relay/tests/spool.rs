@@ -83,11 +83,11 @@ async fn committed_messages_and_states_survive_a_reopen() {
             .await
             .unwrap();
         assert_ne!(first, second);
-        let claims = spool.claim_due(at(1), 10);
+        let claims = spool.claim_due(at(1), 10).await;
         assert_eq!(claims.len(), 2);
         assert_eq!(claims[0].recipients, vec![0, 1]);
         // Claimed recipients are not handed out twice.
-        assert!(spool.claim_due(at(1), 10).is_empty());
+        assert!(spool.claim_due(at(1), 10).await.is_empty());
         let deferred = RecipientState::Deferred {
             attempts: 1,
             next_attempt: at(300),
@@ -124,11 +124,11 @@ async fn committed_messages_and_states_survive_a_reopen() {
             .await
             .unwrap();
         // The second message is finished and left the queue.
-        let left = spool.messages();
+        let left = spool.snapshot();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].states[1], deferred);
-        assert_eq!(spool.next_due(), Some(at(300)));
-        assert!(spool.claim_due(at(299), 10).is_empty());
+        assert_eq!(spool.next_due().await, Some(at(300)));
+        assert!(spool.claim_due(at(299), 10).await.is_empty());
         assert_eq!(
             spool.body(first).await.unwrap(),
             "Subject: 1\r\n\r\none\r\n"
@@ -139,7 +139,7 @@ async fn committed_messages_and_states_survive_a_reopen() {
     assert_eq!(spool.recovery().messages, 1);
     assert_eq!(spool.recovery().pending_recipients, 1);
     assert_eq!(spool.recovery().truncated_bytes, 0);
-    let messages = spool.messages();
+    let messages = spool.snapshot();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].id, first);
     let envelope = &messages[0].envelope;
@@ -170,12 +170,12 @@ async fn committed_messages_and_states_survive_a_reopen() {
         spool.body(first).await.unwrap(),
         "Subject: 1\r\n\r\none\r\n"
     );
-    let claims = spool.claim_due(at(300), 10);
+    let claims = spool.claim_due(at(300), 10).await;
     assert_eq!(claims.len(), 1);
     assert_eq!(claims[0].recipients, vec![1]);
     // A released claim is due again.
-    spool.release(first, &[1]);
-    assert_eq!(spool.claim_due(at(300), 10).len(), 1);
+    spool.release(first, &[1]).await;
+    assert_eq!(spool.claim_due(at(300), 10).await.len(), 1);
     // New ids never repeat one the log still mentions.
     let third = spool
         .enqueue(message("a@example.com", &["b@example.net"], "3\r\n"))
@@ -208,7 +208,7 @@ async fn finished_segments_are_deleted_on_open() {
             .unwrap();
     }
     let spool = Spool::open(dir.path(), Durability::Os).unwrap();
-    assert!(spool.messages().is_empty());
+    assert!(spool.snapshot().is_empty());
     // Only the fresh active segment is left.
     assert_eq!(segments(dir.path()).len(), 1);
 }
@@ -248,7 +248,7 @@ async fn a_long_deferred_message_is_copied_forward_so_old_segments_go() {
         .await
         .unwrap();
     // Claimed while everything moves under it.
-    assert_eq!(spool.claim_due(at(3600), 10).len(), 1);
+    assert_eq!(spool.claim_due(at(3600), 10).await.len(), 1);
     let filler = "x".repeat(1000);
     for n in 0..80 {
         let id = spool
@@ -278,11 +278,11 @@ async fn a_long_deferred_message_is_copied_forward_so_old_segments_go() {
     // stay behind with every one after it.
     assert!(files <= 4, "{files} segments left");
     // Still claimed: not handed out twice.
-    assert!(spool.claim_due(at(3600), 10).is_empty());
+    assert!(spool.claim_due(at(3600), 10).await.is_empty());
     assert_eq!(spool.body(old).await.unwrap(), "the old one\r\n");
     drop(spool);
     let spool = Spool::open_with_segment_size(dir.path(), Durability::Os, 4096).unwrap();
-    let messages = spool.messages();
+    let messages = spool.snapshot();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].id, old);
     assert_eq!(messages[0].states[0], deferred);
@@ -317,7 +317,7 @@ async fn concurrent_enqueues_share_commits() {
     // All 200 requests were handed over before the first answer came back,
     // so the committer took them in a few batches, not one sync each.
     assert!(batches < 50, "{batches} commit batches for 200 messages");
-    assert_eq!(spool.messages().len(), 200);
+    assert_eq!(spool.snapshot().len(), 200);
 }
 
 #[tokio::test]
@@ -346,7 +346,7 @@ async fn notices_commit_with_the_outcome() {
         .unwrap();
     drop(spool);
     let spool = Spool::open(dir.path(), Durability::Sync).unwrap();
-    let messages = spool.messages();
+    let messages = spool.snapshot();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].envelope.kind, MessageKind::Notification);
     assert_eq!(messages[0].envelope.sender, None);
@@ -406,7 +406,7 @@ async fn recover_cut_at_every_offset(last_is_update: bool) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(name), &bytes[..cut as usize]).unwrap();
         let spool = Spool::open(dir.path(), Durability::Os).unwrap();
-        let messages = spool.messages();
+        let messages = spool.snapshot();
         let complete = cut == end;
         let bodies: Vec<Bytes> = {
             let mut bodies = Vec::new();
@@ -439,7 +439,7 @@ async fn recover_cut_at_every_offset(last_is_update: bool) {
         drop(spool);
         let again = Spool::open(dir.path(), Durability::Os).unwrap();
         assert_eq!(again.recovery().truncated_bytes, 0, "cut at {cut}");
-        assert_eq!(again.messages().len(), messages.len() + 1, "cut at {cut}");
+        assert_eq!(again.snapshot().len(), messages.len() + 1, "cut at {cut}");
     }
 }
 
@@ -470,7 +470,7 @@ proptest! {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join(segment.file_name().unwrap()), &bytes).unwrap();
             let spool = Spool::open(dir.path(), Durability::Os).unwrap();
-            let messages = spool.messages();
+            let messages = spool.snapshot();
             prop_assert_eq!(messages.len(), 2);
             prop_assert_eq!(spool.recovery().truncated_bytes, end - start);
             Ok(())
@@ -499,7 +499,7 @@ proptest! {
                 spool.enqueue(new).await.unwrap();
             }
             let spool = Spool::open(dir.path(), Durability::Os).unwrap();
-            let messages = spool.messages();
+            let messages = spool.snapshot();
             prop_assert_eq!(messages.len(), 1);
             prop_assert_eq!(&*messages[0].envelope, &expected);
             prop_assert_eq!(spool.body(messages[0].id).await.unwrap(), Bytes::from(body.clone()));

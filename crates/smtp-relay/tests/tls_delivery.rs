@@ -214,7 +214,7 @@ async fn a_delivery_in_flight_at_shutdown_is_abandoned_and_retried_after_restart
     // Nothing was recorded for the abandoned attempt: still queued.
     let spool =
         smtp_relay::spool::Spool::open(dir.path(), smtp_relay::spool::Durability::Os).unwrap();
-    let messages = smtp_relay::queue::QueueStore::messages(&spool).await;
+    let messages = spool.snapshot();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].states[0], RecipientState::Queued);
     drop(spool);
@@ -229,5 +229,100 @@ async fn a_delivery_in_flight_at_shutdown_is_abandoned_and_retried_after_restart
     .await;
     assert!(fast.wait_accepted(1, Duration::from_secs(10)).await);
     wait_for("an empty queue", || relay.messages().is_empty()).await;
+    relay.stop().await;
+}
+
+/// A minimal server whose STARTTLS is broken: it says `220` to STARTTLS
+/// and then sends plaintext instead of a TLS handshake. Without STARTTLS
+/// it takes the message. Returns its address, the bodies it took and how
+/// many connections it saw.
+async fn broken_starttls_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (taken, seen) = (bodies.clone(), connections.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let taken = taken.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read);
+                write.write_all(b"220 broken.test ESMTP\r\n").await.unwrap();
+                let mut line = String::new();
+                while lines.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-broken.test\r\n250 STARTTLS\r\n",
+                        "STAR" => {
+                            // Answer the ClientHello with plaintext.
+                            let _ = write.write_all(b"220 go ahead\r\n").await;
+                            let mut hello = [0u8; 16];
+                            let _ = tokio::io::AsyncReadExt::read(&mut lines, &mut hello).await;
+                            let _ = write.write_all(b"this is not TLS\r\n").await;
+                            return;
+                        }
+                        "MAIL" | "RCPT" => b"250 ok\r\n",
+                        "DATA" => {
+                            write.write_all(b"354 go on\r\n").await.unwrap();
+                            let mut body = String::new();
+                            loop {
+                                let mut data = String::new();
+                                if lines.read_line(&mut data).await.unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                if data == ".\r\n" {
+                                    break;
+                                }
+                                body.push_str(&data);
+                            }
+                            taken.lock().unwrap().push(body);
+                            b"250 taken\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    (addr, bodies, connections)
+}
+
+#[tokio::test]
+async fn a_failed_opportunistic_starttls_falls_back_to_plaintext() {
+    let (addr, bodies, connections) = broken_starttls_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            routes: vec![("remote.test".into(), addr)],
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    submit(relay.addr, &envelope(), MESSAGE).await.unwrap();
+    wait_for("delivery in plaintext", || {
+        bodies.lock().unwrap().len() == 1
+    })
+    .await;
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    assert!(bodies.lock().unwrap()[0].ends_with("Subject: tls\r\n\r\nover TLS\r\n"));
+    // One connection whose handshake failed, one in plaintext.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
     relay.stop().await;
 }

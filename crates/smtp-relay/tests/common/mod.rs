@@ -35,6 +35,8 @@ pub struct Delivered {
     pub mail: MailParameters,
     pub recipients: Vec<(String, RcptParameters)>,
     pub body: Vec<u8>,
+    /// Who authenticated, if anyone.
+    pub identity: Option<String>,
 }
 
 /// How a fake MX answers.
@@ -48,6 +50,9 @@ pub struct Script {
     pub data_451_times: usize,
     /// Offer DSN.
     pub dsn: bool,
+    /// Offer STARTTLS (a certificate for `localhost` made now) and AUTH
+    /// after it, for this user and password.
+    pub tls_auth: Option<(&'static str, &'static str)>,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +124,7 @@ impl Session for MxSession {
                 .map(|r| (r.address.as_str().to_owned(), r.parameters.clone()))
                 .collect(),
             body: bytes,
+            identity: envelope.identity.as_ref().map(|i| i.name.clone()),
         });
         Ok(())
     }
@@ -128,6 +134,8 @@ impl Session for MxSession {
 pub struct FakeMx {
     pub addr: SocketAddr,
     pub log: Arc<MxLog>,
+    /// The certificate STARTTLS presents, with `tls_auth`.
+    pub certificate_pem: Option<String>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -140,15 +148,26 @@ impl FakeMx {
         let log = Arc::new(MxLog::default());
         let mut extensions = smtp_server::Extensions::default();
         extensions.dsn = script.dsn;
-        let server = Server::builder(MxBackend {
+        let tls_auth = script.tls_auth;
+        let mut builder = Server::builder(MxBackend {
             script: Arc::new(script),
             log: Arc::clone(&log),
         })
         .hostname("mx.test")
         .extensions(extensions)
-        .listen(addr)
-        .build()
-        .unwrap();
+        .listen(addr);
+        let mut certificate_pem = None;
+        if let Some((user, password)) = tls_auth {
+            let certified =
+                rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+            let cert = certified.cert.pem();
+            let key = certified.signing_key.serialize_pem();
+            builder = builder
+                .tls(smtp_server::TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap())
+                .auth(Account { user, password }, smtp_server::AuthPolicy::new());
+            certificate_pem = Some(cert);
+        }
+        let server = builder.build().unwrap();
         let listening = server.bind().await.unwrap();
         let addr = listening.local_addrs()[0];
         let (stop, stopped) = oneshot::channel();
@@ -162,6 +181,7 @@ impl FakeMx {
         FakeMx {
             addr,
             log,
+            certificate_pem,
             stop: Some(stop),
         }
     }
@@ -216,6 +236,28 @@ impl Default for RelayOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             authenticator: false,
             max_per_destination: 20,
+        }
+    }
+}
+
+/// Accepts one account.
+#[derive(Clone)]
+pub struct Account {
+    pub user: &'static str,
+    pub password: &'static str,
+}
+
+impl smtp_server::Authenticator for Account {
+    async fn authenticate(
+        &self,
+        _info: &ConnectionInfo,
+        _mechanism: &str,
+        credentials: &smtp_proto::sasl::Credentials,
+    ) -> Result<smtp_server::Identity, SmtpError> {
+        if credentials.authcid == self.user && credentials.password == self.password {
+            Ok(smtp_server::Identity::new(self.user))
+        } else {
+            Err(smtp_server::invalid_credentials())
         }
     }
 }
@@ -353,7 +395,7 @@ impl Relay {
     }
 
     pub fn messages(&self) -> Vec<QueuedMessage> {
-        self.spool.messages()
+        self.spool.snapshot()
     }
 
     /// Advances the clock and lets the scheduler act on it.
