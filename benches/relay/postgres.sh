@@ -48,11 +48,14 @@ PG=$(port)
 "${AS_PG[@]}" "$BIN/initdb" -D "$WORK/data" -U ferry -A trust -E UTF8 >/dev/null
 "${AS_PG[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w \
     -o "-p $PG -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
-DB=0
+# A new database per run (called in a subshell, so named by a counter file).
+echo 0 > "$WORK/db.count"
 database() {
-    DB=$((DB + 1))
-    "$BIN/psql" -q -h 127.0.0.1 -p "$PG" -U ferry -d postgres -c "CREATE DATABASE b$DB" >/dev/null
-    echo "host=127.0.0.1 port=$PG user=ferry dbname=b$DB"
+    local n
+    n=$(( $(cat "$WORK/db.count") + 1 ))
+    echo "$n" > "$WORK/db.count"
+    "$BIN/psql" -q -h 127.0.0.1 -p "$PG" -U ferry -d postgres -c "CREATE DATABASE b$n" >/dev/null
+    echo "host=127.0.0.1 port=$PG user=ferry dbname=b$n"
 }
 
 # start_nodes N QUEUE ROUTE: N relays; their ports in NODES.
