@@ -276,7 +276,7 @@ pub struct RelayArgs {
     /// [default: 127.0.0.0/8 and ::1].
     #[arg(long, value_name = "CIDR")]
     pub relay_network: Vec<IpNet>,
-    /// Send mail for DOMAIN to HOST:PORT (or [IP]:PORT) (repeatable).
+    /// Send mail for DOMAIN to HOST:PORT, or to `[IP]:PORT` (repeatable).
     #[arg(long, value_name = "DOMAIN=HOST:PORT")]
     pub route: Vec<String>,
     /// Send everything not local and not routed through this host.
@@ -559,8 +559,8 @@ pub struct CheckArgs {
     /// (for a private CA).
     #[arg(long, value_name = "PEM")]
     pub ca: Option<PathBuf>,
-    /// Mail domain of a HOST:PORT target, for RCPT TO:<postmaster@DOMAIN>
-    /// [default: the unqualified <postmaster>].
+    /// Mail domain of a HOST:PORT target, for `RCPT TO:<postmaster@DOMAIN>`
+    /// (default: the unqualified `<postmaster>`).
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Option<String>,
     /// Use TLS from the first byte (RFC 8314 §3); implied by port 465.
