@@ -732,6 +732,26 @@ async fn authenticate(
     accepted
 }
 
+/// Waits for the greeting (up to the greeting timeout) and wants a 220.
+async fn expect_greeting(conv: &mut Conversation, options: &Options) -> Result<(), String> {
+    let greeting = conv
+        .reply_within(options.greeting_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if greeting.code() != 220 {
+        return Err(format!("greeting {}", show(&greeting)));
+    }
+    Ok(())
+}
+
+/// Sends EHLO with the name the checks use and returns the reply.
+async fn send_ehlo(conv: &mut Conversation, options: &Options) -> Result<Reply, String> {
+    let helo = ehlo_name(options, conv);
+    conv.command(&format!("EHLO {helo}"))
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Connect, greeting, EHLO — no TLS. For auxiliary connections; errors
 /// are reported by the caller as a skip.
 async fn plain_session(
@@ -741,18 +761,8 @@ async fn plain_session(
     let (mut conv, _) = Conversation::connect(target.addr, options.timeout, options.transcript)
         .await
         .map_err(|e| e.to_string())?;
-    let greeting = conv
-        .reply_within(options.greeting_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    if greeting.code() != 220 {
-        return Err(format!("greeting {}", show(&greeting)));
-    }
-    let helo = ehlo_name(options, &conv);
-    let ehlo = conv
-        .command(&format!("EHLO {helo}"))
-        .await
-        .map_err(|e| e.to_string())?;
+    expect_greeting(&mut conv, options).await?;
+    let ehlo = send_ehlo(&mut conv, options).await?;
     if ehlo.code() != 250 {
         return Err(format!("EHLO {}", show(&ehlo)));
     }
@@ -770,18 +780,8 @@ async fn ready_session(target: &ServerTarget, options: &Options) -> Result<Conve
         conv.start_tls(&options.roots, name)
             .await
             .map_err(|e| e.to_string())?;
-        let greeting = conv
-            .reply_within(options.greeting_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        if greeting.code() != 220 {
-            return Err(format!("greeting {}", show(&greeting)));
-        }
-        let helo = ehlo_name(options, &conv);
-        let ehlo = conv
-            .command(&format!("EHLO {helo}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        expect_greeting(&mut conv, options).await?;
+        let ehlo = send_ehlo(&mut conv, options).await?;
         (conv, Capabilities::from_reply(&ehlo))
     } else {
         let (mut conv, caps) = plain_session(target, options).await?;
@@ -793,11 +793,7 @@ async fn ready_session(target: &ServerTarget, options: &Options) -> Result<Conve
             conv.start_tls(&options.roots, name)
                 .await
                 .map_err(|e| e.to_string())?;
-            let helo = ehlo_name(options, &conv);
-            let ehlo = conv
-                .command(&format!("EHLO {helo}"))
-                .await
-                .map_err(|e| e.to_string())?;
+            let ehlo = send_ehlo(&mut conv, options).await?;
             let caps = Capabilities::from_reply(&ehlo);
             (conv, caps)
         } else {
