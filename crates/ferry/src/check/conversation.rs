@@ -16,8 +16,8 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use smtp_proto::Reply;
 use smtp_proto::reply::ReplyDecoder;
+use smtp_proto::{Reply, transcript};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -334,13 +334,13 @@ impl Conversation {
     /// Sends one command line (CRLF is added). An `AUTH` line and the
     /// SASL responses after it are masked in the transcript.
     pub async fn send(&mut self, line: &str) -> Result<(), ProbeError> {
-        let upper = line.to_ascii_uppercase();
-        if let Some(rest) = upper.strip_prefix("AUTH ") {
-            let mechanism = rest.split(' ').next().unwrap_or_default().to_owned();
-            self.log("C:", &format!("AUTH {mechanism} ****"));
+        // The same masking rule as the client's and the server's
+        // transcripts (RFC 4954 payloads carry passwords and tokens).
+        if transcript::is_auth_command(line.as_bytes()) {
+            self.log("C:", &transcript::mask_auth_command(line.as_bytes()));
             self.masking = true;
         } else if self.masking {
-            self.log("C:", "****");
+            self.log("C:", transcript::MASK);
         } else {
             self.log("C:", line);
         }
