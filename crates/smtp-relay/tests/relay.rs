@@ -3,6 +3,7 @@
 //! notifications parsed with a MIME parser, relay access.
 
 mod common;
+mod support;
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 use smtp_client::{Envelope, Notify, Recipient, Ret};
 use smtp_relay::queue::{QueueStore, RecipientState};
 use smtp_relay::scheduler::SchedulerConfig;
+use support::fake_mx::ip;
 
 const MESSAGE: &str = "From: alice@sender.test\r\nTo: bob@remote.test\r\nSubject: hello\r\n\r\nbody line\r\n..leading dot\r\n";
 
@@ -560,41 +562,200 @@ async fn the_queue_lifetime_ends_in_a_bounce_and_delay_warnings_come_once() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn success_notices_say_relayed() {
-    let mx = FakeMx::start(Script::default()).await;
-    let sender_mx = FakeMx::start(Script::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path(),
+/// The MAIL and RCPT lines the DSN tests submit, exactly as a client wrote
+/// them: every DSN parameter, `ORCPT` with an xtext-encoded `+`.
+const DSN_MAIL: &str = "MAIL FROM:<alice@sender.test> RET=HDRS ENVID=QQ+2B314";
+const DSN_RCPTS: [&str; 2] = [
+    "RCPT TO:<bob@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Bold@remote.test",
+    "RCPT TO:<carol@remote.test> NOTIFY=NEVER",
+];
+
+/// Submits `MESSAGE` on a raw session with exactly these MAIL and RCPT
+/// lines.
+async fn submit_lines(relay: std::net::SocketAddr, mail: &str, rcpts: &[&str]) {
+    let mut raw = Raw::connect_from("127.0.0.1", relay).await;
+    assert!(raw.command("EHLO client.test").await.starts_with("250"));
+    assert!(raw.command(mail).await.starts_with("250"), "{mail}");
+    for rcpt in rcpts {
+        assert!(raw.command(rcpt).await.starts_with("250"), "{rcpt}");
+    }
+    assert!(raw.command("DATA").await.starts_with("354"));
+    let reply = raw.command(&format!("{MESSAGE}.")).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert!(raw.command("QUIT").await.starts_with("221"));
+}
+
+/// A relay routing `remote.test` to `mx` and `sender.test` (where
+/// notifications go) to `sender_mx`.
+async fn relay_with_notices(
+    dir: &std::path::Path,
+    mx: &support::fake_mx::FakeMx,
+    sender_mx: &support::fake_mx::FakeMx,
+) -> Relay {
+    Relay::start(
+        dir,
         RelayOptions {
             routes: vec![
-                ("remote.test".into(), mx.addr),
-                ("sender.test".into(), sender_mx.addr),
+                ("remote.test".into(), mx.addr()),
+                ("sender.test".into(), sender_mx.addr()),
             ],
             ..RelayOptions::default()
         },
     )
-    .await;
-    let envelope = Envelope::builder()
-        .from(address("alice@sender.test"))
-        .recipient(
-            Recipient::from(address("bob@remote.test")).notify(Notify::On {
-                success: true,
-                failure: true,
-                delay: false,
-            }),
-        )
-        .build()
+    .await
+}
+
+#[tokio::test]
+async fn a_next_hop_offering_dsn_gets_the_parameters_and_no_success_notice_is_sent() {
+    // RFC 3461 §5.2.1: the parameters go on, byte for byte, and the next
+    // hop is the one to report success.
+    let mx = support::fake_mx::FakeMx::start(ip(1), support::fake_mx::Script::new().no_starttls())
+        .await
         .unwrap();
-    submit(relay.addr, &envelope, MESSAGE).await.unwrap();
-    wait_for("the notice", || sender_mx.delivered().len() == 1).await;
-    let body = String::from_utf8(sender_mx.delivered()[0].body.clone()).unwrap();
-    let raw = body.as_str();
-    let (_, blocks, original) = status_blocks(raw.as_bytes());
+    let sender_mx =
+        support::fake_mx::FakeMx::start(ip(1), support::fake_mx::Script::new().no_starttls())
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_notices(dir.path(), &mx, &sender_mx).await;
+    submit_lines(relay.addr, DSN_MAIL, &DSN_RCPTS).await;
+    assert!(mx.wait_accepted(1, Duration::from_secs(10)).await);
+    // The notice would be queued with the delivery's outcome: an empty
+    // queue means none was made.
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    assert_eq!(mx.commands_starting("RCPT"), DSN_RCPTS);
+    let mail = &mx.commands_starting("MAIL")[0];
+    assert!(mail.starts_with("MAIL FROM:<alice@sender.test> "), "{mail}");
+    assert!(mail.contains(" RET=HDRS"), "{mail}");
+    assert!(mail.contains(" ENVID=QQ+2B314"), "{mail}");
+    assert!(sender_mx.received().is_empty(), "no success notice");
+    assert_eq!(sender_mx.connections(), 0);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_next_hop_without_dsn_gets_none_and_the_relay_reports_relayed() {
+    // RFC 3461 §5.2.2: NOTIFY=SUCCESS through a next hop without DSN is
+    // answered here, with `Action: relayed`.
+    let without_dsn = smtp_server::Extensions {
+        dsn: false,
+        ..smtp_server::Extensions::default()
+    };
+    let mx = support::fake_mx::FakeMx::start(
+        ip(1),
+        support::fake_mx::Script::new()
+            .no_starttls()
+            .extensions(without_dsn),
+    )
+    .await
+    .unwrap();
+    let sender_mx =
+        support::fake_mx::FakeMx::start(ip(1), support::fake_mx::Script::new().no_starttls())
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_notices(dir.path(), &mx, &sender_mx).await;
+    submit_lines(relay.addr, DSN_MAIL, &DSN_RCPTS).await;
+    assert!(mx.wait_accepted(1, Duration::from_secs(10)).await);
+    assert!(sender_mx.wait_accepted(1, Duration::from_secs(10)).await);
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    // Nothing a server without DSN does not know.
+    assert_eq!(
+        mx.commands_starting("RCPT"),
+        ["RCPT TO:<bob@remote.test>", "RCPT TO:<carol@remote.test>"]
+    );
+    let mail = &mx.commands_starting("MAIL")[0];
+    assert!(!mail.contains("RET=") && !mail.contains("ENVID="), "{mail}");
+    let notices = sender_mx.accepted();
+    assert_eq!(notices.len(), 1, "one notice");
+    let notice = &notices[0];
+    assert_eq!(notice.from, None, "from the null reverse-path");
+    assert_eq!(notice.recipients[0].0, "alice@sender.test");
+    let (subject, blocks, original) = status_blocks(&notice.body);
+    assert_eq!(subject, "Delivery Status Notification (Success)");
+    // RFC 3461 §6.3: the notice carries ENVID and ORCPT xtext-decoded.
+    assert_eq!(field(&blocks[0], "Original-Envelope-Id"), Some("QQ+314"));
+    // Only bob asked for it; carol said NEVER.
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    assert_eq!(
+        field(&blocks[1], "Final-Recipient"),
+        Some("rfc822; bob@remote.test")
+    );
+    assert_eq!(
+        field(&blocks[1], "Original-Recipient"),
+        Some("rfc822; bob+old@remote.test")
+    );
     assert_eq!(field(&blocks[1], "Action"), Some("relayed"));
     assert_eq!(field(&blocks[1], "Status"), Some("2.0.0"));
+    assert_eq!(field(&blocks[1], "Remote-MTA"), Some("dns; 127.0.0.1"));
+    // RET=HDRS: the headers only.
     assert_eq!(original, "text/rfc822-headers");
+    relay.stop().await;
+}
+
+/// Local delivery into memory, for the `delivered` notice.
+#[derive(Debug, Default)]
+struct MemoryMailbox {
+    stored: std::sync::Mutex<Vec<(Vec<String>, Vec<u8>)>>,
+}
+
+impl smtp_relay::deliver::LocalDelivery for MemoryMailbox {
+    fn deliver<'a>(
+        &'a self,
+        envelope: &'a smtp_relay::queue::QueuedEnvelope,
+        recipients: &'a [usize],
+        body: bytes::Bytes,
+    ) -> smtp_relay::deliver::BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async move {
+            let to = recipients
+                .iter()
+                .map(|&n| envelope.recipients[n].address.clone())
+                .collect();
+            self.stored.lock().unwrap().push((to, body.to_vec()));
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn local_delivery_reports_delivered() {
+    // RFC 3461 §5.2.3: final delivery here gives `Action: delivered`.
+    let sender_mx =
+        support::fake_mx::FakeMx::start(ip(1), support::fake_mx::Script::new().no_starttls())
+            .await
+            .unwrap();
+    let mailbox = std::sync::Arc::new(MemoryMailbox::default());
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            local_domains: vec!["local.test".into()],
+            local: Some(mailbox.clone()),
+            routes: vec![("sender.test".into(), sender_mx.addr())],
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    submit_lines(
+        relay.addr,
+        "MAIL FROM:<alice@sender.test>",
+        &["RCPT TO:<dora@local.test> NOTIFY=SUCCESS"],
+    )
+    .await;
+    assert!(sender_mx.wait_accepted(1, Duration::from_secs(10)).await);
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    let stored = mailbox.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].0, ["dora@local.test"]);
+    let (_, blocks, _) = status_blocks(&sender_mx.accepted()[0].body);
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    assert_eq!(
+        field(&blocks[1], "Final-Recipient"),
+        Some("rfc822; dora@local.test")
+    );
+    assert_eq!(field(&blocks[1], "Action"), Some("delivered"));
+    assert_eq!(field(&blocks[1], "Status"), Some("2.0.0"));
+    assert_eq!(field(&blocks[1], "Remote-MTA"), None);
     relay.stop().await;
 }
 

@@ -25,8 +25,9 @@
 //!
 //! Every message whose body arrived completely is recorded byte for byte
 //! (after dot-unstuffing, exactly what the client meant to send) with its
-//! envelope and what the fake did with it; connections are counted, with
-//! the most that were open at once.
+//! envelope and what the fake did with it; every command line the clients
+//! sent is kept as it came over the wire ([`FakeMx::commands`]);
+//! connections are counted, with the most that were open at once.
 //!
 //! ```ignore
 //! let mxs = FakeMx::start_group(&[ip(2), ip(3)], vec![Script::new(), Script::new().temp_fail_data(1)]).await?;
@@ -46,7 +47,8 @@ use smtp_proto::address::Address;
 use smtp_proto::command::{MailParameters, RcptParameters};
 use smtp_proto::{EnhancedCode, Reply};
 use smtp_server::{
-    Backend, Body, ConnectionInfo, Envelope, Extensions, Server, Session, SmtpError, TlsConfig,
+    Backend, Body, ConnectionInfo, Direction, Envelope, Extensions, LineKind, Server, Session,
+    SmtpError, TlsConfig,
 };
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -198,6 +200,7 @@ struct State {
     messages: AtomicUsize,
     rcpt_commands: AtomicUsize,
     received: Mutex<Vec<Received>>,
+    commands: Mutex<Vec<String>>,
     kills: Mutex<HashMap<String, Arc<Notify>>>,
     changed: Notify,
 }
@@ -380,6 +383,12 @@ impl FakeMx {
         })
         .hostname(script.hostname.clone())
         .extensions(script.extensions.clone());
+        let commands = Arc::clone(&state);
+        builder = builder.transcript(move |line| {
+            if line.direction == Direction::Client && line.kind == LineKind::Wire {
+                commands.commands.lock().unwrap().push(line.text.to_owned());
+            }
+        });
         let mut certificate_pem = None;
         if script.starttls {
             let certified = rcgen::generate_simple_self_signed(vec![script.hostname.clone()])
@@ -461,6 +470,24 @@ impl FakeMx {
         self.received()
             .into_iter()
             .filter(|r| r.outcome == Outcome::Accepted)
+            .collect()
+    }
+
+    /// Every command line clients sent, in order, as on the wire without
+    /// its CRLF (AUTH secrets masked; message data not included).
+    pub fn commands(&self) -> Vec<String> {
+        self.state.commands.lock().unwrap().clone()
+    }
+
+    /// The command lines that start with `verb` (compared without case),
+    /// e.g. `"RCPT"`.
+    pub fn commands_starting(&self, verb: &str) -> Vec<String> {
+        self.commands()
+            .into_iter()
+            .filter(|line| {
+                line.get(..verb.len())
+                    .is_some_and(|start| start.eq_ignore_ascii_case(verb))
+            })
             .collect()
     }
 
