@@ -17,7 +17,10 @@
 //! - `reject_rcpt(addr, 550, "5.1.1", ..)`: refuse chosen recipients;
 //! - `data_delay(d)`: hold the reply to the end of data for `d`;
 //! - `no_starttls()`: do not offer STARTTLS;
-//! - `extensions(..)`: choose the other ESMTP extensions.
+//! - `extensions(..)`: choose the other ESMTP extensions;
+//! - `auth(user, password)`: offer AUTH after STARTTLS and take only this
+//!   account (the identity is recorded with each message);
+//! - [`Script::plain`]: a plain ESMTP server, without STARTTLS and DSN.
 //!
 //! Drops come before temporary failures: with `drop_after_data(1)` and
 //! `temp_fail_data(1)` the first message is dropped, the second gets 451,
@@ -71,6 +74,7 @@ pub struct Script {
     starttls: bool,
     extensions: Extensions,
     hostname: String,
+    auth: Option<(String, String)>,
 }
 
 impl Default for Script {
@@ -93,7 +97,24 @@ impl Script {
             starttls: true,
             extensions: Extensions::default(),
             hostname: "localhost".to_owned(),
+            auth: None,
         }
+    }
+
+    /// A plain ESMTP server: every extension but DSN, no STARTTLS. A relay
+    /// reports success itself after handing mail to it.
+    pub fn plain() -> Self {
+        Self::new().no_starttls().extensions(Extensions {
+            dsn: false,
+            ..Extensions::default()
+        })
+    }
+
+    /// Offer AUTH (after STARTTLS only) for this one account, and refuse
+    /// other credentials at once (no delayed replies).
+    pub fn auth(mut self, user: &str, password: &str) -> Self {
+        self.auth = Some((user.to_owned(), password.to_owned()));
+        self
     }
 
     /// Answer each connection with this reply instead of the greeting, and
@@ -188,6 +209,8 @@ pub struct Received {
     pub body: Vec<u8>,
     /// The session was encrypted (STARTTLS).
     pub tls: bool,
+    /// Who authenticated, if anyone.
+    pub identity: Option<String>,
     /// What the fake answered.
     pub outcome: Outcome,
 }
@@ -300,6 +323,7 @@ impl Session for MxSession {
                 .collect(),
             body: bytes,
             tls: envelope.tls.is_some(),
+            identity: envelope.identity.as_ref().map(|i| i.name.clone()),
             outcome,
         });
         self.state.changed.notify_waiters();
@@ -399,6 +423,14 @@ impl FakeMx {
                 .map_err(io::Error::other)?;
             builder = builder.tls(tls);
             certificate_pem = Some(cert_pem);
+            if let Some((user, password)) = &script.auth {
+                let mut users = smtp_server::StaticUsers::new();
+                users.add_plain(user, password).map_err(io::Error::other)?;
+                builder = builder
+                    .auth(users, smtp_server::AuthPolicy::new())
+                    // Tests refuse credentials on purpose: no delayed replies.
+                    .auth_throttle(smtp_server::AuthThrottle::disabled());
+            }
         }
         let server = builder.build().map_err(io::Error::other)?;
         let task_state = Arc::clone(&state);
