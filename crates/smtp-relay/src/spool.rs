@@ -766,7 +766,7 @@ impl Committer {
         tracing::warn!(
             cause = %cause.message,
             segment = self.segment,
-            "the spool recovered from a failed commit"
+            "cut a failed commit off the spool; the next commit starts clean"
         );
         Ok(())
     }
