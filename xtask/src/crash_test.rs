@@ -4,10 +4,14 @@
 //! It starts `ferry serve --maildir` as a counting sink, and `ferry relay
 //! --durability sync` routed to it. Several client threads submit messages
 //! and log every one the relay answered `250` for. The relay is killed with
-//! SIGKILL at random moments and restarted on the same spool, N times;
-//! then the load stops, the relay drains, and every acknowledged message
-//! must be in the sink at least once. Duplicates are counted (allowed only
-//! for deliveries in flight at a kill, RFC 5321 §6.1).
+//! SIGKILL and restarted on the same spool, N times: in turn at a random
+//! moment, and at a named point of the spool's commit path (the relay
+//! started with `FERRY_RELAY_CRASH_AT=write|sync|answer:K` kills itself
+//! with SIGKILL at the K-th commit to reach that point: before the batch is
+//! written, written but not synced, synced but no session answered). Then
+//! the load stops, the relay drains, and every acknowledged message must be
+//! in the sink at least once. Duplicates are counted (allowed only for
+//! deliveries in flight at a kill, RFC 5321 §6.1).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -38,10 +42,43 @@ impl Random {
     }
 }
 
-/// A child process that prints `listening on ADDR`.
-fn spawn(ferry: &Path, args: &[String]) -> Result<(Child, SocketAddr), String> {
-    let mut child = Command::new(ferry)
-        .args(args)
+/// How one round kills the relay.
+#[derive(Debug, Clone)]
+enum Kill {
+    /// SIGKILL from here after a random pause.
+    Random,
+    /// The relay kills itself at the K-th commit reaching this point.
+    At(&'static str, u64),
+}
+
+/// The environment variable `ferry relay` reads its kill point from.
+const CRASH_AT_ENV: &str = "FERRY_RELAY_CRASH_AT";
+
+/// The commit points, in the order the rounds use them.
+const POINTS: [&str; 3] = ["write", "sync", "answer"];
+
+/// Round `round` (from 0): a random kill, then one at each commit point,
+/// in turn.
+fn kill_for(round: u32, random: &mut Random) -> Kill {
+    match round % 4 {
+        0 => Kill::Random,
+        n => Kill::At(POINTS[n as usize - 1], 1 + random.below(30)),
+    }
+}
+
+/// A child process that prints `listening on ADDR`; `crash_at` goes to
+/// its environment as [`CRASH_AT_ENV`].
+fn spawn_with(
+    ferry: &Path,
+    args: &[String],
+    crash_at: Option<String>,
+) -> Result<(Child, SocketAddr), String> {
+    let mut command = Command::new(ferry);
+    command.args(args).env_remove(CRASH_AT_ENV);
+    if let Some(point) = crash_at {
+        command.env(CRASH_AT_ENV, point);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -73,6 +110,19 @@ fn spawn(ferry: &Path, args: &[String]) -> Result<(Child, SocketAddr), String> {
                 return Err(format!("{} exited before listening", ferry.display()));
             }
         }
+    }
+}
+
+/// A child process that prints `listening on ADDR`.
+fn spawn(ferry: &Path, args: &[String]) -> Result<(Child, SocketAddr), String> {
+    spawn_with(ferry, args, None)
+}
+
+/// Starts the relay for a round that ends with `kill`.
+fn spawn_relay(ferry: &Path, args: &[String], kill: &Kill) -> Result<(Child, SocketAddr), String> {
+    match kill {
+        Kill::Random => spawn_with(ferry, args, None),
+        Kill::At(point, count) => spawn_with(ferry, args, Some(format!("{point}:{count}"))),
     }
 }
 
@@ -213,7 +263,9 @@ fn run_in(ferry: &Path, work: &Path, rounds: u32, clients: usize) -> Result<(), 
         "--retry-schedule".into(),
         "1s".into(),
     ];
-    let (relay, relay_addr) = spawn(ferry, &relay_args)?;
+    let mut random = Random::new();
+    let mut kill = kill_for(0, &mut random);
+    let (relay, relay_addr) = spawn_relay(ferry, &relay_args, &kill)?;
     let relay = Arc::new(Mutex::new(relay));
     let address = Arc::new(Mutex::new(relay_addr));
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -239,20 +291,50 @@ fn run_in(ferry: &Path, work: &Path, rounds: u32, clients: usize) -> Result<(), 
             }
         }));
     }
-    let mut random = Random::new();
+    let mut named_kills = 0u32;
     for round in 1..=rounds {
-        std::thread::sleep(Duration::from_millis(200 + random.below(800)));
-        {
-            let mut child = relay.lock().unwrap_or_else(|e| e.into_inner());
-            // SIGKILL: no shutdown code runs.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let how = match &kill {
+            Kill::Random => {
+                std::thread::sleep(Duration::from_millis(200 + random.below(800)));
+                let mut child = relay.lock().unwrap_or_else(|e| e.into_inner());
+                // SIGKILL: no shutdown code runs.
+                let _ = child.kill();
+                let _ = child.wait();
+                "at a random moment".to_owned()
+            }
+            Kill::At(point, count) => {
+                // The relay kills itself under the load; wait for it.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut child = relay.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        named_kills += 1;
+                        break format!("at commit {count} reaching `{point}`");
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break format!("by hand: commit {count} never reached `{point}`");
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
         let acked = acknowledged.lock().unwrap_or_else(|e| e.into_inner()).len();
         println!(
-            "crash-test: round {round}/{rounds}: killed the relay ({acked} acknowledged so far)"
+            "crash-test: round {round}/{rounds}: killed the relay {how} ({acked} acknowledged so far)"
         );
-        let (child, addr) = spawn(ferry, &relay_args)?;
+        kill = if round == rounds {
+            Kill::Random
+        } else {
+            kill_for(round, &mut random)
+        };
+        // The last relay runs without a kill point and drains the queue.
+        let (child, addr) = if round == rounds {
+            spawn(ferry, &relay_args)?
+        } else {
+            spawn_relay(ferry, &relay_args, &kill)?
+        };
         *relay.lock().unwrap_or_else(|e| e.into_inner()) = child;
         *address.lock().unwrap_or_else(|e| e.into_inner()) = addr;
     }
@@ -285,7 +367,7 @@ fn run_in(ferry: &Path, work: &Path, rounds: u32, clients: usize) -> Result<(), 
         .collect();
     let duplicates: usize = tokens.values().map(|n| n.saturating_sub(1)).sum();
     println!(
-        "crash-test: {} acknowledged, {} in the sink ({} duplicates), {} missing, {rounds} kills",
+        "crash-test: {} acknowledged, {} in the sink ({} duplicates), {} missing, {rounds} kills ({named_kills} at commit points)",
         wanted.len(),
         tokens.len(),
         duplicates,

@@ -249,6 +249,8 @@ message survives a crash or power loss; messages arriving together share one fsy
 commit). With --durability os the spool is written but not synced: an accepted message \
 survives kill -9 of ferry, but not a power loss or kernel crash.
 
+Memory: each session holds the message it is receiving in memory until the spool has committed it, so receiving can take up to --max-connections times --max-message-size (25 GiB with the defaults of 1000 and 25 MiB, if every session sends a largest message at once); size the two together for the memory the relay may use. Deliveries read each body back from the spool and hold it while it is sent: up to 1000 messages at once.
+
 Relay access: mail for a --local-domain is accepted from anyone; any other recipient only from \
 an authenticated client or a --relay-network (default: loopback only). Everyone else gets \
 554 5.7.1 relay access denied.

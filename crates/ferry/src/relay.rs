@@ -189,6 +189,42 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
     })
 }
 
+/// The environment variable naming a point of the spool's commit path
+/// where the relay kills itself with SIGKILL, for `cargo xtask
+/// crash-test`: `POINT:N`, the N-th commit (N ≥ 1) to reach `write` (before
+/// the batch is written), `sync` (written, not synced) or `answer` (synced,
+/// no session answered yet). Read once at start; a test hook, not an
+/// operator's setting.
+pub const CRASH_AT_ENV: &str = "FERRY_RELAY_CRASH_AT";
+
+/// The commit hook [`CRASH_AT_ENV`] asks for, if it is set.
+fn crash_point() -> Result<Option<smtp_relay::spool::CommitHook>, String> {
+    use smtp_relay::spool::CommitPoint;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let Ok(value) = std::env::var(CRASH_AT_ENV) else {
+        return Ok(None);
+    };
+    let invalid = || format!("{CRASH_AT_ENV}={value}: expected write|sync|answer:N with N >= 1");
+    let (name, count) = value.split_once(':').ok_or_else(invalid)?;
+    let point = CommitPoint::from_name(name).ok_or_else(invalid)?;
+    let count: u64 = count.parse().ok().filter(|&n| n >= 1).ok_or_else(invalid)?;
+    eprintln!("{CRASH_AT_ENV}: the relay kills itself at commit {count} reaching `{name}`");
+    let reached = AtomicU64::new(0);
+    Ok(Some(Arc::new(move |at: CommitPoint| {
+        if at == point && reached.fetch_add(1, Ordering::SeqCst) + 1 == count {
+            // SIGKILL from outside the process, as the crash test's other
+            // kills: no destructor, flush or exit code of ours runs.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
+            loop {
+                std::thread::park();
+            }
+        }
+        Ok(())
+    })))
+}
+
 /// Runs `ferry relay` until SIGINT or SIGTERM: stops accepting, lets open
 /// sessions finish, gives deliveries in flight a few seconds and abandons
 /// the rest (they are retried from the spool after a restart).
@@ -214,8 +250,16 @@ pub async fn run(args: RelayArgs) -> Result<(), String> {
         DurabilityMode::Sync => Durability::Sync,
         DurabilityMode::Os => Durability::Os,
     };
-    let spool = Spool::open(&args.spool, durability)
-        .map_err(|e| format!("{}: {e}", args.spool.display()))?;
+    let spool = match crash_point()? {
+        Some(hook) => Spool::open_with_commit_hook(
+            &args.spool,
+            durability,
+            smtp_relay::spool::SEGMENT_TARGET_SIZE,
+            hook,
+        ),
+        None => Spool::open(&args.spool, durability),
+    }
+    .map_err(|e| format!("{}: {e}", args.spool.display()))?;
     let recovery = spool.recovery();
     println!(
         "spool {}: {} messages, {} recipients pending{}",

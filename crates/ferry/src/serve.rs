@@ -60,9 +60,17 @@ impl Backend for StoreBackend {
 }
 
 /// `451 4.3.0`: the message could not be stored; the client keeps it and
-/// tries again later (RFC 3463 §3.4: mail system issue).
+/// tries again later (RFC 3463 §3.4: mail system issue). A full file system
+/// (`ENOSPC`, or a quota) while writing the body gives `452 4.3.1`, as the
+/// free-space check at MAIL does.
 fn storage_error(err: &std::io::Error) -> SmtpError {
     tracing::error!(error = %err, "storing a message failed");
+    if matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) {
+        return insufficient_storage();
+    }
     SmtpError::new(
         451,
         EnhancedCode::new(4, 3, 0),

@@ -255,3 +255,95 @@ fn queued_mail_survives_a_graceful_restart() {
     assert!(stored[0].contains("Subject: survives\r\n"));
     drop((second, down));
 }
+
+/// One SMTP transaction with exactly these MAIL and RCPT lines; returns
+/// the reply to the end of data.
+fn submit_lines(to: SocketAddr, mail: &str, rcpts: &[&str], message: &str) -> String {
+    use std::io::Write;
+    let stream = std::net::TcpStream::connect(to).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut reply = || loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "connection closed");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line.trim_end().to_owned();
+        }
+    };
+    assert!(reply().starts_with("220"));
+    let mut say = |line: &str| {
+        writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        reply()
+    };
+    assert!(say("EHLO client.test").starts_with("250"));
+    assert!(say(mail).starts_with("250"));
+    for rcpt in rcpts {
+        assert!(say(rcpt).starts_with("250"), "{rcpt}");
+    }
+    assert!(say("DATA").starts_with("354"));
+    let end = say(&format!("{message}."));
+    let _ = say("QUIT");
+    end
+}
+
+#[test]
+fn success_notices_say_delivered_for_the_maildir_and_relayed_for_a_next_hop_without_dsn() {
+    // RFC 3461 §5.2.2 and §5.2.3. `ferry serve` does not offer DSN.
+    let dir = tempfile::tempdir().unwrap();
+    let down_mail = dir.path().join("downstream");
+    let down = downstream(&down_mail);
+    let local_mail = dir.path().join("local");
+    let remote = format!("remote.test={}", down.addr);
+    let sender = format!("sender.test={}", down.addr);
+    let relay = relay(
+        &dir.path().join("spool"),
+        &[
+            "--local-domain",
+            "local.test",
+            "--maildir",
+            local_mail.to_str().unwrap(),
+            "--route",
+            &remote,
+            "--route",
+            &sender,
+        ],
+    );
+    let end = submit_lines(
+        relay.addr,
+        "MAIL FROM:<alice@sender.test>",
+        &[
+            "RCPT TO:<carol@local.test> NOTIFY=SUCCESS",
+            "RCPT TO:<bob@remote.test> NOTIFY=SUCCESS,FAILURE",
+        ],
+        "Subject: notices\r\n\r\nbody\r\n",
+    );
+    assert!(end.starts_with("250"), "{end}");
+    assert_eq!(wait_for_messages(&local_mail, 1).len(), 1);
+    // Downstream: bob's copy and one notice per destination, to alice.
+    let stored = wait_for_messages(&down_mail, 3);
+    assert_eq!(stored.len(), 3);
+    let notices: Vec<&String> = stored
+        .iter()
+        .filter(|m| m.contains("Content-Type: message/delivery-status"))
+        .collect();
+    assert_eq!(notices.len(), 2, "{stored:?}");
+    let action = |recipient: &str| -> Vec<&str> {
+        notices
+            .iter()
+            .filter(|n| n.contains(&format!("Final-Recipient: rfc822; {recipient}\r\n")))
+            .flat_map(|n| n.lines().filter_map(|l| l.strip_prefix("Action: ")))
+            .collect()
+    };
+    assert_eq!(action("carol@local.test"), ["delivered"]);
+    assert_eq!(action("bob@remote.test"), ["relayed"]);
+    for notice in notices {
+        assert!(
+            notice.starts_with("Return-Path: <>\r\nDelivered-To: alice@sender.test\r\n"),
+            "{notice}"
+        );
+    }
+}

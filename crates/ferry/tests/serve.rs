@@ -20,7 +20,11 @@ struct Serve {
 
 impl Serve {
     fn start(extra: &[&str]) -> Serve {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// Serves into `dir/mail`.
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Serve {
         let mut child = Command::new(FERRY)
             .args(["serve", "--listen", "127.0.0.1:0", "--hostname", "mx.test"])
             .arg("--maildir")
@@ -454,4 +458,116 @@ fn serve_honours_a_recipient_limit_below_the_rfc_default() {
     }
     writer.write_all(b"QUIT\r\n").unwrap();
     assert!(reply().starts_with("221"));
+}
+
+/// A tmpfs of `size` mounted on `at`, unmounted (lazily if still busy) on
+/// drop.
+struct SmallFileSystem(PathBuf);
+
+impl SmallFileSystem {
+    /// `Err` with the reason when it cannot be mounted here.
+    fn mount(at: &Path, size: &str) -> Result<SmallFileSystem, String> {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return Err("not root: cannot mount a tmpfs".to_owned());
+        }
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !status.success() {
+            return Err(format!("mount -t tmpfs failed: {status}"));
+        }
+        Ok(SmallFileSystem(at.to_owned()))
+    }
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// A plain SMTP conversation; returns the last line of each reply.
+fn converse(addr: SocketAddr, steps: &[&[u8]]) -> Vec<String> {
+    use std::io::Write;
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let read_reply = |reader: &mut BufReader<std::net::TcpStream>| loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "connection closed");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line.trim_end().to_owned();
+        }
+    };
+    let mut replies = vec![read_reply(&mut reader)];
+    for step in steps {
+        writer.write_all(step).unwrap();
+        replies.push(read_reply(&mut reader));
+    }
+    replies
+}
+
+#[test]
+fn a_full_file_system_gives_452_at_data_and_at_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = dir.path().join("mail");
+    let fs = match SmallFileSystem::mount(&mail, "1m") {
+        Ok(fs) => fs,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    let filler = mail.join("filler");
+    std::fs::write(&filler, vec![0u8; 800 * 1024]).unwrap();
+    // Without the free-space check at MAIL the body meets ENOSPC.
+    let mut serve = Serve::start_in(dir, &["--no-tls", "--min-free-space", "0"]);
+    let body = format!("Subject: big\r\n\r\n{}\r\n.\r\n", "z".repeat(400 * 1024));
+    let transaction: [&[u8]; 5] = [
+        b"EHLO client.test\r\n",
+        b"MAIL FROM:<a@example.com>\r\n",
+        b"RCPT TO:<b@example.net>\r\n",
+        b"DATA\r\n",
+        body.as_bytes(),
+    ];
+    let replies = converse(serve.addr, &transaction);
+    assert!(replies[4].starts_with("354"), "{replies:?}");
+    assert!(replies[5].starts_with("452 4.3.1"), "{replies:?}");
+    // Nothing half written is left for a reader of new/.
+    assert!(serve.messages().is_empty());
+    // Space freed: the same message is stored.
+    std::fs::remove_file(&filler).unwrap();
+    let replies = converse(serve.addr, &transaction);
+    assert!(replies[5].starts_with("250"), "{replies:?}");
+    assert_eq!(serve.messages().len(), 1);
+    serve.terminate();
+    let dir = std::mem::replace(&mut serve.dir, tempfile::tempdir().unwrap());
+    drop(serve);
+    // With the default check (1.5 times the size limit free) the same
+    // file system is too small for any message: refused at MAIL.
+    let mut serve = Serve::start_in(dir, &["--no-tls"]);
+    let replies = converse(
+        serve.addr,
+        &[b"EHLO client.test\r\n", b"MAIL FROM:<a@example.com>\r\n"],
+    );
+    assert!(replies[2].starts_with("452 4.3.1"), "{replies:?}");
+    serve.terminate();
+    drop(fs);
 }

@@ -669,6 +669,7 @@ impl Connection {
                 recipients,
                 reply: final_reply,
                 transactions,
+                dsn_offered: plan.dsn,
             });
         }
         Err(match failure {

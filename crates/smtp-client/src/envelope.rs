@@ -481,6 +481,14 @@ pub struct SendResult {
     /// How many transactions the send took: more than one when the server
     /// limited the recipients per message (`452`, RFC 5321 §4.5.3.1.10).
     pub transactions: usize,
+    /// Whether the server that took the message offered `DSN` in its EHLO
+    /// reply (RFC 3461 §3), so the envelope's DSN parameters (`NOTIFY`,
+    /// `ORCPT`, `RET`, `ENVID`) went with it. A relay needs this to know who
+    /// issues success notices: when true the next hop has them and the
+    /// relay issues none (RFC 3461 §5.2.1); when false and `NOTIFY`
+    /// includes `SUCCESS`, the relay reports the message `relayed`
+    /// (§5.2.2). Always false for a server without ESMTP.
+    pub dsn_offered: bool,
 }
 
 impl SendResult {
@@ -595,6 +603,7 @@ mod tests {
             ],
             reply: Some(Reply::plain(250, "ok")),
             transactions: 1,
+            dsn_offered: false,
         });
         assert_eq!(ok.recipient_outcomes().len(), 2);
         let envelope = Envelope::new("a@example.com", ["b@example.com", "c@example.com"]).unwrap();

@@ -583,7 +583,8 @@ async fn extensions_add_their_parameters() {
         .build()
         .unwrap();
     let client = Client::new(config(addr).build().unwrap());
-    client.send(&envelope, "caf\u{e9}\r\n").await.unwrap();
+    let result = client.send(&envelope, "caf\u{e9}\r\n").await.unwrap();
+    assert!(result.dsn_offered, "the server offered DSN");
     let (mail, rcpt, body) = server.await.unwrap();
     for parameter in [
         "SIZE=7",
@@ -623,10 +624,11 @@ async fn dsn_parameters_are_left_out_when_dsn_is_not_offered() {
         .ret(Ret::Full)
         .build()
         .unwrap();
-    Client::new(config(addr).build().unwrap())
+    let result = Client::new(config(addr).build().unwrap())
         .send(&envelope, "x")
         .await
         .unwrap();
+    assert!(!result.dsn_offered, "the server did not offer DSN");
     let (mail, rcpt) = server.await.unwrap();
     assert_eq!(mail, "MAIL FROM:<alice@example.com>");
     assert_eq!(rcpt, "RCPT TO:<b@example.org>");

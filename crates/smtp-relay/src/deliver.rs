@@ -115,6 +115,13 @@ pub struct AttemptOutcome {
     /// refused, timeout, greeting refused, TLS failure): the whole
     /// destination should back off.
     pub connection_failure: bool,
+    /// The next hop offered `DSN` and took the message with its DSN
+    /// parameters (`NOTIFY`, `ORCPT`, `RET`, `ENVID`): success notices are
+    /// its responsibility now, and this relay issues none (RFC 3461
+    /// §5.2.1). False for local delivery and for a next hop without DSN,
+    /// where a recipient asking for `NOTIFY=SUCCESS` gets a notice from
+    /// here (`delivered`, §5.2.3, or `relayed`, §5.2.2).
+    pub dsn_passed_on: bool,
 }
 
 /// How deliveries are made.
@@ -287,6 +294,7 @@ impl Deliverer {
                             "451 4.3.5 no local delivery configured",
                         ),
                         connection_failure: false,
+                        dsn_passed_on: false,
                     };
                 };
                 let results = match local.deliver(envelope, recipients, body).await {
@@ -304,6 +312,7 @@ impl Deliverer {
                 AttemptOutcome {
                     results,
                     connection_failure: false,
+                    dsn_passed_on: false,
                 }
             }
             Destination::Route(hop) => {
@@ -321,6 +330,7 @@ impl Deliverer {
                             "451 4.3.5 no smarthost configured",
                         ),
                         connection_failure: false,
+                        dsn_passed_on: false,
                     };
                 };
                 let hops = [(smarthost.address.clone(), None)];
@@ -362,6 +372,7 @@ impl Deliverer {
                         "553 5.1.2 invalid address literal",
                     ),
                     connection_failure: false,
+                    dsn_passed_on: false,
                 },
             };
         }
@@ -374,6 +385,7 @@ impl Deliverer {
                     "451 4.4.3 no DNS resolver configured",
                 ),
                 connection_failure: false,
+                dsn_passed_on: false,
             };
         };
         let hosts = match resolver.resolve(domain).await {
@@ -382,6 +394,7 @@ impl Deliverer {
                 return AttemptOutcome {
                     results: self.all(count, RecipientResult::Temporary, None, &diagnostic),
                     connection_failure: true,
+                    dsn_passed_on: false,
                 };
             }
             // RFC 7505 §4.2: a null MX fails at once (556 5.1.10), as does
@@ -390,6 +403,7 @@ impl Deliverer {
                 return AttemptOutcome {
                     results: self.all(count, RecipientResult::Permanent, None, &diagnostic),
                     connection_failure: false,
+                    dsn_passed_on: false,
                 };
             }
         };
@@ -417,6 +431,7 @@ impl Deliverer {
                     &format!("451 4.4.4 no address for the exchangers of {domain}"),
                 ),
                 connection_failure: true,
+                dsn_passed_on: false,
             };
         }
         self.send_via(&hops, false, envelope, recipients, body)
@@ -536,6 +551,7 @@ impl Deliverer {
                 return AttemptOutcome {
                     results: self.all(count, RecipientResult::Permanent, None, &diagnostic),
                     connection_failure: false,
+                    dsn_passed_on: false,
                 };
             }
         };
@@ -563,6 +579,7 @@ impl Deliverer {
                                 &format!("451 4.3.5 {err}"),
                             ),
                             connection_failure: false,
+                            dsn_passed_on: false,
                         };
                     }
                 };
@@ -592,6 +609,7 @@ impl Deliverer {
                     return AttemptOutcome {
                         results: self.map_result(&result, &remote),
                         connection_failure: false,
+                        dsn_passed_on: result.dsn_offered,
                     };
                 }
                 Err(error) if connection_level(&error) => {
@@ -620,12 +638,14 @@ impl Deliverer {
                             &format!("451 4.7.0 {}", diagnostic(&error)),
                         ),
                         connection_failure: true,
+                        dsn_passed_on: false,
                     };
                 }
                 Err(error) => {
                     return AttemptOutcome {
                         results: self.map_error(&error, &remote, count),
                         connection_failure: false,
+                        dsn_passed_on: false,
                     };
                 }
             }
@@ -633,6 +653,7 @@ impl Deliverer {
         AttemptOutcome {
             results: self.all(count, RecipientResult::Temporary, None, &last_failure),
             connection_failure: true,
+            dsn_passed_on: false,
         }
     }
 

@@ -179,15 +179,29 @@ impl<S: QueueStore> Backend for RelayBackend<S> {
     }
 }
 
-/// `451 4.3.0`: the queue could not commit the message; the client keeps
+/// The reply when the queue could not commit the message; the client keeps
 /// it and retries (RFC 5321 §4.2.5: never a 250 for what was not stored).
+/// A full file system gives `452 4.3.1` (RFC 5321 §4.2.3 "insufficient
+/// system storage", RFC 3463 §3.4 "mail system full"), any other failure
+/// `451 4.3.0`.
 fn queue_error(err: &std::io::Error) -> SmtpError {
     tracing::error!(error = %err, "queueing a message failed");
-    SmtpError::new(
-        451,
-        EnhancedCode::new(4, 3, 0),
-        "Requested action aborted: local error in queue",
-    )
+    if matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) {
+        SmtpError::new(
+            452,
+            EnhancedCode::new(4, 3, 1),
+            "Requested action not taken: insufficient system storage",
+        )
+    } else {
+        SmtpError::new(
+            451,
+            EnhancedCode::new(4, 3, 0),
+            "Requested action aborted: local error in queue",
+        )
+    }
 }
 
 impl<S: QueueStore> Session for RelaySession<S> {

@@ -316,6 +316,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                 AttemptOutcome {
                     results,
                     connection_failure: false,
+                    dsn_passed_on: false,
                 },
                 Some(backoff.until),
             )
@@ -420,7 +421,11 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             let previous = &claim.message.states[n];
             match result {
                 RecipientResult::Delivered(report) => {
-                    if reportable && recipient.wants_success() {
+                    // RFC 3461 §5.2.1: a next hop that offered DSN got
+                    // NOTIFY and ORCPT with the message and reports success
+                    // itself; only without it (§5.2.2, `relayed`) or after
+                    // local delivery (§5.2.3, `delivered`) is it ours.
+                    if reportable && recipient.wants_success() && !outcome.dsn_passed_on {
                         succeeded.push((n, report.clone()));
                     }
                     states.push((

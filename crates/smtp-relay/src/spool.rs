@@ -31,6 +31,17 @@
 //! them to the in-memory index and only then answers each caller. Many
 //! sessions arriving at once therefore share one sync (group commit).
 //!
+//! When the write or the sync fails (a full disk, an I/O error), every
+//! caller of that batch gets the error, with its kind kept
+//! ([`io::ErrorKind::StorageFull`] for `ENOSPC`), and nothing of the batch
+//! enters the index. The segment may then hold a torn or unsynced tail (a
+//! failed `fdatasync` may have dropped the dirty pages and reports it only
+//! once), so the committer at once cuts the segment back to its last
+//! committed octet and syncs the cut; after a failed sync it continues in a
+//! fresh segment. Until that repair succeeds (it is tried again before
+//! each commit), every commit fails; once it does, commits go on and a
+//! restart finds exactly what was acknowledged.
+//!
 //! A segment is deleted once it and every older segment hold no message
 //! that is still pending; deleting only such a prefix keeps every update
 //! record of a pending message on disk.
@@ -82,6 +93,50 @@ pub enum Durability {
     /// survives `kill -9` of the relay, not a power loss or kernel crash.
     Os,
 }
+
+/// A point in the commit path where a [`CommitHook`] is called: for fault
+/// injection in tests and for the crash test's named kill points, not for
+/// production use.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPoint {
+    /// Before a batch is written. An error here acts as a short write:
+    /// half the batch reaches the file, then the write fails with that
+    /// error (what a file system that fills up does).
+    Write,
+    /// After the batch was written, before `fdatasync` (only with
+    /// [`Durability::Sync`]). An error here stands for a failed sync.
+    Sync,
+    /// After the batch is written and synced, before the index is updated
+    /// and the callers are answered. The hook's result is ignored here: the
+    /// batch is durable, only a crash can happen.
+    Answer,
+}
+
+impl CommitPoint {
+    /// Every point, in commit order.
+    pub const ALL: [CommitPoint; 3] = [CommitPoint::Write, CommitPoint::Sync, CommitPoint::Answer];
+
+    /// The point's name: `write`, `sync` or `answer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CommitPoint::Write => "write",
+            CommitPoint::Sync => "sync",
+            CommitPoint::Answer => "answer",
+        }
+    }
+
+    /// The point named `name` (see [`CommitPoint::name`]).
+    pub fn from_name(name: &str) -> Option<CommitPoint> {
+        Self::ALL.into_iter().find(|point| point.name() == name)
+    }
+}
+
+/// Called by the committer thread at each [`CommitPoint`]; an `Err` at
+/// [`CommitPoint::Write`] or [`CommitPoint::Sync`] is taken as that
+/// operation's failure. See [`Spool::open_with_commit_hook`].
+#[doc(hidden)]
+pub type CommitHook = Arc<dyn Fn(CommitPoint) -> io::Result<()> + Send + Sync>;
 
 /// The spool: a [`QueueStore`] on local disk. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -206,8 +261,30 @@ impl Spool {
         durability: Durability,
         segment_size: u64,
     ) -> io::Result<Spool> {
+        Self::open_inner(dir.into(), durability, segment_size, None)
+    }
+
+    /// [`Spool::open_with_segment_size`] with `hook` called at every
+    /// [`CommitPoint`] of every commit: a seam for tests that make writes
+    /// and syncs fail, and for the crash test's named kill points. Not for
+    /// production use.
+    #[doc(hidden)]
+    pub fn open_with_commit_hook(
+        dir: impl Into<PathBuf>,
+        durability: Durability,
+        segment_size: u64,
+        hook: CommitHook,
+    ) -> io::Result<Spool> {
+        Self::open_inner(dir.into(), durability, segment_size, Some(hook))
+    }
+
+    fn open_inner(
+        dir: PathBuf,
+        durability: Durability,
+        segment_size: u64,
+        hook: Option<CommitHook>,
+    ) -> io::Result<Spool> {
         let segment_size = segment_size.max(4096);
-        let dir = dir.into();
         fs::create_dir_all(&dir)?;
         let mut segments: Vec<u64> = Vec::new();
         for entry in fs::read_dir(&dir)? {
@@ -280,7 +357,8 @@ impl Spool {
             file,
             segment: active,
             position: SEGMENT_MAGIC.len() as u64,
-            failed: None,
+            broken: None,
+            hook,
         };
         std::thread::Builder::new()
             .name("spool-commit".to_owned())
@@ -330,10 +408,19 @@ fn create_segment(dir: &Path, segment: u64, durability: Durability) -> io::Resul
         .read(true)
         .append(true)
         .open(&path)?;
-    file.write_all(SEGMENT_MAGIC)?;
-    if durability == Durability::Sync {
-        file.sync_all()?;
-        sync_dir(dir)?;
+    let started = file.write_all(SEGMENT_MAGIC).and_then(|()| {
+        if durability == Durability::Sync {
+            file.sync_all()?;
+            sync_dir(dir)?;
+        }
+        Ok(())
+    });
+    if let Err(err) = started {
+        // A full disk can leave a partial header: remove it so the next
+        // try can create the segment again (recovery would drop it too).
+        drop(file);
+        let _ = fs::remove_file(&path);
+        return Err(err);
     }
     Ok(file)
 }
@@ -542,15 +629,68 @@ fn delete_finished_prefix(shared: &Shared, active: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Why a commit failed, kept so every caller of the batch gets an error of
+/// the same kind (a full disk must stay recognisable as one).
+#[derive(Debug, Clone)]
+struct Failure {
+    kind: io::ErrorKind,
+    message: String,
+    /// The sync failed: the file's cached pages are of unknown state.
+    sync: bool,
+}
+
+impl Failure {
+    fn new(context: &str, err: &io::Error) -> Failure {
+        Failure {
+            kind: err.kind(),
+            message: format!("{context}: {err}"),
+            sync: false,
+        }
+    }
+
+    fn of_write(err: &WriteError) -> Failure {
+        let (context, err, sync) = match err {
+            WriteError::Write(err) => ("spool write failed", err, false),
+            WriteError::Sync(err) => ("spool sync failed", err, true),
+        };
+        Failure {
+            sync,
+            ..Failure::new(context, err)
+        }
+    }
+
+    fn to_error(&self) -> io::Error {
+        io::Error::new(self.kind, self.message.clone())
+    }
+}
+
+/// Which step of writing a batch failed.
+#[derive(Debug)]
+enum WriteError {
+    Write(io::Error),
+    Sync(io::Error),
+}
+
+impl From<WriteError> for io::Error {
+    fn from(err: WriteError) -> io::Error {
+        match err {
+            WriteError::Write(err) | WriteError::Sync(err) => err,
+        }
+    }
+}
+
 struct Committer {
     shared: Arc<Shared>,
     file: File,
     segment: u64,
+    /// The end of the last committed record in the active segment.
     position: u64,
-    /// Set after a write or sync failed: the state of the file is unknown
-    /// (a failed fsync may have dropped dirty pages), so nothing more is
-    /// committed.
-    failed: Option<String>,
+    /// Set after a write or sync failed: the active segment may hold a
+    /// torn or unsynced tail past `position` (a failed fsync may have
+    /// dropped dirty pages), so it is cut back and left before anything
+    /// more is committed ([`Committer::repair`]).
+    broken: Option<Failure>,
+    hook: Option<CommitHook>,
 }
 
 impl Committer {
@@ -571,22 +711,75 @@ impl Committer {
             for request in batch {
                 let answer = match &result {
                     Ok(()) => Ok(()),
-                    Err(message) => Err(io::Error::other(message.clone())),
+                    Err(failure) => Err(failure.to_error()),
                 };
                 let _ = request.done.send(answer);
             }
         }
     }
 
-    fn commit(&mut self, batch: &mut [Request]) -> Result<(), String> {
-        if let Some(reason) = &self.failed {
-            return Err(reason.clone());
+    fn fault(&self, point: CommitPoint) -> io::Result<()> {
+        match &self.hook {
+            Some(hook) => hook(point),
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed write or sync: cuts the active segment back to its
+    /// last committed record and syncs the cut, so nothing of the failed
+    /// batch can come back at recovery. After a failed sync it also starts
+    /// a fresh segment (unless nothing was committed in this one yet): the
+    /// file's cached pages are of unknown state, and no later record should
+    /// follow them.
+    fn repair(&mut self) -> Result<(), Failure> {
+        let Some(cause) = self.broken.take() else {
+            return Ok(());
+        };
+        let rotate = cause.sync && self.position > SEGMENT_MAGIC.len() as u64;
+        let repaired = self
+            .file
+            .set_len(self.position)
+            .and_then(|()| {
+                if self.shared.durability == Durability::Sync {
+                    self.file.sync_all()?;
+                }
+                Ok(())
+            })
+            .map_err(|err| (err, "cutting the spool back failed"))
+            .and_then(|()| {
+                if rotate {
+                    self.rotate()
+                        .map_err(|err| (err, "starting a new spool segment failed"))
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err((err, what)) = repaired {
+            let failure = Failure::new(&format!("{}; {what}", cause.message), &err);
+            self.broken = Some(cause);
+            return Err(failure);
+        }
+        // Copying messages forward into the new segment can fail too.
+        if let Some(failure) = &self.broken {
+            return Err(failure.clone());
+        }
+        tracing::warn!(
+            cause = %cause.message,
+            segment = self.segment,
+            "cut a failed commit off the spool; the next commit starts clean"
+        );
+        Ok(())
+    }
+
+    fn commit(&mut self, batch: &mut [Request]) -> Result<(), Failure> {
+        if self.broken.is_some() {
+            self.repair()?;
         }
         if self.position >= self.shared.segment_size {
             self.rotate()
-                .map_err(|err| format!("cannot start a new spool segment: {err}"))?;
-            if let Some(reason) = &self.failed {
-                return Err(reason.clone());
+                .map_err(|err| Failure::new("cannot start a new spool segment", &err))?;
+            if let Some(failure) = &self.broken {
+                return Err(failure.clone());
             }
         }
         let mut buffer = Vec::with_capacity(
@@ -611,11 +804,23 @@ impl Committer {
             }
         }
         if let Err(err) = self.write(&buffer) {
-            let reason = format!("spool write failed: {err}");
-            tracing::error!("{reason}; the spool accepts nothing more");
-            self.failed = Some(reason.clone());
-            return Err(reason);
+            let failure = Failure::of_write(&err);
+            tracing::error!(
+                error = %failure.message,
+                "a commit failed; its messages are refused"
+            );
+            self.broken = Some(failure.clone());
+            // Cut the failed batch off now, so not even a crash before the
+            // next commit brings it back. If that fails too, the next
+            // commit tries again first (and until then a restart may find
+            // some of these records: delivered though refused, a duplicate
+            // of the client's retry, never a loss).
+            if let Err(still) = self.repair() {
+                tracing::warn!(error = %still.message, "the spool cannot repair itself yet");
+            }
+            return Err(failure);
         }
+        let _ = self.fault(CommitPoint::Answer);
         self.position += buffer.len() as u64;
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
         {
@@ -646,10 +851,16 @@ impl Committer {
         Ok(())
     }
 
-    fn write(&mut self, buffer: &[u8]) -> io::Result<()> {
-        self.file.write_all(buffer)?;
+    fn write(&mut self, buffer: &[u8]) -> Result<(), WriteError> {
+        if let Err(err) = self.fault(CommitPoint::Write) {
+            // A short write, as a file system that fills up gives.
+            let _ = self.file.write_all(&buffer[..buffer.len() / 2]);
+            return Err(WriteError::Write(err));
+        }
+        self.file.write_all(buffer).map_err(WriteError::Write)?;
         if self.shared.durability == Durability::Sync {
-            self.file.sync_data()?;
+            self.fault(CommitPoint::Sync).map_err(WriteError::Sync)?;
+            self.file.sync_data().map_err(WriteError::Sync)?;
         }
         Ok(())
     }
@@ -729,8 +940,8 @@ impl Committer {
             }
         }
         if let Err(err) = self.write(&buffer) {
-            self.failed = Some(format!("spool write failed: {err}"));
-            return Err(err);
+            self.broken = Some(Failure::of_write(&err));
+            return Err(err.into());
         }
         self.position += buffer.len() as u64;
         {

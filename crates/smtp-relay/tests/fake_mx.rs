@@ -264,3 +264,80 @@ async fn dropping_the_fake_closes_its_port() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_plain_fake_offers_neither_starttls_nor_dsn_and_keeps_the_command_lines() {
+    let mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
+    let envelope = Envelope::builder()
+        .from("a@example.org")
+        .recipient(
+            Recipient::new("b@example.net")
+                .unwrap()
+                .notify(Notify::Never),
+        )
+        .build()
+        .unwrap();
+    let result = client(&mx, Tls::Opportunistic)
+        .send(&envelope, MESSAGE.to_vec())
+        .await
+        .unwrap();
+    assert!(!result.dsn_offered);
+    assert!(!mx.received()[0].tls);
+    // Without DSN the client leaves NOTIFY out, as the wire shows.
+    assert_eq!(mx.commands_starting("rcpt"), ["RCPT TO:<b@example.net>"]);
+    // No STARTTLS; the body went with CHUNKING.
+    let commands = mx.commands();
+    assert_eq!(
+        commands[..4],
+        [
+            "EHLO relay.test",
+            "MAIL FROM:<a@example.org> SIZE=117 BODY=8BITMIME",
+            "RCPT TO:<b@example.net>",
+            "BDAT 117 LAST",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn auth_after_starttls_records_the_identity_and_refuses_others() {
+    let mx = FakeMx::start(ip(1), Script::new().auth("relayuser", "s3cret"))
+        .await
+        .unwrap();
+    let pem = mx.certificate_pem().unwrap().to_owned();
+    let with = |password: &str| {
+        let config = ClientConfig::builder(mx.addr().ip().to_string())
+            .port(mx.addr().port())
+            .tls(Tls::Required)
+            .hello_name("relay.test")
+            .tls_config(
+                TlsConfig::new()
+                    .add_root_certificates_pem(pem.as_bytes())
+                    .unwrap()
+                    .server_name("localhost"),
+            )
+            .credentials(smtp_client::Credentials::password("relayuser", password))
+            .build()
+            .unwrap();
+        Client::new(config)
+    };
+    let refused = with("wrong")
+        .send(&envelope(&["b@example.net"]), MESSAGE.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.reply().map(|r| r.code()), Some(535), "{refused}");
+    with("s3cret")
+        .send(&envelope(&["b@example.net"]), MESSAGE.to_vec())
+        .await
+        .unwrap();
+    let received = mx.accepted();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].identity.as_deref(), Some("relayuser"));
+    // The AUTH line is kept with its secret masked.
+    assert!(
+        mx.commands_starting("AUTH")
+            .iter()
+            .all(|line| line.contains("***")),
+        "{:?}",
+        mx.commands_starting("AUTH")
+    );
+}

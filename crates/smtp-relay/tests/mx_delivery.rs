@@ -1,17 +1,18 @@
 //! MX delivery through a real DNS server on loopback (test-dns) to fake MX
 //! servers on 127.0.0.x.
 
-mod common;
+mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{FakeMx, Relay, RelayOptions, Script, address, all_deferred, submit, wait_for};
 use smtp_client::Envelope;
 use smtp_relay::deliver::MxLookup;
 use smtp_relay::dns::MxResolver;
 use smtp_relay::queue::RecipientState;
+use support::fake_mx::{FakeMx, Script, ip};
+use support::relay::{Relay, RelayOptions, address, all_deferred, submit, wait_for};
 use test_dns::TestDns;
 
 const MESSAGE: &str = "Subject: mx\r\n\r\nhello\r\n";
@@ -37,7 +38,7 @@ async fn mx_pair(second: Script) -> (u16, FakeMx) {
         drop(probe);
         let addr = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 3), port));
         if std::net::TcpListener::bind(addr).is_ok() {
-            return (port, FakeMx::start_at(addr, second.clone()).await);
+            return (port, FakeMx::start_on(addr, second.clone()).await.unwrap());
         }
     }
     panic!("no common free port");
@@ -46,7 +47,7 @@ async fn mx_pair(second: Script) -> (u16, FakeMx) {
 #[tokio::test]
 async fn every_address_of_an_exchanger_before_the_next_by_preference() {
     // mx1 (preference 10) refuses connections; mx2 takes the mail.
-    let (port, mx2) = mx_pair(Script::default()).await;
+    let (port, mx2) = mx_pair(Script::plain()).await;
     let dns = TestDns::builder()
         .mx("example.test", 20, "mx2.example.test")
         .mx("example.test", 10, "mx1.example.test")
@@ -67,15 +68,15 @@ async fn every_address_of_an_exchanger_before_the_next_by_preference() {
     .await;
     let env = Envelope::new(address("a@sender.test"), [address("bob@example.test")]).unwrap();
     submit(relay.addr, &env, MESSAGE).await.unwrap();
-    wait_for("delivery at the second MX", || mx2.delivered().len() == 1).await;
+    wait_for("delivery at the second MX", || mx2.accepted().len() == 1).await;
     wait_for("an empty queue", || relay.messages().is_empty()).await;
-    assert_eq!(mx2.delivered()[0].recipients[0].0, "bob@example.test");
+    assert_eq!(mx2.accepted()[0].recipients[0].0, "bob@example.test");
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn a_cname_and_an_implicit_mx_are_followed() {
-    let (port, mx) = mx_pair(Script::default()).await;
+    let (port, mx) = mx_pair(Script::plain()).await;
     let dns = TestDns::builder()
         .zone("test")
         // No MX: the domain's own address is the implicit MX.
@@ -103,14 +104,14 @@ async fn a_cname_and_an_implicit_mx_are_followed() {
     .unwrap();
     submit(relay.addr, &env, MESSAGE).await.unwrap();
     // Two destinations, two transactions.
-    wait_for("both deliveries", || mx.delivered().len() == 2).await;
+    wait_for("both deliveries", || mx.accepted().len() == 2).await;
     wait_for("an empty queue", || relay.messages().is_empty()).await;
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn a_null_mx_fails_at_once_and_servfail_defers() {
-    let sender_mx = FakeMx::start(Script::default()).await;
+    let sender_mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let dns = TestDns::builder()
         .null_mx("nomail.test")
         .servfail("broken.test")
@@ -122,15 +123,15 @@ async fn a_null_mx_fails_at_once_and_servfail_defers() {
         dir.path(),
         RelayOptions {
             resolver: Some(lookup(&dns)),
-            routes: vec![("sender.test".into(), sender_mx.addr)],
+            routes: vec![("sender.test".into(), sender_mx.addr())],
             ..RelayOptions::default()
         },
     )
     .await;
     let env = Envelope::new(address("a@sender.test"), [address("x@nomail.test")]).unwrap();
     submit(relay.addr, &env, MESSAGE).await.unwrap();
-    wait_for("the bounce", || sender_mx.delivered().len() == 1).await;
-    let bounce = String::from_utf8(sender_mx.delivered()[0].body.clone()).unwrap();
+    wait_for("the bounce", || sender_mx.accepted().len() == 1).await;
+    let bounce = String::from_utf8(sender_mx.accepted()[0].body.clone()).unwrap();
     assert!(bounce.contains("Status: 5.1.10\r\n"), "{bounce}");
     assert!(
         bounce.contains("Diagnostic-Code: smtp; 556 5.1.10 "),
@@ -152,6 +153,6 @@ async fn a_null_mx_fails_at_once_and_servfail_defers() {
         "{}",
         last.diagnostic
     );
-    assert_eq!(sender_mx.delivered().len(), 1, "no bounce for a deferral");
+    assert_eq!(sender_mx.accepted().len(), 1, "no bounce for a deferral");
     relay.stop().await;
 }

@@ -2,15 +2,16 @@
 //! to scripted smtp-server fake MXs over static routes, retries, expiry,
 //! notifications parsed with a MIME parser, relay access.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{FakeMx, Raw, Relay, RelayOptions, Script, address, all_deferred, submit, wait_for};
 use mail_parser::{MessageParser, MimeHeaders};
 use smtp_client::{Envelope, Notify, Recipient, Ret};
 use smtp_relay::queue::{QueueStore, RecipientState};
 use smtp_relay::scheduler::SchedulerConfig;
+use support::fake_mx::{FakeMx, Script, ip};
+use support::relay::{Raw, Relay, RelayOptions, address, all_deferred, submit, wait_for};
 
 const MESSAGE: &str = "From: alice@sender.test\r\nTo: bob@remote.test\r\nSubject: hello\r\n\r\nbody line\r\n..leading dot\r\n";
 
@@ -80,12 +81,12 @@ fn field<'a>(block: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn relays_byte_for_byte_with_a_received_header() {
-    let mx = FakeMx::start(Script::default()).await;
+    let mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
         RelayOptions {
-            routes: vec![("remote.test".into(), mx.addr)],
+            routes: vec![("remote.test".into(), mx.addr())],
             ..RelayOptions::default()
         },
     )
@@ -101,9 +102,9 @@ async fn relays_byte_for_byte_with_a_received_header() {
     .await
     .unwrap();
     assert!(result.is_complete());
-    wait_for("delivery", || mx.delivered().len() == 1).await;
+    wait_for("delivery", || mx.accepted().len() == 1).await;
     wait_for("an empty queue", || relay.messages().is_empty()).await;
-    let delivered = &mx.delivered()[0];
+    let delivered = &mx.accepted()[0];
     // One transaction for all recipients of the destination.
     assert_eq!(delivered.recipients.len(), 3);
     assert_eq!(delivered.from.as_deref(), Some("alice@sender.test"));
@@ -122,16 +123,14 @@ async fn relays_byte_for_byte_with_a_received_header() {
 
 #[tokio::test]
 async fn dsn_parameters_and_smtputf8_are_passed_on() {
-    let mx = FakeMx::start(Script {
-        dsn: true,
-        ..Script::default()
-    })
-    .await;
+    let mx = FakeMx::start(ip(1), Script::new().no_starttls())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
         RelayOptions {
-            routes: vec![("remote.test".into(), mx.addr)],
+            routes: vec![("remote.test".into(), mx.addr())],
             ..RelayOptions::default()
         },
     )
@@ -155,8 +154,8 @@ async fn dsn_parameters_and_smtputf8_are_passed_on() {
     submit(relay.addr, &envelope, "Subject: grüße\r\n\r\nHallo\r\n")
         .await
         .unwrap();
-    wait_for("delivery", || mx.delivered().len() == 1).await;
-    let delivered = &mx.delivered()[0];
+    wait_for("delivery", || mx.accepted().len() == 1).await;
+    let delivered = &mx.accepted()[0];
     assert!(delivered.mail.smtputf8);
     assert_eq!(delivered.mail.ret, Some(Ret::Headers));
     assert_eq!(delivered.mail.envid.as_deref(), Some("ENV-42"));
@@ -176,22 +175,22 @@ async fn dsn_parameters_and_smtputf8_are_passed_on() {
 
 #[tokio::test]
 async fn permanent_failures_bounce_once_per_batch_with_every_field() {
-    let mx = FakeMx::start(Script {
-        rcpt_replies: vec![
-            ("bad1@remote.test", 550, "5.1.1"),
-            ("bad2@remote.test", 553, "5.1.3"),
-        ],
-        ..Script::default()
-    })
-    .await;
-    let sender_mx = FakeMx::start(Script::default()).await;
+    let mx = FakeMx::start(
+        ip(1),
+        Script::plain()
+            .reject_rcpt("bad1@remote.test", 550, "5.1.1", "scripted refusal")
+            .reject_rcpt("bad2@remote.test", 553, "5.1.3", "scripted refusal"),
+    )
+    .await
+    .unwrap();
+    let sender_mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
         RelayOptions {
             routes: vec![
-                ("remote.test".into(), mx.addr),
-                ("sender.test".into(), sender_mx.addr),
+                ("remote.test".into(), mx.addr()),
+                ("sender.test".into(), sender_mx.addr()),
             ],
             ..RelayOptions::default()
         },
@@ -208,11 +207,11 @@ async fn permanent_failures_bounce_once_per_batch_with_every_field() {
         .build()
         .unwrap();
     submit(relay.addr, &envelope, MESSAGE).await.unwrap();
-    wait_for("the bounce", || sender_mx.delivered().len() == 1).await;
+    wait_for("the bounce", || sender_mx.accepted().len() == 1).await;
     wait_for("an empty queue", || relay.messages().is_empty()).await;
-    assert_eq!(mx.delivered().len(), 1);
-    assert_eq!(mx.delivered()[0].recipients.len(), 1);
-    let bounces = sender_mx.delivered();
+    assert_eq!(mx.accepted().len(), 1);
+    assert_eq!(mx.accepted()[0].recipients.len(), 1);
+    let bounces = sender_mx.accepted();
     assert_eq!(bounces.len(), 1, "one bounce for both failures");
     let bounce = &bounces[0];
     assert_eq!(bounce.from, None, "a bounce has the null reverse-path");
@@ -239,7 +238,7 @@ async fn permanent_failures_bounce_once_per_batch_with_every_field() {
     assert_eq!(field(first, "Status"), Some("5.1.1"));
     assert_eq!(
         field(first, "Remote-MTA"),
-        Some(&*format!("dns; {}", mx.addr.ip()))
+        Some(&*format!("dns; {}", mx.addr().ip()))
     );
     assert_eq!(
         field(first, "Diagnostic-Code"),
@@ -260,19 +259,20 @@ async fn permanent_failures_bounce_once_per_batch_with_every_field() {
 
 #[tokio::test]
 async fn ret_hdrs_returns_only_the_header_section() {
-    let mx = FakeMx::start(Script {
-        rcpt_replies: vec![("bad@remote.test", 550, "5.1.1")],
-        ..Script::default()
-    })
-    .await;
-    let sender_mx = FakeMx::start(Script::default()).await;
+    let mx = FakeMx::start(
+        ip(1),
+        Script::plain().reject_rcpt("bad@remote.test", 550, "5.1.1", "scripted refusal"),
+    )
+    .await
+    .unwrap();
+    let sender_mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
         RelayOptions {
             routes: vec![
-                ("remote.test".into(), mx.addr),
-                ("sender.test".into(), sender_mx.addr),
+                ("remote.test".into(), mx.addr()),
+                ("sender.test".into(), sender_mx.addr()),
             ],
             ..RelayOptions::default()
         },
@@ -285,8 +285,8 @@ async fn ret_hdrs_returns_only_the_header_section() {
         .build()
         .unwrap();
     submit(relay.addr, &envelope, MESSAGE).await.unwrap();
-    wait_for("the bounce", || sender_mx.delivered().len() == 1).await;
-    let body = String::from_utf8(sender_mx.delivered()[0].body.clone()).unwrap();
+    wait_for("the bounce", || sender_mx.accepted().len() == 1).await;
+    let body = String::from_utf8(sender_mx.accepted()[0].body.clone()).unwrap();
     let raw = body.as_str();
     let (_, _, original) = status_blocks(raw.as_bytes());
     assert_eq!(original, "text/rfc822-headers");
@@ -297,19 +297,20 @@ async fn ret_hdrs_returns_only_the_header_section() {
 
 #[tokio::test]
 async fn notify_never_and_the_null_sender_get_no_bounce() {
-    let mx = FakeMx::start(Script {
-        rcpt_replies: vec![("bad@remote.test", 550, "5.1.1")],
-        ..Script::default()
-    })
-    .await;
-    let sender_mx = FakeMx::start(Script::default()).await;
+    let mx = FakeMx::start(
+        ip(1),
+        Script::plain().reject_rcpt("bad@remote.test", 550, "5.1.1", "scripted refusal"),
+    )
+    .await
+    .unwrap();
+    let sender_mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
         RelayOptions {
             routes: vec![
-                ("remote.test".into(), mx.addr),
-                ("sender.test".into(), sender_mx.addr),
+                ("remote.test".into(), mx.addr()),
+                ("sender.test".into(), sender_mx.addr()),
             ],
             ..RelayOptions::default()
         },
@@ -326,13 +327,13 @@ async fn notify_never_and_the_null_sender_get_no_bounce() {
         .await
         .unwrap();
     wait_for("both messages to fail", || {
-        relay.messages().is_empty() && mx.sessions() >= 1
+        relay.messages().is_empty() && mx.connections() >= 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(relay.messages().is_empty(), "nothing is queued");
-    assert!(sender_mx.delivered().is_empty(), "no bounce was sent");
-    assert_eq!(sender_mx.sessions(), 0);
+    assert!(sender_mx.accepted().is_empty(), "no bounce was sent");
+    assert_eq!(sender_mx.connections(), 0);
     relay.stop().await;
 }
 
@@ -340,23 +341,25 @@ async fn notify_never_and_the_null_sender_get_no_bounce() {
 async fn a_bounce_that_fails_is_never_bounced() {
     // The sender's own domain refuses everything: the bounce fails too, and
     // that failure produces nothing.
-    let mx = FakeMx::start(Script {
-        rcpt_replies: vec![("bob@remote.test", 550, "5.1.1")],
-        ..Script::default()
-    })
-    .await;
-    let sender_mx = FakeMx::start(Script {
-        rcpt_replies: vec![("alice@sender.test", 550, "5.1.1")],
-        ..Script::default()
-    })
-    .await;
+    let mx = FakeMx::start(
+        ip(1),
+        Script::plain().reject_rcpt("bob@remote.test", 550, "5.1.1", "scripted refusal"),
+    )
+    .await
+    .unwrap();
+    let sender_mx = FakeMx::start(
+        ip(1),
+        Script::plain().reject_rcpt("alice@sender.test", 550, "5.1.1", "scripted refusal"),
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
         RelayOptions {
             routes: vec![
-                ("remote.test".into(), mx.addr),
-                ("sender.test".into(), sender_mx.addr),
+                ("remote.test".into(), mx.addr()),
+                ("sender.test".into(), sender_mx.addr()),
             ],
             ..RelayOptions::default()
         },
@@ -369,26 +372,24 @@ async fn a_bounce_that_fails_is_never_bounced() {
     )
     .await
     .unwrap();
-    wait_for("the bounce attempt", || sender_mx.sessions() >= 1).await;
+    wait_for("the bounce attempt", || sender_mx.connections() >= 1).await;
     wait_for("an empty queue", || relay.messages().is_empty()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(relay.messages().is_empty());
-    assert_eq!(sender_mx.sessions(), 1, "exactly one bounce attempt");
+    assert_eq!(sender_mx.connections(), 1, "exactly one bounce attempt");
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn temporary_failures_are_retried_with_backoff() {
-    let mx = FakeMx::start(Script {
-        data_451_times: 2,
-        ..Script::default()
-    })
-    .await;
+    let mx = FakeMx::start(ip(1), Script::plain().temp_fail_data(2))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
         RelayOptions {
-            routes: vec![("remote.test".into(), mx.addr)],
+            routes: vec![("remote.test".into(), mx.addr())],
             ..RelayOptions::default()
         },
     )
@@ -404,7 +405,7 @@ async fn temporary_failures_are_retried_with_backoff() {
         all_deferred(&relay.messages()) && !relay.messages().is_empty()
     })
     .await;
-    let start = common::start_time();
+    let start = support::relay::start_time();
     let RecipientState::Deferred {
         attempts,
         next_attempt,
@@ -424,9 +425,9 @@ async fn temporary_failures_are_retried_with_backoff() {
     );
     // Nothing happens before the next attempt is due.
     relay.advance(Duration::from_secs(260)).await;
-    assert_eq!(mx.data_attempts(), 1);
+    assert_eq!(mx.received().len(), 1);
     relay.advance(Duration::from_secs(80)).await;
-    wait_for("the second attempt", || mx.data_attempts() == 2).await;
+    wait_for("the second attempt", || mx.received().len() == 2).await;
     wait_for("the second deferral", || {
         matches!(
             relay.messages()[0].states[0],
@@ -445,20 +446,18 @@ async fn temporary_failures_are_retried_with_backoff() {
         "{wait:?}"
     );
     relay.advance(Duration::from_secs(700)).await;
-    wait_for("delivery", || mx.delivered().len() == 1).await;
+    wait_for("delivery", || mx.accepted().len() == 1).await;
     wait_for("an empty queue", || relay.messages().is_empty()).await;
-    assert_eq!(mx.data_attempts(), 3);
+    assert_eq!(mx.received().len(), 3);
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn the_queue_lifetime_ends_in_a_bounce_and_delay_warnings_come_once() {
-    let mx = FakeMx::start(Script {
-        data_451_times: usize::MAX,
-        ..Script::default()
-    })
-    .await;
-    let sender_mx = FakeMx::start(Script::default()).await;
+    let mx = FakeMx::start(ip(1), Script::plain().temp_fail_data(usize::MAX))
+        .await
+        .unwrap();
+    let sender_mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut scheduler = SchedulerConfig::new("relay.test");
     scheduler.retry.first = Duration::from_secs(600);
@@ -469,8 +468,8 @@ async fn the_queue_lifetime_ends_in_a_bounce_and_delay_warnings_come_once() {
         dir.path(),
         RelayOptions {
             routes: vec![
-                ("remote.test".into(), mx.addr),
-                ("sender.test".into(), sender_mx.addr),
+                ("remote.test".into(), mx.addr()),
+                ("sender.test".into(), sender_mx.addr()),
             ],
             scheduler,
             ..RelayOptions::default()
@@ -490,17 +489,17 @@ async fn the_queue_lifetime_ends_in_a_bounce_and_delay_warnings_come_once() {
         .build()
         .unwrap();
     submit(relay.addr, &envelope, MESSAGE).await.unwrap();
-    wait_for("the first attempt", || mx.data_attempts() == 1).await;
+    wait_for("the first attempt", || mx.received().len() == 1).await;
     // Step through the hour; every attempt fails with 451.
     for step in 0..10 {
-        let before = mx.data_attempts();
+        let before = mx.received().len();
         relay.advance(Duration::from_secs(700)).await;
         if relay
             .messages()
             .iter()
             .any(|m| m.envelope.recipients[0].address == "bob@remote.test")
         {
-            wait_for("another attempt", || mx.data_attempts() > before).await;
+            wait_for("another attempt", || mx.received().len() > before).await;
         }
         wait_for("the attempt to be recorded", || {
             relay
@@ -517,15 +516,15 @@ async fn the_queue_lifetime_ends_in_a_bounce_and_delay_warnings_come_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if step == 2 {
             // 25 minutes passed at the third retry: one delay warning.
-            wait_for("the delay warning", || sender_mx.delivered().len() == 1).await;
+            wait_for("the delay warning", || sender_mx.accepted().len() == 1).await;
         }
         if relay.messages().is_empty() {
             break;
         }
     }
     wait_for("expiry", || relay.messages().is_empty()).await;
-    wait_for("the bounce", || sender_mx.delivered().len() == 2).await;
-    let delivered = sender_mx.delivered();
+    wait_for("the bounce", || sender_mx.accepted().len() == 2).await;
+    let delivered = sender_mx.accepted();
     let subjects: Vec<(String, Vec<Block>)> = delivered
         .iter()
         .map(|d| {
@@ -560,56 +559,201 @@ async fn the_queue_lifetime_ends_in_a_bounce_and_delay_warnings_come_once() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn success_notices_say_relayed() {
-    let mx = FakeMx::start(Script::default()).await;
-    let sender_mx = FakeMx::start(Script::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path(),
+/// The MAIL and RCPT lines the DSN tests submit, exactly as a client wrote
+/// them: every DSN parameter, `ORCPT` with an xtext-encoded `+`.
+const DSN_MAIL: &str = "MAIL FROM:<alice@sender.test> RET=HDRS ENVID=QQ+2B314";
+const DSN_RCPTS: [&str; 2] = [
+    "RCPT TO:<bob@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Bold@remote.test",
+    "RCPT TO:<carol@remote.test> NOTIFY=NEVER",
+];
+
+/// Submits `MESSAGE` on a raw session with exactly these MAIL and RCPT
+/// lines.
+async fn submit_lines(relay: std::net::SocketAddr, mail: &str, rcpts: &[&str]) {
+    let mut raw = Raw::connect_from("127.0.0.1", relay).await;
+    assert!(raw.command("EHLO client.test").await.starts_with("250"));
+    assert!(raw.command(mail).await.starts_with("250"), "{mail}");
+    for rcpt in rcpts {
+        assert!(raw.command(rcpt).await.starts_with("250"), "{rcpt}");
+    }
+    assert!(raw.command("DATA").await.starts_with("354"));
+    let reply = raw.command(&format!("{MESSAGE}.")).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert!(raw.command("QUIT").await.starts_with("221"));
+}
+
+/// A relay routing `remote.test` to `mx` and `sender.test` (where
+/// notifications go) to `sender_mx`.
+async fn relay_with_notices(dir: &std::path::Path, mx: &FakeMx, sender_mx: &FakeMx) -> Relay {
+    Relay::start(
+        dir,
         RelayOptions {
             routes: vec![
-                ("remote.test".into(), mx.addr),
-                ("sender.test".into(), sender_mx.addr),
+                ("remote.test".into(), mx.addr()),
+                ("sender.test".into(), sender_mx.addr()),
             ],
             ..RelayOptions::default()
         },
     )
-    .await;
-    let envelope = Envelope::builder()
-        .from(address("alice@sender.test"))
-        .recipient(
-            Recipient::from(address("bob@remote.test")).notify(Notify::On {
-                success: true,
-                failure: true,
-                delay: false,
-            }),
-        )
-        .build()
+    .await
+}
+
+#[tokio::test]
+async fn a_next_hop_offering_dsn_gets_the_parameters_and_no_success_notice_is_sent() {
+    // RFC 3461 §5.2.1: the parameters go on, byte for byte, and the next
+    // hop is the one to report success.
+    let mx = FakeMx::start(ip(1), Script::new().no_starttls())
+        .await
         .unwrap();
-    submit(relay.addr, &envelope, MESSAGE).await.unwrap();
-    wait_for("the notice", || sender_mx.delivered().len() == 1).await;
-    let body = String::from_utf8(sender_mx.delivered()[0].body.clone()).unwrap();
-    let raw = body.as_str();
-    let (_, blocks, original) = status_blocks(raw.as_bytes());
+    let sender_mx = FakeMx::start(ip(1), Script::new().no_starttls())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_notices(dir.path(), &mx, &sender_mx).await;
+    submit_lines(relay.addr, DSN_MAIL, &DSN_RCPTS).await;
+    assert!(mx.wait_accepted(1, Duration::from_secs(10)).await);
+    // The notice would be queued with the delivery's outcome: an empty
+    // queue means none was made.
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    assert_eq!(mx.commands_starting("RCPT"), DSN_RCPTS);
+    let mail = &mx.commands_starting("MAIL")[0];
+    assert!(mail.starts_with("MAIL FROM:<alice@sender.test> "), "{mail}");
+    assert!(mail.contains(" RET=HDRS"), "{mail}");
+    assert!(mail.contains(" ENVID=QQ+2B314"), "{mail}");
+    assert!(sender_mx.received().is_empty(), "no success notice");
+    assert_eq!(sender_mx.connections(), 0);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_next_hop_without_dsn_gets_none_and_the_relay_reports_relayed() {
+    // RFC 3461 §5.2.2: NOTIFY=SUCCESS through a next hop without DSN is
+    // answered here, with `Action: relayed`.
+    let without_dsn = smtp_server::Extensions {
+        dsn: false,
+        ..smtp_server::Extensions::default()
+    };
+    let mx = FakeMx::start(ip(1), Script::new().no_starttls().extensions(without_dsn))
+        .await
+        .unwrap();
+    let sender_mx = FakeMx::start(ip(1), Script::new().no_starttls())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_notices(dir.path(), &mx, &sender_mx).await;
+    submit_lines(relay.addr, DSN_MAIL, &DSN_RCPTS).await;
+    assert!(mx.wait_accepted(1, Duration::from_secs(10)).await);
+    assert!(sender_mx.wait_accepted(1, Duration::from_secs(10)).await);
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    // Nothing a server without DSN does not know.
+    assert_eq!(
+        mx.commands_starting("RCPT"),
+        ["RCPT TO:<bob@remote.test>", "RCPT TO:<carol@remote.test>"]
+    );
+    let mail = &mx.commands_starting("MAIL")[0];
+    assert!(!mail.contains("RET=") && !mail.contains("ENVID="), "{mail}");
+    let notices = sender_mx.accepted();
+    assert_eq!(notices.len(), 1, "one notice");
+    let notice = &notices[0];
+    assert_eq!(notice.from, None, "from the null reverse-path");
+    assert_eq!(notice.recipients[0].0, "alice@sender.test");
+    let (subject, blocks, original) = status_blocks(&notice.body);
+    assert_eq!(subject, "Delivery Status Notification (Success)");
+    // RFC 3461 §6.3: the notice carries ENVID and ORCPT xtext-decoded.
+    assert_eq!(field(&blocks[0], "Original-Envelope-Id"), Some("QQ+314"));
+    // Only bob asked for it; carol said NEVER.
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    assert_eq!(
+        field(&blocks[1], "Final-Recipient"),
+        Some("rfc822; bob@remote.test")
+    );
+    assert_eq!(
+        field(&blocks[1], "Original-Recipient"),
+        Some("rfc822; bob+old@remote.test")
+    );
     assert_eq!(field(&blocks[1], "Action"), Some("relayed"));
     assert_eq!(field(&blocks[1], "Status"), Some("2.0.0"));
+    assert_eq!(field(&blocks[1], "Remote-MTA"), Some("dns; 127.0.0.1"));
+    // RET=HDRS: the headers only.
     assert_eq!(original, "text/rfc822-headers");
+    relay.stop().await;
+}
+
+/// Local delivery into memory, for the `delivered` notice.
+#[derive(Debug, Default)]
+struct MemoryMailbox {
+    stored: std::sync::Mutex<Vec<(Vec<String>, Vec<u8>)>>,
+}
+
+impl smtp_relay::deliver::LocalDelivery for MemoryMailbox {
+    fn deliver<'a>(
+        &'a self,
+        envelope: &'a smtp_relay::queue::QueuedEnvelope,
+        recipients: &'a [usize],
+        body: bytes::Bytes,
+    ) -> smtp_relay::deliver::BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async move {
+            let to = recipients
+                .iter()
+                .map(|&n| envelope.recipients[n].address.clone())
+                .collect();
+            self.stored.lock().unwrap().push((to, body.to_vec()));
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn local_delivery_reports_delivered() {
+    // RFC 3461 §5.2.3: final delivery here gives `Action: delivered`.
+    let sender_mx = FakeMx::start(ip(1), Script::new().no_starttls())
+        .await
+        .unwrap();
+    let mailbox = std::sync::Arc::new(MemoryMailbox::default());
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            local_domains: vec!["local.test".into()],
+            local: Some(mailbox.clone()),
+            routes: vec![("sender.test".into(), sender_mx.addr())],
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    submit_lines(
+        relay.addr,
+        "MAIL FROM:<alice@sender.test>",
+        &["RCPT TO:<dora@local.test> NOTIFY=SUCCESS"],
+    )
+    .await;
+    assert!(sender_mx.wait_accepted(1, Duration::from_secs(10)).await);
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    let stored = mailbox.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].0, ["dora@local.test"]);
+    let (_, blocks, _) = status_blocks(&sender_mx.accepted()[0].body);
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    assert_eq!(
+        field(&blocks[1], "Final-Recipient"),
+        Some("rfc822; dora@local.test")
+    );
+    assert_eq!(field(&blocks[1], "Action"), Some("delivered"));
+    assert_eq!(field(&blocks[1], "Status"), Some("2.0.0"));
+    assert_eq!(field(&blocks[1], "Remote-MTA"), None);
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn an_unreachable_destination_is_backed_off_as_a_whole() {
-    let mx = FakeMx::start(Script {
-        greeting: Some((421, "busy")),
-        ..Script::default()
-    })
-    .await;
+    let mx = FakeMx::start(ip(1), Script::plain().greeting_reply(421, "4.3.2", "busy"))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
         RelayOptions {
-            routes: vec![("remote.test".into(), mx.addr)],
+            routes: vec![("remote.test".into(), mx.addr())],
             ..RelayOptions::default()
         },
     )
@@ -621,7 +765,7 @@ async fn an_unreachable_destination_is_backed_off_as_a_whole() {
         !m.is_empty() && all_deferred(&m)
     })
     .await;
-    assert_eq!(mx.sessions(), 1);
+    assert_eq!(mx.connections(), 1);
     for _ in 0..3 {
         submit(relay.addr, &env, MESSAGE).await.unwrap();
     }
@@ -631,7 +775,7 @@ async fn an_unreachable_destination_is_backed_off_as_a_whole() {
     })
     .await;
     // The new messages waited with the destination instead of trying it.
-    assert_eq!(mx.sessions(), 1);
+    assert_eq!(mx.connections(), 1);
     let messages = relay.messages();
     let RecipientState::Deferred { last, .. } = &messages[0].states[0] else {
         panic!()
@@ -671,18 +815,18 @@ async fn accepted_mail_survives_a_restart() {
     })
     .await;
     relay.stop().await;
-    let mx = FakeMx::start(Script::default()).await;
+    let mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let relay = Relay::start(
         dir.path(),
         RelayOptions {
-            routes: vec![("remote.test".into(), mx.addr)],
+            routes: vec![("remote.test".into(), mx.addr())],
             ..RelayOptions::default()
         },
     )
     .await;
     assert_eq!(relay.spool.recovery().messages, 1);
     relay.advance(Duration::from_secs(400)).await;
-    wait_for("delivery after the restart", || mx.delivered().len() == 1).await;
+    wait_for("delivery after the restart", || mx.accepted().len() == 1).await;
     wait_for("an empty queue", || relay.messages().is_empty()).await;
     relay.stop().await;
 }
@@ -769,11 +913,11 @@ async fn foreign_recipients_need_a_relay_network_or_authentication() {
 }
 
 fn smarthost_for(mx: &FakeMx, user: &str, password: &str) -> smtp_relay::route::Smarthost {
-    let pem = mx.certificate_pem.as_ref().unwrap();
+    let pem = mx.certificate_pem().unwrap();
     smtp_relay::route::Smarthost {
         address: smtp_relay::route::HostPort {
-            host: mx.addr.ip().to_string(),
-            port: mx.addr.port(),
+            host: mx.addr().ip().to_string(),
+            port: mx.addr().port(),
         },
         tls: smtp_relay::route::SmarthostTls::Starttls,
         credentials: Some(smtp_client::Credentials::password(user, password)),
@@ -787,11 +931,9 @@ fn smarthost_for(mx: &FakeMx, user: &str, password: &str) -> smtp_relay::route::
 
 #[tokio::test]
 async fn a_smarthost_gets_auth_over_starttls_and_bad_credentials_keep_the_mail() {
-    let smarthost = FakeMx::start(Script {
-        tls_auth: Some(("relayuser", "s3cret")),
-        ..Script::default()
-    })
-    .await;
+    let smarthost = FakeMx::start(ip(1), Script::new().auth("relayuser", "s3cret"))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
@@ -809,11 +951,11 @@ async fn a_smarthost_gets_auth_over_starttls_and_bad_credentials_keep_the_mail()
     .await
     .unwrap();
     wait_for("delivery through the smarthost", || {
-        smarthost.delivered().len() == 1
+        smarthost.accepted().len() == 1
     })
     .await;
     assert_eq!(
-        smarthost.delivered()[0].identity.as_deref(),
+        smarthost.accepted()[0].identity.as_deref(),
         Some("relayuser")
     );
     relay.stop().await;
@@ -848,6 +990,6 @@ async fn a_smarthost_gets_auth_over_starttls_and_bad_credentials_keep_the_mail()
         "{}",
         last.diagnostic
     );
-    assert_eq!(smarthost.delivered().len(), 1);
+    assert_eq!(smarthost.accepted().len(), 1);
     relay.stop().await;
 }

@@ -4,16 +4,15 @@
 //! offered, a smarthost that must do TLS, a connection dropped after DATA,
 //! a slow greeting.
 
-mod common;
 mod support;
 
 use std::time::Duration;
 
-use common::{Relay, RelayOptions, address, all_deferred, submit, wait_for};
 use smtp_client::{Envelope, TlsConfig};
 use smtp_relay::queue::RecipientState;
 use smtp_relay::route::{HostPort, Smarthost, SmarthostTls};
 use support::fake_mx::{FakeMx, Script, ip};
+use support::relay::{Relay, RelayOptions, address, all_deferred, submit, wait_for};
 
 const MESSAGE: &str = "Subject: tls\r\n\r\nover TLS\r\n";
 

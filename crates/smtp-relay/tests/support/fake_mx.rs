@@ -17,7 +17,10 @@
 //! - `reject_rcpt(addr, 550, "5.1.1", ..)`: refuse chosen recipients;
 //! - `data_delay(d)`: hold the reply to the end of data for `d`;
 //! - `no_starttls()`: do not offer STARTTLS;
-//! - `extensions(..)`: choose the other ESMTP extensions.
+//! - `extensions(..)`: choose the other ESMTP extensions;
+//! - `auth(user, password)`: offer AUTH after STARTTLS and take only this
+//!   account (the identity is recorded with each message);
+//! - [`Script::plain`]: a plain ESMTP server, without STARTTLS and DSN.
 //!
 //! Drops come before temporary failures: with `drop_after_data(1)` and
 //! `temp_fail_data(1)` the first message is dropped, the second gets 451,
@@ -25,8 +28,9 @@
 //!
 //! Every message whose body arrived completely is recorded byte for byte
 //! (after dot-unstuffing, exactly what the client meant to send) with its
-//! envelope and what the fake did with it; connections are counted, with
-//! the most that were open at once.
+//! envelope and what the fake did with it; every command line the clients
+//! sent is kept as it came over the wire ([`FakeMx::commands`]);
+//! connections are counted, with the most that were open at once.
 //!
 //! ```ignore
 //! let mxs = FakeMx::start_group(&[ip(2), ip(3)], vec![Script::new(), Script::new().temp_fail_data(1)]).await?;
@@ -46,7 +50,8 @@ use smtp_proto::address::Address;
 use smtp_proto::command::{MailParameters, RcptParameters};
 use smtp_proto::{EnhancedCode, Reply};
 use smtp_server::{
-    Backend, Body, ConnectionInfo, Envelope, Extensions, Server, Session, SmtpError, TlsConfig,
+    Backend, Body, ConnectionInfo, Direction, Envelope, Extensions, LineKind, Server, Session,
+    SmtpError, TlsConfig,
 };
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -69,6 +74,7 @@ pub struct Script {
     starttls: bool,
     extensions: Extensions,
     hostname: String,
+    auth: Option<(String, String)>,
 }
 
 impl Default for Script {
@@ -91,7 +97,24 @@ impl Script {
             starttls: true,
             extensions: Extensions::default(),
             hostname: "localhost".to_owned(),
+            auth: None,
         }
+    }
+
+    /// A plain ESMTP server: every extension but DSN, no STARTTLS. A relay
+    /// reports success itself after handing mail to it.
+    pub fn plain() -> Self {
+        Self::new().no_starttls().extensions(Extensions {
+            dsn: false,
+            ..Extensions::default()
+        })
+    }
+
+    /// Offer AUTH (after STARTTLS only) for this one account, and refuse
+    /// other credentials at once (no delayed replies).
+    pub fn auth(mut self, user: &str, password: &str) -> Self {
+        self.auth = Some((user.to_owned(), password.to_owned()));
+        self
     }
 
     /// Answer each connection with this reply instead of the greeting, and
@@ -186,6 +209,8 @@ pub struct Received {
     pub body: Vec<u8>,
     /// The session was encrypted (STARTTLS).
     pub tls: bool,
+    /// Who authenticated, if anyone.
+    pub identity: Option<String>,
     /// What the fake answered.
     pub outcome: Outcome,
 }
@@ -198,6 +223,7 @@ struct State {
     messages: AtomicUsize,
     rcpt_commands: AtomicUsize,
     received: Mutex<Vec<Received>>,
+    commands: Mutex<Vec<String>>,
     kills: Mutex<HashMap<String, Arc<Notify>>>,
     changed: Notify,
 }
@@ -297,6 +323,7 @@ impl Session for MxSession {
                 .collect(),
             body: bytes,
             tls: envelope.tls.is_some(),
+            identity: envelope.identity.as_ref().map(|i| i.name.clone()),
             outcome,
         });
         self.state.changed.notify_waiters();
@@ -380,6 +407,12 @@ impl FakeMx {
         })
         .hostname(script.hostname.clone())
         .extensions(script.extensions.clone());
+        let commands = Arc::clone(&state);
+        builder = builder.transcript(move |line| {
+            if line.direction == Direction::Client && line.kind == LineKind::Wire {
+                commands.commands.lock().unwrap().push(line.text.to_owned());
+            }
+        });
         let mut certificate_pem = None;
         if script.starttls {
             let certified = rcgen::generate_simple_self_signed(vec![script.hostname.clone()])
@@ -390,6 +423,14 @@ impl FakeMx {
                 .map_err(io::Error::other)?;
             builder = builder.tls(tls);
             certificate_pem = Some(cert_pem);
+            if let Some((user, password)) = &script.auth {
+                let mut users = smtp_server::StaticUsers::new();
+                users.add_plain(user, password).map_err(io::Error::other)?;
+                builder = builder
+                    .auth(users, smtp_server::AuthPolicy::new())
+                    // Tests refuse credentials on purpose: no delayed replies.
+                    .auth_throttle(smtp_server::AuthThrottle::disabled());
+            }
         }
         let server = builder.build().map_err(io::Error::other)?;
         let task_state = Arc::clone(&state);
@@ -461,6 +502,24 @@ impl FakeMx {
         self.received()
             .into_iter()
             .filter(|r| r.outcome == Outcome::Accepted)
+            .collect()
+    }
+
+    /// Every command line clients sent, in order, as on the wire without
+    /// its CRLF (AUTH secrets masked; message data not included).
+    pub fn commands(&self) -> Vec<String> {
+        self.state.commands.lock().unwrap().clone()
+    }
+
+    /// The command lines that start with `verb` (compared without case),
+    /// e.g. `"RCPT"`.
+    pub fn commands_starting(&self, verb: &str) -> Vec<String> {
+        self.commands()
+            .into_iter()
+            .filter(|line| {
+                line.get(..verb.len())
+                    .is_some_and(|start| start.eq_ignore_ascii_case(verb))
+            })
             .collect()
     }
 

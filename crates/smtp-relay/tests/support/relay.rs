@@ -1,16 +1,13 @@
-//! Test harness: scripted fake MX servers on smtp-server, and a whole relay
-//! (receiving server, spool, scheduler) on loopback with a manual clock.
+//! A whole relay (receiving server, spool, scheduler) on loopback with a
+//! manual clock, and the small client helpers its tests use. The next
+//! hops are the scripted servers of [`super::fake_mx`].
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
-use smtp_proto::EnhancedCode;
 use smtp_proto::address::Address;
-use smtp_proto::command::{MailParameters, RcptParameters};
 use smtp_relay::clock::{Clock, ManualClock};
 use smtp_relay::deliver::{Deliverer, DeliveryConfig, LocalDelivery, MxLookup};
 use smtp_relay::queue::{QueuedMessage, RecipientState};
@@ -18,7 +15,7 @@ use smtp_relay::receive::{RelayAccess, RelayBackend};
 use smtp_relay::route::{HostPort, Router, Smarthost};
 use smtp_relay::scheduler::{Scheduler, SchedulerConfig};
 use smtp_relay::spool::{Durability, Spool};
-use smtp_server::{Backend, Body, ConnectionInfo, Envelope, IpNet, Server, Session, SmtpError};
+use smtp_server::{IpNet, Server};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -26,194 +23,6 @@ use tokio::sync::oneshot;
 /// Where the manual clock starts.
 pub fn start_time() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_750_000_000)
-}
-
-/// One message a fake MX accepted.
-#[derive(Debug, Clone)]
-pub struct Delivered {
-    pub from: Option<String>,
-    pub mail: MailParameters,
-    pub recipients: Vec<(String, RcptParameters)>,
-    pub body: Vec<u8>,
-    /// Who authenticated, if anyone.
-    pub identity: Option<String>,
-}
-
-/// How a fake MX answers.
-#[derive(Debug, Clone, Default)]
-pub struct Script {
-    /// Answer the connection with this instead of a greeting.
-    pub greeting: Option<(u16, &'static str)>,
-    /// Recipients refused at RCPT with (code, enhanced code, text).
-    pub rcpt_replies: Vec<(&'static str, u16, &'static str)>,
-    /// The first N messages get `451 4.3.0` at the end of data.
-    pub data_451_times: usize,
-    /// Offer DSN.
-    pub dsn: bool,
-    /// Offer STARTTLS (a certificate for `localhost` made now) and AUTH
-    /// after it, for this user and password.
-    pub tls_auth: Option<(&'static str, &'static str)>,
-}
-
-#[derive(Debug, Default)]
-pub struct MxLog {
-    pub sessions: AtomicUsize,
-    pub data_attempts: AtomicUsize,
-    pub delivered: Mutex<Vec<Delivered>>,
-}
-
-#[derive(Clone)]
-struct MxBackend {
-    script: Arc<Script>,
-    log: Arc<MxLog>,
-}
-
-struct MxSession {
-    script: Arc<Script>,
-    log: Arc<MxLog>,
-    rcpt_params: Vec<RcptParameters>,
-}
-
-impl Backend for MxBackend {
-    type Session = MxSession;
-    async fn new_session(&self, _info: &ConnectionInfo) -> Result<MxSession, SmtpError> {
-        self.log.sessions.fetch_add(1, Ordering::SeqCst);
-        if let Some((code, text)) = self.script.greeting {
-            let class = (code / 100) as u8;
-            return Err(SmtpError::new(code, EnhancedCode::new(class, 3, 2), text));
-        }
-        Ok(MxSession {
-            script: Arc::clone(&self.script),
-            log: Arc::clone(&self.log),
-            rcpt_params: Vec::new(),
-        })
-    }
-}
-
-impl Session for MxSession {
-    async fn rcpt(
-        &mut self,
-        _transaction: &Envelope,
-        to: &Address,
-        parameters: &RcptParameters,
-    ) -> Result<(), SmtpError> {
-        for (address, code, enhanced) in &self.script.rcpt_replies {
-            if to.as_str().eq_ignore_ascii_case(address) {
-                let enhanced = EnhancedCode::parse(enhanced).unwrap();
-                return Err(SmtpError::new(*code, enhanced, "scripted refusal"));
-            }
-        }
-        self.rcpt_params.push(parameters.clone());
-        Ok(())
-    }
-
-    async fn data(&mut self, envelope: &Envelope, mut body: Body) -> Result<(), SmtpError> {
-        let mut bytes = Vec::new();
-        while let Some(chunk) = body.next().await {
-            bytes.extend_from_slice(&chunk.map_err(SmtpError::other)?);
-        }
-        let attempt = self.log.data_attempts.fetch_add(1, Ordering::SeqCst);
-        if attempt < self.script.data_451_times {
-            return Err(SmtpError::new(
-                451,
-                EnhancedCode::new(4, 3, 0),
-                "scripted temporary failure",
-            ));
-        }
-        self.log.delivered.lock().unwrap().push(Delivered {
-            from: envelope.from.as_ref().map(|a| a.as_str().to_owned()),
-            mail: envelope.mail_parameters.clone(),
-            recipients: envelope
-                .recipients
-                .iter()
-                .map(|r| (r.address.as_str().to_owned(), r.parameters.clone()))
-                .collect(),
-            body: bytes,
-            identity: envelope.identity.as_ref().map(|i| i.name.clone()),
-        });
-        Ok(())
-    }
-}
-
-/// A scripted SMTP server on loopback.
-pub struct FakeMx {
-    pub addr: SocketAddr,
-    pub log: Arc<MxLog>,
-    /// The certificate STARTTLS presents, with `tls_auth`.
-    pub certificate_pem: Option<String>,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl FakeMx {
-    pub async fn start(script: Script) -> FakeMx {
-        Self::start_at("127.0.0.1:0".parse().unwrap(), script).await
-    }
-
-    pub async fn start_at(addr: SocketAddr, script: Script) -> FakeMx {
-        let log = Arc::new(MxLog::default());
-        let extensions = smtp_server::Extensions {
-            dsn: script.dsn,
-            ..smtp_server::Extensions::default()
-        };
-        let tls_auth = script.tls_auth;
-        let mut builder = Server::builder(MxBackend {
-            script: Arc::new(script),
-            log: Arc::clone(&log),
-        })
-        .hostname("mx.test")
-        .extensions(extensions)
-        .listen(addr);
-        let mut certificate_pem = None;
-        if let Some((user, password)) = tls_auth {
-            let certified =
-                rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-            let cert = certified.cert.pem();
-            let key = certified.signing_key.serialize_pem();
-            builder = builder
-                .tls(smtp_server::TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap())
-                .auth(users(&[(user, password)]), smtp_server::AuthPolicy::new())
-                // Tests refuse credentials on purpose: no delayed replies.
-                .auth_throttle(smtp_server::AuthThrottle::disabled());
-            certificate_pem = Some(cert);
-        }
-        let server = builder.build().unwrap();
-        let listening = server.bind().await.unwrap();
-        let addr = listening.local_addrs()[0];
-        let (stop, stopped) = oneshot::channel();
-        tokio::spawn(async move {
-            let _ = listening
-                .serve(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        FakeMx {
-            addr,
-            log,
-            certificate_pem,
-            stop: Some(stop),
-        }
-    }
-
-    pub fn delivered(&self) -> Vec<Delivered> {
-        self.log.delivered.lock().unwrap().clone()
-    }
-
-    pub fn sessions(&self) -> usize {
-        self.log.sessions.load(Ordering::SeqCst)
-    }
-
-    pub fn data_attempts(&self) -> usize {
-        self.log.data_attempts.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakeMx {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 /// How to set up a relay.
