@@ -109,6 +109,12 @@ pub async fn start_admin<S: QueueInspect + Send + Sync + 'static>(
             60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
         ])
         .map_err(|e| e.to_string())?
+        // A count, not a time: messages per group commit.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("ferry_commit_batch_size".to_owned()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+        )
+        .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -919,6 +919,7 @@ async fn commit_loop(
         match result {
             Ok(ids) => {
                 batches.fetch_add(1, Ordering::Relaxed);
+                crate::observe::record_commit_batch(ids.len());
                 for (request, id) in batch.drain(..).zip(ids) {
                     let _ = request.done.send(Ok(MessageId(id as u64)));
                 }

@@ -618,6 +618,14 @@ impl Committer {
         }
         self.position += buffer.len() as u64;
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        // Acceptances only: a request with an update is an outcome (with
+        // its notifications), as on the PostgreSQL store.
+        crate::observe::record_commit_batch(
+            batch
+                .iter()
+                .filter(|r| !r.ops.iter().any(|op| matches!(op, Op::Update { .. })))
+                .count(),
+        );
         {
             let mut index = lock(&self.shared.index);
             let mut bodies = bodies.into_iter();
