@@ -381,6 +381,10 @@ impl<S: QueueStore + Clone> QueueStore for Observed<S> {
         self.inner.recovery()
     }
 
+    fn flushes(&self) -> u64 {
+        self.inner.flushes()
+    }
+
     async fn acquire_slot(&self, destination: &str, max: usize) -> Option<Slot> {
         let slot = self.inner.acquire_slot(destination, max).await;
         metrics::gauge!("ferry_deliveries_in_flight", "destination" => destination.to_owned())
