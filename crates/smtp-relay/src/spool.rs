@@ -714,22 +714,20 @@ impl Committer {
         Ok(())
     }
 
-    /// Before the batch is written: an attempt's outcome for a recipient
-    /// an operator held meanwhile keeps the hold (a deferral's next
-    /// attempt stays the hold's), and a recipient already final (deleted
-    /// while its attempt was in flight) keeps its final state. Earlier
-    /// updates in the same batch count as already applied, so the records
-    /// on disk say what the index will.
+    /// Before the batch is written: an attempt's outcome (or a flush) for
+    /// a recipient an operator held meanwhile keeps the hold (a deferral's
+    /// next attempt stays the hold's), and a recipient already final
+    /// (delivered, or deleted while its attempt was in flight) keeps its
+    /// final state whoever writes: an operator's hold read before the
+    /// delivery was recorded does not bring it back. Earlier updates in
+    /// the same batch count as already applied, so the records on disk say
+    /// what the index will.
     fn keep_holds(&self, batch: &mut [Request]) {
-        if !batch.iter().flat_map(|r| &r.ops).any(|op| {
-            matches!(
-                op,
-                Op::Update {
-                    source: UpdateSource::Attempt | UpdateSource::Operator,
-                    ..
-                }
-            )
-        }) {
+        if !batch
+            .iter()
+            .flat_map(|r| &r.ops)
+            .any(|op| matches!(op, Op::Update { .. }))
+        {
             return;
         }
         let index = lock(&self.shared.index);
@@ -753,13 +751,14 @@ impl Committer {
                             .and_then(|entry| entry.states.get(*n))
                             .map_or((false, false), |s| (is_held(s), s.is_final()))
                     });
-                    if *source != UpdateSource::Hold {
-                        if done {
-                            return false;
-                        }
-                        if held && let RecipientState::Deferred { next_attempt, .. } = state {
-                            *next_attempt = crate::inspect::held_until();
-                        }
+                    if done {
+                        return false;
+                    }
+                    if *source != UpdateSource::Hold
+                        && held
+                        && let RecipientState::Deferred { next_attempt, .. } = state
+                    {
+                        *next_attempt = crate::inspect::held_until();
                     }
                     overlay.insert((*id, *n), (is_held(state), state.is_final()));
                     true
