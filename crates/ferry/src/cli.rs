@@ -303,7 +303,9 @@ pub struct RelayArgs {
     /// and labs only).
     #[arg(long, value_name = "N", default_value_t = 25)]
     pub mx_port: u16,
-    /// Most connections at once to one destination.
+    /// Most connections at once to one destination. With --queue, across
+    /// every node sharing the queue, idle ones included: each delivery then
+    /// closes its connection.
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = at_least::<1>)]
     pub max_per_destination: u64,
     /// Fixed retry delays, the last repeating (for example 5m,30m,2h).

@@ -1,6 +1,6 @@
 //! Where `ferry relay` sends its events: one JSON object per line in
 //! `--event-log FILE` (reopened on SIGHUP, so it can be rotated), and
-//! POSTed to `--webhook URL` in batches.
+//! POSTed to `--webhook URL` (`http://` or `https://`) in batches.
 //!
 //! The webhook never slows delivery: events wait in a bounded buffer
 //! (`--webhook-buffer`, default 10,000) while the webhook is slow or down
@@ -15,9 +15,97 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use smtp_relay::observe::{Event, EventSink};
 use tokio::sync::mpsc;
+
+/// The webhook's HTTP client: hyper-util's pooled client (keep-alive
+/// between batches) over hyper-rustls, for `http://` and `https://`.
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The webhook's URL, checked: `http://` or `https://` with a host.
+fn webhook_uri(url: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(format!(
+                "{url}: only http:// and https:// URLs are supported"
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url}: no host"));
+    }
+    Ok(uri)
+}
+
+/// The roots an `https://` webhook's certificate must chain to: the CAs of
+/// `ca` only, or else the system's (rustls-native-certs: the platform
+/// store, or `SSL_CERT_FILE` / `SSL_CERT_DIR` when set) and the webpki
+/// roots.
+fn webhook_roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    if let Some(ca) = ca {
+        return crate::certs::ca_roots(ca).map_err(|e| e.to_string());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "a system root certificate store could not be read");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "system root certificates for the webhook");
+    Ok(roots)
+}
+
+fn webhook_client(ca: Option<&Path>) -> Result<HttpClient, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(webhook_roots(ca)?)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// POSTs one batch; the status, or why there is none.
+async fn post(client: &HttpClient, uri: &hyper::Uri, body: &Bytes) -> Result<u16, String> {
+    let request = hyper::Request::post(uri.clone())
+        .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Full::new(body.clone()))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| {
+            // The source says what failed (refused, certificate, …).
+            match std::error::Error::source(&e) {
+                Some(source) => format!("{e}: {source}"),
+                None => e.to_string(),
+            }
+        })?;
+        let status = response.status().as_u16();
+        // Read to the end, so the connection can serve the next batch.
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(status)
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| format!("{uri}: no answer within 10 s"))?
+}
 
 /// An event as one JSON line (without the newline).
 pub fn event_json(event: &Event) -> String {
@@ -123,32 +211,25 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Starts the sender task for `url` with room for `buffer` events.
-    pub fn start(url: &str, buffer: usize) -> Result<Arc<Self>, String> {
-        let (address, path) = crate::http::split_url(url)?;
+    /// Starts the sender task for `url` (`http://` or `https://`) with room
+    /// for `buffer` events; an `https://` server's certificate must chain
+    /// to a CA of the PEM file `ca`, or without it to a system or webpki
+    /// root.
+    pub fn start(url: &str, buffer: usize, ca: Option<&Path>) -> Result<Arc<Self>, String> {
+        let uri = webhook_uri(url)?;
+        let client = webhook_client(ca)?;
         let (sender, mut receiver) = mpsc::channel::<String>(buffer.max(1));
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while receiver.recv_many(&mut batch, 100).await > 0 {
                 let mut body = batch.join("\n");
                 body.push('\n');
+                let body = Bytes::from(body);
                 let mut wait = Duration::from_secs(1);
                 loop {
-                    let sent = crate::http::request(
-                        "POST",
-                        &address,
-                        &path,
-                        &[("Content-Type", "application/x-ndjson")],
-                        body.as_bytes(),
-                        Duration::from_secs(10),
-                    )
-                    .await;
-                    match sent {
-                        Ok(response) if (200..300).contains(&response.status) => break,
-                        Ok(response) => tracing::warn!(
-                            status = response.status,
-                            "webhook refused events; retrying"
-                        ),
+                    match post(&client, &uri, &body).await {
+                        Ok(status) if (200..300).contains(&status) => break,
+                        Ok(status) => tracing::warn!(status, "webhook refused events; retrying"),
                         Err(e) => tracing::warn!(error = %e, "webhook unreachable; retrying"),
                     }
                     tokio::time::sleep(wait).await;
@@ -253,7 +334,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let webhook = Webhook::start(&format!("http://127.0.0.1:{port}/hook"), 3).unwrap();
+        let webhook = Webhook::start(&format!("http://127.0.0.1:{port}/hook"), 3, None).unwrap();
         let sinks = Sinks {
             log: None,
             webhook: Some(Arc::clone(&webhook)),
@@ -282,9 +363,14 @@ mod tests {
                 raw.extend_from_slice(&buffer[..n]);
                 let text = String::from_utf8_lossy(&raw);
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    // Header names in any case (hyper sends them lower-case).
                     let length: usize = head
                         .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().to_owned())
+                        })
                         .unwrap()
                         .parse()
                         .unwrap();

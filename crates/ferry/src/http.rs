@@ -1,6 +1,8 @@
-//! A minimal HTTP/1.1 client over plain TCP, for `ferry queue` (talking to
-//! the admin interface on loopback) and for event webhooks: one request
-//! per connection (`Connection: close`), `http://` only.
+//! A minimal HTTP/1.1 client over plain TCP, for `ferry queue` talking to
+//! the admin interface (on loopback, or a private network): one request
+//! per connection (`Connection: close`), `http://` only. Event webhooks,
+//! which may be anywhere and need `https://`, use hyper-util's client
+//! instead (see [`crate::events`]).
 
 use std::time::Duration;
 

@@ -49,11 +49,16 @@ pub struct OpsArgs {
     /// expiry to this file as one JSON line (reopened on SIGHUP).
     #[arg(long, value_name = "FILE")]
     pub event_log: Option<PathBuf>,
-    /// POST events (newline-delimited JSON) to this http:// URL, retrying
-    /// while it is down; events past --webhook-buffer are dropped for the
-    /// webhook and counted in ferry_events_dropped_total.
+    /// POST events (newline-delimited JSON) to this http:// or https://
+    /// URL, retrying while it is down; events past --webhook-buffer are
+    /// dropped for the webhook and counted in ferry_events_dropped_total.
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
+    /// Trust only the CA certificates in this PEM file for an https://
+    /// webhook [default: the system's roots (SSL_CERT_FILE and
+    /// SSL_CERT_DIR are honoured) and the webpki roots].
+    #[arg(long, value_name = "FILE", requires = "webhook")]
+    pub webhook_ca: Option<PathBuf>,
     /// How many events wait for the webhook at most.
     #[arg(long, value_name = "N", default_value_t = 10_000, requires = "webhook")]
     pub webhook_buffer: usize,
@@ -83,8 +88,10 @@ pub fn event_sinks(args: &OpsArgs) -> Result<Option<Arc<dyn EventSink>>, String>
         sinks.log = Some(log);
     }
     if let Some(url) = &args.webhook {
-        sinks.webhook =
-            Some(Webhook::start(url, args.webhook_buffer).map_err(|e| format!("--webhook {e}"))?);
+        sinks.webhook = Some(
+            Webhook::start(url, args.webhook_buffer, args.webhook_ca.as_deref())
+                .map_err(|e| format!("--webhook {e}"))?,
+        );
     }
     Ok(Some(Arc::new(sinks)))
 }
@@ -108,6 +115,12 @@ pub async fn start_admin<S: QueueInspect + Send + Sync + 'static>(
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
         ])
+        .map_err(|e| e.to_string())?
+        // A count, not a time: messages per group commit.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("ferry_commit_batch_size".to_owned()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+        )
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;

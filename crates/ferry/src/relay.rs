@@ -171,6 +171,9 @@ fn setup(args: &RelayArgs) -> Result<Setup, String> {
     let mut delivery = DeliveryConfig::new(hostname.clone());
     delivery.mx_port = args.mx_port;
     delivery.max_per_destination = usize::try_from(args.max_per_destination).unwrap_or(usize::MAX);
+    // On a shared queue the cap is counted in its slot table, across nodes:
+    // a connection left idle in this node's pool would be outside it.
+    delivery.reuse_connections = args.ops.queue.is_none();
     let deliverer = Deliverer::new(delivery, router, resolver, local, Arc::clone(&clock));
     let mut scheduler = SchedulerConfig::new(hostname.clone());
     scheduler.retry = RetryPolicy {

@@ -136,6 +136,15 @@ pub struct DeliveryConfig {
     pub max_per_destination: usize,
     /// Client timeouts.
     pub timeouts: Timeouts,
+    /// Whether a connection stays open in its pool after an attempt, for
+    /// the next message to the same host (default `true`). `false` closes
+    /// it (`QUIT`) before the attempt returns: for a per-destination cap
+    /// counted outside this node (the slots of a queue shared by several
+    /// nodes, see [`QueueStore::acquire_slot`](crate::queue::QueueStore::acquire_slot)),
+    /// which must bound the connections the destination sees, and an idle
+    /// connection kept by one node would not be counted when another node
+    /// takes the slot.
+    pub reuse_connections: bool,
 }
 
 impl fmt::Debug for DeliveryConfig {
@@ -144,6 +153,7 @@ impl fmt::Debug for DeliveryConfig {
             .field("hello_name", &self.hello_name)
             .field("mx_port", &self.mx_port)
             .field("max_per_destination", &self.max_per_destination)
+            .field("reuse_connections", &self.reuse_connections)
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +167,7 @@ impl DeliveryConfig {
             mx_port: 25,
             max_per_destination: 20,
             timeouts: Timeouts::default(),
+            reuse_connections: true,
         }
     }
 }
@@ -588,6 +599,11 @@ impl Deliverer {
                     message = message.body_type(body_type);
                 }
                 let sent = pool.send(&client_envelope, message).await;
+                if !self.config.reuse_connections {
+                    // Back in the pool idle by now: closed before the
+                    // caller gives its slot up.
+                    pool.close().await;
+                }
                 // RFC 7435 §3: opportunistic security falls back to
                 // cleartext rather than not communicate. A failed STARTTLS
                 // handshake ends its connection, so the host is tried once

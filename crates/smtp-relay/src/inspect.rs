@@ -3,9 +3,15 @@
 //! holding the whole queue), one message, a qshape-like summary, hold,
 //! release, delete (with or without a bounce) and flush.
 //!
-//! Holding a message keeps every recipient that is not in flight from
-//! being tried until it is released; an attempt already in flight ends as
-//! it would have. A held message still counts towards its queue lifetime.
+//! Holding a message keeps every recipient from being tried until it is
+//! released, as Postfix's `postsuper -h` does for a message in the active
+//! queue: an attempt already in flight ends as it would have, the
+//! recipients it delivered (or that failed for good) stay so, and those it
+//! deferred stay held (recording the outcome of the attempt never clears
+//! a hold). Releasing a message whose attempt is still in flight does not
+//! start a second attempt: the recipients are tried again after that one
+//! as their outcome says. A held message still counts towards its queue
+//! lifetime.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,7 +24,7 @@ use crate::notice::{self, NoticeKind, NoticeRecipient};
 use crate::queue::{
     AttemptReport, MessageId, MessageKind, NewMessage, QueueStore, QueuedMessage, RecipientState,
 };
-use crate::spool::Spool;
+use crate::spool::{Spool, UpdateSource};
 
 /// Which recipients a listing is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,7 +397,8 @@ impl QueueInspect for Spool {
             })
             .collect();
         if !outcomes.is_empty() {
-            self.record(id, outcomes, Vec::new()).await?;
+            self.update(id, outcomes, Vec::new(), UpdateSource::Hold)
+                .await?;
             if !held {
                 // Wake the scheduler: the recipients are due now.
                 QueueStore::release(self, id, &[]).await;
@@ -428,7 +435,8 @@ impl QueueInspect for Spool {
                 )
             })
             .collect();
-        self.record(id, outcomes, notices).await?;
+        self.update(id, outcomes, notices, UpdateSource::Operator)
+            .await?;
         Ok(true)
     }
 
@@ -473,7 +481,8 @@ impl QueueInspect for Spool {
                     .collect();
                 if !outcomes.is_empty() {
                     count += outcomes.len() as u64;
-                    self.record(message.id, outcomes, Vec::new()).await?;
+                    self.update(message.id, outcomes, Vec::new(), UpdateSource::Operator)
+                        .await?;
                 }
             }
         }

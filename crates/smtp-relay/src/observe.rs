@@ -13,6 +13,7 @@
 //! | `ferry_recipients_deferred_total` | counter | `class` |
 //! | `ferry_recipients_bounced_total` | counter | `class` |
 //! | `ferry_commit_seconds` | histogram | |
+//! | `ferry_commit_batch_size` | histogram | (messages per group commit, recorded by the store's committer: see [`record_commit_batch`]) |
 //! | `ferry_delivery_seconds` | histogram | (acceptance to delivery) |
 //! | `ferry_attempt_seconds` | histogram | (claim to outcome) |
 //! | `ferry_deliveries_in_flight` | gauge | `destination` |
@@ -95,6 +96,18 @@ pub struct Event {
 pub trait EventSink: Send + Sync + 'static {
     /// Takes one event.
     fn emit(&self, event: &Event);
+}
+
+/// Records one group commit of `messages` accepted messages in
+/// `ferry_commit_batch_size`. Called by each store's committer, once per
+/// commit that enqueued at least one message (outcomes and the
+/// notifications committed with them are not counted), so that the
+/// histogram shows how many acceptances share one sync or one
+/// transaction.
+pub fn record_commit_batch(messages: usize) {
+    if messages > 0 {
+        metrics::histogram!("ferry_commit_batch_size").record(messages as f64);
+    }
 }
 
 /// The reason class of a reply (see the module documentation).
@@ -366,6 +379,10 @@ impl<S: QueueStore + Clone> QueueStore for Observed<S> {
 
     fn recovery(&self) -> Recovery {
         self.inner.recovery()
+    }
+
+    fn flushes(&self) -> u64 {
+        self.inner.flushes()
     }
 
     async fn acquire_slot(&self, destination: &str, max: usize) -> Option<Slot> {

@@ -62,6 +62,10 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
     include_str!("../migrations/0001_queue.sql"),
 )];
 
+/// The payload of the notification an operator's flush sends: every node
+/// forgets its destination backoff (see [`QueueStore::flushes`]).
+const FLUSH: &str = "flush";
+
 /// The channel of `LISTEN`/`NOTIFY` wake-ups.
 pub const CHANNEL: &str = "ferry_queue";
 
@@ -154,6 +158,8 @@ struct PgInner {
     commits: mpsc::Sender<Enqueue>,
     recovery: Recovery,
     batches: Arc<AtomicU64>,
+    /// Flushes announced on the channel by any node (this one included).
+    flushes: Arc<AtomicU64>,
     tokens: AtomicU64,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -274,8 +280,13 @@ impl PgQueue {
         let (commits, requests) = mpsc::channel(4096);
         let committer = connect_client(&config.url).await?;
         let batches = Arc::new(AtomicU64::new(0));
+        let flushes = Arc::new(AtomicU64::new(0));
         let tasks = vec![
-            tokio::spawn(listen(config.url.clone(), Arc::clone(&changed))),
+            tokio::spawn(listen(
+                config.url.clone(),
+                Arc::clone(&changed),
+                Arc::clone(&flushes),
+            )),
             tokio::spawn(commit_loop(
                 config.url.clone(),
                 committer,
@@ -293,6 +304,7 @@ impl PgQueue {
                 commits,
                 recovery,
                 batches,
+                flushes,
                 tokens: AtomicU64::new(1),
                 tasks,
             }),
@@ -919,6 +931,7 @@ async fn commit_loop(
         match result {
             Ok(ids) => {
                 batches.fetch_add(1, Ordering::Relaxed);
+                crate::observe::record_commit_batch(ids.len());
                 for (request, id) in batch.drain(..).zip(ids) {
                     let _ = request.done.send(Ok(MessageId(id as u64)));
                 }
@@ -953,8 +966,10 @@ async fn commit_batch(
 
 /// Keeps a `LISTEN` connection open and wakes the scheduler at every
 /// notification (reconnecting after an error, and waking then too, since
-/// notifications may have been missed).
-async fn listen(url: String, changed: Arc<Wakeup>) {
+/// notifications may have been missed). A notification whose payload is
+/// [`FLUSH`] counts a flush first, so that the scheduler it wakes has
+/// already seen it.
+async fn listen(url: String, changed: Arc<Wakeup>, flushes: Arc<AtomicU64>) {
     use futures::StreamExt;
     loop {
         match tokio_postgres::connect(&url, NoTls).await {
@@ -975,7 +990,12 @@ async fn listen(url: String, changed: Arc<Wakeup>) {
                             changed.notify_one();
                         }
                         message = messages.next() => match message {
-                            Some(Ok(AsyncMessage::Notification(_))) => changed.notify_one(),
+                            Some(Ok(AsyncMessage::Notification(note))) => {
+                                if note.payload() == FLUSH {
+                                    flushes.fetch_add(1, Ordering::SeqCst);
+                                }
+                                changed.notify_one();
+                            }
                             Some(Ok(_)) => {}
                             Some(Err(err)) => {
                                 tracing::warn!(error = %err, "queue notification connection failed");
@@ -1141,6 +1161,10 @@ impl QueueStore for PgQueue {
 
     fn recovery(&self) -> Recovery {
         self.inner.recovery.clone()
+    }
+
+    fn flushes(&self) -> u64 {
+        self.inner.flushes.load(Ordering::SeqCst)
     }
 
     async fn acquire_slot(&self, destination: &str, max: usize) -> Option<Slot> {
@@ -1385,7 +1409,11 @@ impl crate::inspect::QueueInspect for PgQueue {
                     &[&domain, &now],
                 )
                 .await?;
-            c.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+            // Every node's listener hears it and its scheduler forgets
+            // its destination backoff, so the flushed mail is really tried
+            // by whichever node claims it.
+            c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &FLUSH])
+                .await?;
             Ok(n)
         })
         .await

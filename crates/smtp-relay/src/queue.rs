@@ -290,6 +290,15 @@ pub trait QueueStore: Send + Sync + 'static {
         async { None }
     }
 
+    /// How many operator flushes this node heard of, from any node sharing
+    /// the store (this one included): when it grows, the scheduler forgets
+    /// its destination backoff, so that a flush on one node makes every
+    /// node try the flushed mail. A store used by one node returns 0 (its
+    /// flush reaches the scheduler directly).
+    fn flushes(&self) -> u64 {
+        0
+    }
+
     /// Gives back a slot from [`QueueStore::acquire_slot`].
     fn release_slot(&self, slot: Slot) -> impl Future<Output = ()> + Send {
         let _ = slot;

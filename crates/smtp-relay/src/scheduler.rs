@@ -199,8 +199,17 @@ impl<S: QueueStore + Clone> Scheduler<S> {
         let inner = &self.inner;
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut flushes = inner.store.flushes();
         loop {
             while tasks.try_join_next().is_some() {}
+            // A flush on any node sharing the store: the destinations are
+            // said to be back (checked before claiming, and the store
+            // wakes this loop after counting it).
+            let flushed = inner.store.flushes();
+            if flushed != flushes {
+                flushes = flushed;
+                self.clear_backoff();
+            }
             let room = inner.config.max_in_flight.saturating_sub(tasks.len());
             if room > 0 {
                 let now = inner.clock.now();
@@ -545,7 +554,9 @@ impl<S: QueueStore + Clone> Scheduler<S> {
 
     /// Forgets every destination's connection-level backoff (an operator's
     /// flush: the destinations are said to be back). Only this scheduler's
-    /// backoff: other nodes of a shared queue keep theirs.
+    /// backoff; the schedulers of other nodes of a shared queue forget
+    /// theirs when the store announces the flush
+    /// ([`QueueStore::flushes`]).
     pub fn clear_backoff(&self) {
         lock(&self.inner.backoff).clear();
     }

@@ -221,7 +221,33 @@ enum Op {
     Update {
         id: u64,
         outcomes: Vec<(usize, RecipientState)>,
+        /// Who changes the states (in memory only: the record on disk
+        /// holds the states as finally written).
+        source: UpdateSource,
     },
+}
+
+/// Where a state update comes from, which decides what it does to claims
+/// and holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpdateSource {
+    /// The outcome of a claim ([`QueueStore::record`]): the recipients are
+    /// no longer claimed, and a recipient an operator held while the
+    /// attempt was in flight stays held (its deferral keeps the hold's
+    /// next attempt).
+    Attempt,
+    /// An operator's hold or release: written as given, and a recipient
+    /// in flight stays claimed (its attempt ends as it would have, and is
+    /// not started a second time meanwhile).
+    Hold,
+    /// An operator's flush or deletion: claims stay, and a recipient held
+    /// meanwhile stays held.
+    Operator,
+}
+
+/// Whether a recipient is held (see [`crate::inspect::held_until`]).
+fn is_held(state: &RecipientState) -> bool {
+    crate::inspect::is_held_state(state)
 }
 
 #[derive(Debug)]
@@ -399,6 +425,33 @@ impl Spool {
     fn new_id(&self) -> u64 {
         self.inner.shared.next_id.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Commits an operator's state changes for `id` (and `notices`), as
+    /// `source` says (see [`UpdateSource`]).
+    pub(crate) async fn update(
+        &self,
+        id: MessageId,
+        outcomes: Vec<(usize, RecipientState)>,
+        notices: Vec<NewMessage>,
+        source: UpdateSource,
+    ) -> io::Result<()> {
+        let mut ops = Vec::with_capacity(notices.len() + 1);
+        for notice in notices {
+            let states = vec![RecipientState::Queued; notice.envelope.recipients.len()];
+            ops.push(Op::Message {
+                id: self.new_id(),
+                envelope: Arc::new(notice.envelope),
+                states,
+                body: notice.body,
+            });
+        }
+        ops.push(Op::Update {
+            id: id.0,
+            outcomes,
+            source,
+        });
+        self.commit(ops).await
+    }
 }
 
 fn create_segment(dir: &Path, segment: u64, durability: Durability) -> io::Result<File> {
@@ -487,7 +540,7 @@ fn replay(
                 *max_id = (*max_id).max(id);
                 // An update for a message that is gone refers to one that
                 // finished and whose record was deleted.
-                index.apply(id, outcomes);
+                index.apply(id, outcomes, true);
             }
             None => return Ok(Some((position, total))),
         }
@@ -553,14 +606,16 @@ impl Index {
         }
     }
 
-    fn apply(&mut self, id: u64, outcomes: Vec<(usize, RecipientState)>) {
+    fn apply(&mut self, id: u64, outcomes: Vec<(usize, RecipientState)>, unclaim: bool) {
         let Some(entry) = self.messages.get_mut(&id) else {
             return;
         };
         for (recipient, state) in outcomes {
             if let Some(slot) = entry.states.get_mut(recipient) {
                 *slot = state;
-                entry.claimed[recipient] = false;
+                if unclaim || slot.is_final() {
+                    entry.claimed[recipient] = false;
+                }
             }
         }
         if entry.states.iter().all(RecipientState::is_final) {
@@ -782,6 +837,7 @@ impl Committer {
                 return Err(failure.clone());
             }
         }
+        self.keep_holds(batch);
         let mut buffer = Vec::with_capacity(
             batch
                 .iter()
@@ -823,6 +879,14 @@ impl Committer {
         let _ = self.fault(CommitPoint::Answer);
         self.position += buffer.len() as u64;
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        // Acceptances only: a request with an update is an outcome (with
+        // its notifications), as on the PostgreSQL store.
+        crate::observe::record_commit_batch(
+            batch
+                .iter()
+                .filter(|r| !r.ops.iter().any(|op| matches!(op, Op::Update { .. })))
+                .count(),
+        );
         {
             let mut index = lock(&self.shared.index);
             let mut bodies = bodies.into_iter();
@@ -839,7 +903,11 @@ impl Committer {
                                 index.insert(id, envelope, states, body);
                             }
                         }
-                        Op::Update { id, outcomes } => index.apply(id, outcomes),
+                        Op::Update {
+                            id,
+                            outcomes,
+                            source,
+                        } => index.apply(id, outcomes, source == UpdateSource::Attempt),
                     }
                 }
             }
@@ -849,6 +917,59 @@ impl Committer {
             tracing::warn!(error = %err, "cannot delete a finished spool segment");
         }
         Ok(())
+    }
+
+    /// Before the batch is written: an attempt's outcome (or a flush) for
+    /// a recipient an operator held meanwhile keeps the hold (a deferral's
+    /// next attempt stays the hold's), and a recipient already final
+    /// (delivered, or deleted while its attempt was in flight) keeps its
+    /// final state whoever writes: an operator's hold read before the
+    /// delivery was recorded does not bring it back. Earlier updates in
+    /// the same batch count as already applied, so the records on disk say
+    /// what the index will.
+    fn keep_holds(&self, batch: &mut [Request]) {
+        if !batch
+            .iter()
+            .flat_map(|r| &r.ops)
+            .any(|op| matches!(op, Op::Update { .. }))
+        {
+            return;
+        }
+        let index = lock(&self.shared.index);
+        // (message, recipient) → (held, final) after the updates so far.
+        let mut overlay: HashMap<(u64, usize), (bool, bool)> = HashMap::new();
+        for request in batch.iter_mut() {
+            for op in &mut request.ops {
+                let Op::Update {
+                    id,
+                    outcomes,
+                    source,
+                } = op
+                else {
+                    continue;
+                };
+                outcomes.retain_mut(|(n, state)| {
+                    let (held, done) = overlay.get(&(*id, *n)).copied().unwrap_or_else(|| {
+                        index
+                            .messages
+                            .get(id)
+                            .and_then(|entry| entry.states.get(*n))
+                            .map_or((false, false), |s| (is_held(s), s.is_final()))
+                    });
+                    if done {
+                        return false;
+                    }
+                    if *source != UpdateSource::Hold
+                        && held
+                        && let RecipientState::Deferred { next_attempt, .. } = state
+                    {
+                        *next_attempt = crate::inspect::held_until();
+                    }
+                    overlay.insert((*id, *n), (is_held(state), state.is_final()));
+                    true
+                });
+            }
+        }
     }
 
     fn write(&mut self, buffer: &[u8]) -> Result<(), WriteError> {
@@ -1034,7 +1155,11 @@ impl QueueStore for Spool {
                 body: notice.body,
             });
         }
-        ops.push(Op::Update { id: id.0, outcomes });
+        ops.push(Op::Update {
+            id: id.0,
+            outcomes,
+            source: UpdateSource::Attempt,
+        });
         self.commit(ops).await
     }
 
@@ -1285,7 +1410,7 @@ fn encode_record(op: &Op, out: &mut Vec<u8>) -> Option<(u64, u64)> {
                 body_at = Some(((e.0.len() - start - 8) as u64, body.len() as u64));
                 e.0.extend_from_slice(body);
             }
-            Op::Update { id, outcomes } => {
+            Op::Update { id, outcomes, .. } => {
                 e.u8(RECORD_UPDATE);
                 e.u64(*id);
                 e.len(outcomes.len());

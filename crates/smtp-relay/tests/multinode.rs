@@ -1,8 +1,9 @@
 //! Three relay nodes (store, scheduler, deliverer each) sharing one
 //! PostgreSQL queue deliver to one slow fake MX. One node is killed while
 //! it holds leases. Every acknowledged message reaches the MX at least
-//! once, the per-destination cap holds across the nodes at every moment,
-//! and the dead node's work is picked up within the lease time.
+//! once, the per-destination cap holds across the nodes at every moment
+//! (counted as connections open at the MX, busy or idle, and as
+//! transactions in DATA), and the dead node's work is picked up within the lease time.
 #![cfg(feature = "postgres")]
 
 mod pg_cluster;
@@ -28,6 +29,9 @@ const CAP: usize = 3;
 
 #[derive(Default)]
 struct Counts {
+    /// Connections open now, and the most at once.
+    open: AtomicUsize,
+    max_open: AtomicUsize,
     in_data: AtomicUsize,
     max_in_data: AtomicUsize,
     bodies: Mutex<Vec<String>>,
@@ -41,7 +45,16 @@ struct SlowSession(Arc<Counts>);
 impl Backend for SlowMx {
     type Session = SlowSession;
     async fn new_session(&self, _info: &ConnectionInfo) -> Result<SlowSession, SmtpError> {
+        let now = self.0.open.fetch_add(1, Ordering::SeqCst) + 1;
+        self.0.max_open.fetch_max(now, Ordering::SeqCst);
         Ok(SlowSession(Arc::clone(&self.0)))
+    }
+}
+
+/// The session lives as long as its connection.
+impl Drop for SlowSession {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -111,6 +124,7 @@ async fn start_node(url: &str, name: &str, mx: SocketAddr, lease: Duration) -> N
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let mut delivery = DeliveryConfig::new(format!("{name}.relay.test"));
     delivery.max_per_destination = CAP;
+    delivery.reuse_connections = false;
     delivery.timeouts = smtp_client::Timeouts::uniform(Duration::from_secs(5));
     let deliverer = Deliverer::new(delivery, router, None, None, Arc::clone(&clock));
     let mut scheduler = SchedulerConfig::new(format!("{name}.relay.test"));
@@ -247,6 +261,11 @@ async fn three_nodes_share_the_queue_and_survive_the_death_of_one() {
         "{max} deliveries in flight at once to one destination; the cap is {CAP}"
     );
     assert!(max >= 2, "the nodes did deliver in parallel ({max})");
+    let max_open = counts.max_open.load(Ordering::SeqCst);
+    assert!(
+        max_open <= CAP,
+        "{max_open} connections open at once to one destination; the cap is {CAP}"
+    );
     let taken_over_after = taken_over_after.unwrap();
     assert!(
         taken_over_after < lease + Duration::from_secs(2),
