@@ -385,6 +385,10 @@ impl<S: QueueStore + Clone> QueueStore for Observed<S> {
         self.inner.flushes()
     }
 
+    async fn is_held(&self, id: MessageId) -> bool {
+        self.inner.is_held(id).await
+    }
+
     async fn acquire_slot(&self, destination: &str, max: usize) -> Option<Slot> {
         let slot = self.inner.acquire_slot(destination, max).await;
         metrics::gauge!("ferry_deliveries_in_flight", "destination" => destination.to_owned())

@@ -1163,6 +1163,18 @@ impl QueueStore for PgQueue {
         self.inner.recovery.clone()
     }
 
+    async fn is_held(&self, id: MessageId) -> bool {
+        match self.held_ids(&[id.0 as i64]).await {
+            Ok(held) => held.contains(&id.0),
+            Err(err) => {
+                // Unknown: go on with the attempt, as before a hold was
+                // asked for (the outcome's commit keeps any hold).
+                tracing::warn!(%id, error = %err, "cannot read whether a message is held");
+                false
+            }
+        }
+    }
+
     fn flushes(&self) -> u64 {
         self.inner.flushes.load(Ordering::SeqCst)
     }

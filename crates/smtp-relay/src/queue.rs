@@ -299,6 +299,16 @@ pub trait QueueStore: Send + Sync + 'static {
         0
     }
 
+    /// Whether an operator holds message `id` now. The scheduler asks
+    /// before each destination's attempt of a claim, once it has its
+    /// connection slot: a hold that arrives while a claimed message waits
+    /// for a slot stops the attempts that have not started (the claim is
+    /// given back and stays held). A store without holds returns false.
+    fn is_held(&self, id: MessageId) -> impl Future<Output = bool> + Send {
+        let _ = id;
+        async { false }
+    }
+
     /// Gives back a slot from [`QueueStore::acquire_slot`].
     fn release_slot(&self, slot: Slot) -> impl Future<Output = ()> + Send {
         let _ = slot;

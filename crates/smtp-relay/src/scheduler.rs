@@ -342,6 +342,17 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                     .acquire_slot(&destination.to_string(), max)
                     .await
             };
+            // An operator may have held the message while this group waited
+            // for its connection slot: then it is not attempted (the groups
+            // already in flight finish as they would have).
+            if inner.store.is_held(id).await {
+                if let Some(slot) = slot {
+                    inner.store.release_slot(slot).await;
+                }
+                tracing::debug!(%id, %destination, "held while waiting for a slot");
+                inner.store.release(id, recipients).await;
+                return;
+            }
             let outcome = inner
                 .deliverer
                 .attempt(destination, envelope, recipients, body.clone())

@@ -1178,6 +1178,13 @@ impl QueueStore for Spool {
         self.inner.shared.changed.notify_one();
     }
 
+    async fn is_held(&self, id: MessageId) -> bool {
+        lock(&self.inner.shared.index)
+            .messages
+            .get(&id.0)
+            .is_some_and(|entry| entry.states.iter().any(is_held))
+    }
+
     async fn body(&self, id: MessageId) -> io::Result<Bytes> {
         let location = lock(&self.inner.shared.index)
             .messages

@@ -28,6 +28,10 @@ const SLOW_DATA: Duration = Duration::from_millis(800);
 const RETRY: Duration = Duration::from_millis(100);
 
 fn message() -> NewMessage {
+    message_to(&["taken@x.test", "busy@x.test"], "held in flight")
+}
+
+fn message_to(recipients: &[&str], subject: &str) -> NewMessage {
     NewMessage {
         envelope: QueuedEnvelope {
             sender: Some("alice@sender.test".to_owned()),
@@ -38,12 +42,12 @@ fn message() -> NewMessage {
             requiretls: false,
             received_at: SystemTime::now(),
             kind: MessageKind::Normal,
-            recipients: vec![
-                QueuedRecipient::new("taken@x.test"),
-                QueuedRecipient::new("busy@x.test"),
-            ],
+            recipients: recipients
+                .iter()
+                .map(|r| QueuedRecipient::new(*r))
+                .collect(),
         },
-        body: Bytes::from_static(b"Subject: held in flight\r\n\r\nbody\r\n"),
+        body: Bytes::from(format!("Subject: {subject}\r\n\r\nbody\r\n")),
     }
 }
 
@@ -218,4 +222,105 @@ async fn postgres_release_during_an_attempt_in_flight() {
         .await
         .unwrap();
     held_while_in_flight(store, true).await;
+}
+
+/// A message claimed while its destination's only connection slot is
+/// taken waits for the slot; held meanwhile, it is not attempted when the
+/// slot frees, and goes once released.
+async fn held_while_waiting_for_a_slot<S: QueueInspect>(store: S) {
+    let mx = FakeMx::start(ip(1), Script::new().no_starttls().data_delay(SLOW_DATA))
+        .await
+        .unwrap();
+    let mut router = Router::new(RelayAccess::new(Vec::<String>::new(), Vec::new()));
+    router.add_route(
+        "x.test",
+        HostPort {
+            host: mx.addr().ip().to_string(),
+            port: mx.addr().port(),
+        },
+    );
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let mut delivery = DeliveryConfig::new("relay.test");
+    delivery.timeouts = smtp_client::Timeouts::uniform(Duration::from_secs(5));
+    delivery.max_per_destination = 1;
+    let deliverer = Deliverer::new(delivery, router, None, None, Arc::clone(&clock));
+    let mut config = SchedulerConfig::new("relay.test");
+    config.retry.first = RETRY;
+    config.retry.max = RETRY;
+    let scheduler = Scheduler::new(store.clone(), deliverer, clock, config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        scheduler
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+
+    store
+        .enqueue(message_to(&["first@x.test"], "first"))
+        .await
+        .unwrap();
+    assert!(
+        mx.wait_until(Duration::from_secs(10), || mx.received().len() == 1)
+            .await,
+        "the first attempt never reached DATA"
+    );
+    // The second message is claimed at once and waits for the slot the
+    // first one holds for SLOW_DATA; it is held while it waits.
+    let waiting = store
+        .enqueue(message_to(&["second@x.test"], "second"))
+        .await
+        .unwrap();
+    tokio::time::sleep(SLOW_DATA / 4).await;
+    assert!(
+        store
+            .set_held(waiting, true, SystemTime::now())
+            .await
+            .unwrap()
+    );
+
+    // The slot frees; many retry intervals later the held message was not
+    // sent.
+    tokio::time::sleep(SLOW_DATA + RETRY * 10).await;
+    assert_eq!(mx.received().len(), 1, "a held message was sent");
+    assert_eq!(mx.rcpt_commands(), 1, "a held message was tried");
+    let listed = store.get(waiting).await.unwrap().unwrap();
+    assert!(listed.held);
+    assert_eq!(listed.message.states[0].attempts(), 0, "{listed:?}");
+
+    assert!(
+        store
+            .set_held(waiting, false, SystemTime::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        mx.wait_until(Duration::from_secs(10), || mx.received().len() == 2)
+            .await,
+        "the released message was never sent"
+    );
+    assert_eq!(mx.received()[1].recipients[0].0, "second@x.test");
+    let _ = stop.send(());
+    running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_hold_while_waiting_for_a_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool =
+        smtp_relay::spool::Spool::open(dir.path(), smtp_relay::spool::Durability::Sync).unwrap();
+    held_while_waiting_for_a_slot(spool).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hold_while_waiting_for_a_slot() {
+    let Some(url) = pg_cluster::database().await else {
+        return;
+    };
+    let store = smtp_relay::postgres::PgQueue::connect(smtp_relay::postgres::PgConfig::new(url))
+        .await
+        .unwrap();
+    held_while_waiting_for_a_slot(store).await;
 }
