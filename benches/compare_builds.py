@@ -4,7 +4,7 @@
 sends the same load to each in turn, so all of them see the same noise.
 Prints the median rate per server and its ratio to smtp-sink.
 
-    python3 benches/compare_builds.py --server before=/tmp/ferry-old \\
+    python3 benches/compare_builds.py --server before=../old/target/release/ferry \\
         --server now=target/release/ferry \\
         --server "one-thread=target/release/ferry --threads 1" \\
         [--cells 0,1,2,3] [--rounds 5] [--scale 0.5] [--load smtp-source|FERRY]
