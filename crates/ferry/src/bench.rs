@@ -8,10 +8,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// exactly `size` octets when `size` exceeds the header block (otherwise
 /// the message is the header block and a one-line body).
 pub fn message(size: usize, index: u64, from: &str, to: &str) -> Bytes {
+    // Read once: `getpid` is a system call per message otherwise.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
     let head = format!(
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: ferry bench {index}\r\n\
-         Message-ID: <bench.{index}.{}@ferry.invalid>\r\nX-Ferry-Bench: {index}\r\n\r\n",
-        std::process::id()
+         Message-ID: <bench.{index}.{pid}@ferry.invalid>\r\nX-Ferry-Bench: {index}\r\n\r\n"
     );
     let mut out = BytesMut::with_capacity(size.max(head.len() + 4));
     out.put_slice(head.as_bytes());

@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// are then served without the connection limits.
     #[arg(long, value_name = "FILE|magic", conflicts_with_all = ["tls_listen", "proxy_protocol"])]
     pub faults: Option<String>,
+    /// Threads that accept and serve connections, each with its own
+    /// accept loop on the same port (SO_REUSEPORT) and its own
+    /// single-threaded runtime, so a session never moves between threads
+    /// [default: the number of CPUs]. With --faults: always 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 /// How a receiving command listens: shared by `ferry serve` and
@@ -669,6 +675,12 @@ mod tests {
         assert_eq!(serve.listener.max_recipients, 100);
         assert_eq!(serve.listener.bare_lf, BareLf::Reject);
         assert!(!serve.sink && !serve.lmtp && !serve.listener.no_tls);
+        assert_eq!(serve.threads, None);
+        let Command::Serve(serve) = parse(&["serve", "--threads", "3"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(serve.threads, Some(3));
+        assert!(parse(&["serve", "--threads", "0"]).is_err());
     }
 
     #[test]

@@ -214,3 +214,88 @@ pub async fn serve_until<B: Backend>(
         .await
         .map_err(|e| format!("server stopped: {e}"))
 }
+
+/// Serves on `threads` threads until SIGINT or SIGTERM: this one and
+/// `threads - 1` more, each with its own accept loop on the same
+/// addresses (`SO_REUSEPORT`, so `server` must be built with
+/// [`ServerBuilder::reuse_port`]) and its own single-threaded runtime. The
+/// kernel spreads new connections among the loops; a session stays on the
+/// thread that accepted it, so no reply waits for another thread to be
+/// woken. The connection limits hold for all loops together, and every
+/// loop shuts down gracefully on the signal. Prints `listening on ADDR`
+/// once every loop is bound.
+pub async fn serve_threads<B: Backend>(
+    server: Server<B>,
+    args: &ListenerArgs,
+    threads: usize,
+) -> Result<(), String> {
+    let listening = server.bind().await.map_err(|e| cannot_listen(args, &e))?;
+    let addrs = listening.local_addrs();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    let mut others = Vec::new();
+    for index in 1..threads.max(1) {
+        let (server, addrs, stop) = (server.clone(), addrs.clone(), stop_rx.clone());
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("ferry-serve-{index}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listening = match server.bind_at(&addrs) {
+                        Ok(listening) => listening,
+                        Err(error) => {
+                            let message = error.to_string();
+                            let _ = bound_tx.send(Err(error));
+                            return Err(std::io::Error::other(message));
+                        }
+                    };
+                    let _ = bound_tx.send(Ok(()));
+                    listening.serve(stopped(stop)).await
+                })
+            })
+            .map_err(|e| format!("cannot start a serving thread: {e}"))?;
+        others.push(thread);
+        match bound_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                let _ = stop_tx.send(true);
+                return Err(cannot_listen(args, &error));
+            }
+            Err(_) => {
+                let _ = stop_tx.send(true);
+                return Err("a serving thread stopped while binding".to_owned());
+            }
+        }
+    }
+    print_listening(args, &addrs);
+    let signal = tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        }
+    });
+    let result = listening.serve(stopped(stop_rx)).await;
+    // However this loop ended, the others stop too.
+    let _ = stop_tx.send(true);
+    signal.abort();
+    let mut first_error = result.err().map(|e| format!("server stopped: {e}"));
+    for thread in others {
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+        let error = match joined {
+            Ok(Ok(Ok(()))) => continue,
+            Ok(Ok(Err(error))) => format!("server stopped: {error}"),
+            Ok(Err(_)) | Err(_) => "a serving thread panicked".to_owned(),
+        };
+        first_error.get_or_insert(error);
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}

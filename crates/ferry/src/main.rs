@@ -17,10 +17,17 @@ fn main() -> ExitCode {
         // Colour only for a person at a terminal, never into a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `ferry serve` runs one single-threaded runtime per serving thread
+    // (this one is the first, see `ferry::serve::run`): a session never
+    // waits for another thread to be woken. The other commands share one
+    // multi-threaded runtime.
+    let runtime = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("ferry: cannot start the runtime: {err}");

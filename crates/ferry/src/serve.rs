@@ -111,6 +111,17 @@ impl Session for StoreSession {
     }
 
     async fn data(&mut self, envelope: &Envelope, mut body: Body) -> Result<(), SmtpError> {
+        if let Store::Sink = self.backend.store {
+            // Nothing is stored, so nothing about the envelope is copied.
+            // A body error (too large, bare line ending, aborted) still
+            // gets its reply from the library.
+            let mut octets = 0;
+            while let Some(chunk) = body.next().await {
+                octets += chunk?.len();
+            }
+            tracing::debug!(octets, "message discarded");
+            return Ok(());
+        }
         let recipients: Vec<String> = envelope
             .recipients
             .iter()
@@ -214,8 +225,77 @@ async fn reload_on_hangup(spec: String, engine: FaultEngine) {
     }
 }
 
+/// Serves `backend` behind the fault engine: smtp-test's accept loop on
+/// plain listeners so the wire faults (drip, stop reading, closing
+/// without a reply) reach each connection; the rules are reloaded from
+/// `spec` on SIGHUP. `--tls-listen` and `--proxy-protocol` are refused
+/// with `--faults`.
+async fn serve_with_faults(
+    backend: StoreBackend,
+    engine: FaultEngine,
+    spec: &str,
+    extensions: Extensions,
+    hostname: &str,
+    args: &ServeArgs,
+) -> Result<(), String> {
+    let backend = FaultBackend::new(backend, engine.clone());
+    let listener::Prepared {
+        mut builder,
+        accounts,
+    } = listener::prepare(
+        backend,
+        &args.listener,
+        "ferry serve",
+        hostname,
+        &args.maildir,
+        extensions,
+        args.lmtp,
+    )?;
+    if let Some(accounts) = accounts {
+        builder = builder.auth(
+            FaultAuthenticator::new(accounts.users, engine.clone()),
+            accounts.policy,
+        );
+    }
+    if args.listener.transcript {
+        engine.on_fire(|fired| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "[{}] !! {fired}", fired.session_id);
+        });
+    }
+    let server = builder.build().map_err(|e| e.to_string())?;
+    let cannot_listen = |e: std::io::Error| listener::cannot_listen(&args.listener, &e);
+    let mut listeners = Vec::new();
+    for addr in &args.listener.listen {
+        listeners.push(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(cannot_listen)?,
+        );
+    }
+    let addrs: Vec<_> = listeners
+        .iter()
+        .filter_map(|listener| listener.local_addr().ok())
+        .collect();
+    listener::print_listening(&args.listener, &addrs);
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "faults from {spec}: {}", describe(&engine.faults()));
+        let _ = out.flush();
+    }
+    tokio::spawn(reload_on_hangup(spec.to_owned(), engine.clone()));
+    faults::serve(server, listeners, shutdown_signal())
+        .await
+        .map_err(|e| format!("server stopped: {e}"))
+}
+
 /// Runs `ferry serve` until SIGINT or SIGTERM. Prints `listening on ADDR`
 /// per listener once they are bound. Errors are one line for people.
+///
+/// Without `--faults` it serves on `--threads` threads (see
+/// [`listener::serve_threads`]); call it on a single-threaded runtime,
+/// which then serves the first accept loop. With `--faults` every
+/// connection is served by the calling runtime.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     let hostname = listener::hostname(&args.listener)?;
     let store = if args.sink {
@@ -250,80 +330,43 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         dsn: false,
         ..Extensions::default()
     };
-    // Without --faults the engine has no rules and passes every hook on.
-    let engine = match &args.faults {
-        Some(spec) => FaultEngine::new(Faults::load(spec).map_err(|e| e.to_string())?),
-        None => FaultEngine::new(Faults::default()),
-    };
-    let backend = FaultBackend::new(StoreBackend::new(store, &hostname), engine.clone());
-    let listener::Prepared {
-        mut builder,
-        accounts,
-    } = listener::prepare(
-        backend,
-        &args.listener,
-        "ferry serve",
-        &hostname,
-        &args.maildir,
-        extensions,
-        args.lmtp,
-    )?;
-    if let Some(accounts) = accounts {
-        builder = builder.auth(
-            FaultAuthenticator::new(accounts.users, engine.clone()),
-            accounts.policy,
-        );
-    }
-    if args.listener.transcript {
-        engine.on_fire(|fired| {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "[{}] !! {fired}", fired.session_id);
-        });
-    }
-    let server = builder.build().map_err(|e| e.to_string())?;
-    let cannot_listen = |e: std::io::Error| listener::cannot_listen(&args.listener, &e);
-    // With --faults, smtp-test's accept loop serves plain listeners so the
-    // wire faults (drip, stop reading, closing without a reply) reach each
-    // connection; --tls-listen and --proxy-protocol are refused with it.
-    let (listening, fault_listeners) = if args.faults.is_some() {
-        let mut listeners = Vec::new();
-        for addr in &args.listener.listen {
-            listeners.push(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(cannot_listen)?,
-            );
+    let backend = StoreBackend::new(store, &hostname);
+    match &args.faults {
+        Some(spec) => {
+            let engine = FaultEngine::new(Faults::load(spec).map_err(|e| e.to_string())?);
+            serve_with_faults(backend, engine, spec, extensions, &hostname, &args).await?;
         }
-        (None, listeners)
-    } else {
-        (
-            Some(server.bind().await.map_err(cannot_listen)?),
-            Vec::new(),
-        )
-    };
-    let addrs = match &listening {
-        Some(listening) => listening.local_addrs(),
-        None => fault_listeners
-            .iter()
-            .filter_map(|listener| listener.local_addr().ok())
-            .collect(),
-    };
-    listener::print_listening(&args.listener, &addrs);
-    if let Some(spec) = &args.faults {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "faults from {spec}: {}", describe(&engine.faults()));
-        let _ = out.flush();
-    }
-    match listening {
-        Some(listening) => listening.serve(shutdown_signal()).await,
+        // Without --faults no rule can ever fire (they are only loaded
+        // from the file, also on SIGHUP), so the hooks run unwrapped: no
+        // fault engine bookkeeping (a shared table of open connections, a
+        // counter and a lock per message) on the path of every command.
         None => {
-            if let Some(spec) = &args.faults {
-                tokio::spawn(reload_on_hangup(spec.clone(), engine.clone()));
+            let listener::Prepared {
+                mut builder,
+                accounts,
+            } = listener::prepare(
+                backend,
+                &args.listener,
+                "ferry serve",
+                &hostname,
+                &args.maildir,
+                extensions,
+                args.lmtp,
+            )?;
+            if let Some(accounts) = accounts {
+                builder = builder.auth(accounts.users, accounts.policy);
             }
-            faults::serve(server, fault_listeners, shutdown_signal()).await
+            let threads = match args.threads {
+                Some(n) => usize::from(n),
+                None => std::thread::available_parallelism().map_or(1, usize::from),
+            };
+            let server = builder
+                .reuse_port(threads > 1)
+                .build()
+                .map_err(|e| e.to_string())?;
+            listener::serve_threads(server, &args.listener, threads).await?;
         }
     }
-    .map_err(|e| format!("server stopped: {e}"))?;
     println!("shut down");
     Ok(())
 }

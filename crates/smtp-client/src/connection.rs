@@ -1062,8 +1062,12 @@ impl Connection {
             total += block.len() as u64;
             self.check_streamed(&block, total, plan)?;
             encoder.encode(&block, &mut out);
-            self.write_body(&out, block_timeout).await?;
-            out.clear();
+            // Written once a chunk's worth is encoded; the rest goes out
+            // with the end of data, so a small message is one write.
+            if out.len() >= chunk_size {
+                self.write_body(&out, block_timeout).await?;
+                out.clear();
+            }
         }
         encoder.finish(&mut out);
         self.write_body(&out, block_timeout).await?;

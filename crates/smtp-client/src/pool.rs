@@ -559,10 +559,16 @@ impl Pool {
     fn checkin(&self, pooled: Pooled, permit: OwnedSemaphorePermit) {
         let stale: Vec<Pooled> = {
             let mut idle = self.lock_idle();
-            let (keep, stale): (Vec<_>, Vec<_>) = idle
-                .drain(..)
-                .partition(|pooled| !self.expired(&pooled.connection));
-            *idle = keep;
+            // Nothing is allocated unless an idle connection has expired.
+            let stale = if idle.iter().any(|pooled| self.expired(&pooled.connection)) {
+                let (keep, stale): (Vec<_>, Vec<_>) = idle
+                    .drain(..)
+                    .partition(|pooled| !self.expired(&pooled.connection));
+                *idle = keep;
+                stale
+            } else {
+                Vec::new()
+            };
             if self.expired(&pooled.connection) {
                 drop(idle);
                 self.retire(pooled, Some(permit));

@@ -42,6 +42,16 @@ pub(crate) fn before_wait<T, U>(framed: &mut Framed<T, U>, body: bool) {
     if write.is_empty() && write.capacity() > 0 {
         *write = BytesMut::new();
     }
+    size_read(framed, body);
+}
+
+/// Gives the read buffer room for the next read: [`BODY_READ`] octets for
+/// message text, [`COMMAND_READ`] for a command. Called before each body
+/// frame too, not only before a wait: when message text is already
+/// waiting in the socket (a client that pipelines, or a body sent behind
+/// the `354`), the frames come without a wait, and a buffer left at a
+/// command's room read the body 1 KiB per system call.
+pub(crate) fn size_read<T, U>(framed: &mut Framed<T, U>, body: bool) {
     let read = framed.read_buffer_mut();
     let room = if body { BODY_READ } else { COMMAND_READ };
     if !body && read.is_empty() && read.capacity() > 2 * COMMAND_READ {
@@ -112,6 +122,22 @@ mod tests {
             assert!(read.capacity() >= room, "{} < {room}", read.capacity());
             drop(held);
         }
+    }
+
+    /// Before a body frame that needs no wait, the buffer still gets a
+    /// body's room, so the next read is a large one.
+    #[test]
+    fn body_frames_without_a_wait_still_read_large() {
+        let mut framed = framed(tokio::io::empty(), BytesCodec::new());
+        framed.read_buffer_mut().extend_from_slice(&[b'x'; 600]);
+        size_read(&mut framed, true);
+        let read = framed.read_buffer();
+        assert_eq!(read.len(), 600);
+        assert!(read.capacity() - read.len() >= BODY_READ / 2);
+        // Room enough already: nothing is copied.
+        let before = framed.read_buffer().as_ptr();
+        size_read(&mut framed, true);
+        assert_eq!(framed.read_buffer().as_ptr(), before);
     }
 
     #[test]

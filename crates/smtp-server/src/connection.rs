@@ -1,6 +1,7 @@
 //! One connection: the SMTP state machine driven over a framed stream.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -145,7 +146,8 @@ impl BodySender {
     }
 }
 
-fn reply(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Reply {
+/// A one-line reply; a `&'static str` text is not copied.
+fn reply(code: u16, enhanced: (u8, u16, u16), text: impl Into<Cow<'static, str>>) -> Reply {
     Reply::new(
         code,
         EnhancedCode::new(enhanced.0, enhanced.1, enhanced.2),
@@ -568,6 +570,9 @@ where
     /// The next frame: at once if one is buffered, otherwise after flushing
     /// the queued replies, within the timeout.
     async fn next_frame(&mut self, wait: Wait) -> Flow<ServerFrame> {
+        if let Wait::Body = wait {
+            buffers::size_read(&mut self.framed, true);
+        }
         if let Some(item) = self.framed.next().now_or_never() {
             return self.frame(item).await;
         }

@@ -60,6 +60,12 @@ struct Shared<B> {
     backend: B,
     config: Config,
     listeners: Vec<ListenerSpec>,
+    /// Set `SO_REUSEPORT` on every listener (see
+    /// [`ServerBuilder::reuse_port`]).
+    reuse_port: bool,
+    /// The connection limits, shared by every accept loop of the server
+    /// (several with [`Server::bind_at`]).
+    limiter: ConnectionLimiter,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +105,7 @@ pub struct ServerBuilder<B: Backend> {
     backend: B,
     config: Config,
     listeners: Vec<ListenerSpec>,
+    reuse_port: bool,
 }
 
 impl<B: Backend> std::fmt::Debug for ServerBuilder<B> {
@@ -135,6 +142,7 @@ impl<B: Backend> Server<B> {
                 auth_throttle: Arc::new(Throttle::new(AuthThrottle::default())),
             },
             listeners: Vec::new(),
+            reuse_port: false,
         }
     }
 
@@ -148,11 +156,100 @@ impl<B: Backend> Server<B> {
     pub async fn bind(&self) -> io::Result<Listening<B>> {
         let mut listeners = Vec::with_capacity(self.shared.listeners.len());
         for spec in &self.shared.listeners {
-            let listener = TcpListener::bind(spec.addr).await?;
+            let listener = if self.shared.reuse_port {
+                listen_reusing_port(spec.addr)?
+            } else {
+                TcpListener::bind(spec.addr).await?
+            };
             let addr = listener.local_addr()?;
             listeners.push(BoundListener {
                 listener,
                 addr,
+                implicit_tls: spec.implicit_tls,
+            });
+        }
+        Ok(Listening {
+            server: self.clone(),
+            listeners,
+        })
+    }
+
+    /// Binds the configured listeners once more, at `addrs`: the addresses
+    /// of a first [`Server::bind`] ([`Listening::local_addrs`], in that
+    /// order, so a port 0 is the port picked then). Needs
+    /// [`ServerBuilder::reuse_port`]. Each [`Listening`] runs its own accept
+    /// loop, typically one per thread, each thread with its own
+    /// single-threaded tokio runtime; the kernel spreads new connections
+    /// among the loops, and the connection limits hold for all of them
+    /// together. Call it inside the runtime that will serve the result.
+    ///
+    /// ```
+    /// # use smtp_server::{Backend, Body, ConnectionInfo, Envelope, Server, Session, SmtpError};
+    /// # struct Sink;
+    /// # struct SinkSession;
+    /// # impl Session for SinkSession {
+    /// #     async fn data(&mut self, _: &Envelope, _: Body) -> Result<(), SmtpError> {
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// # impl Backend for Sink {
+    /// #     type Session = SinkSession;
+    /// #     async fn new_session(&self, _: &ConnectionInfo) -> Result<SinkSession, SmtpError> {
+    /// #         Ok(SinkSession)
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::builder(Sink)
+    ///     .listen("127.0.0.1:0".parse()?)
+    ///     .reuse_port(true)
+    ///     .build()?;
+    /// let first = server.bind().await?;
+    /// let addrs = first.local_addrs();
+    /// let other = std::thread::spawn({
+    ///     let server = server.clone();
+    ///     move || {
+    ///         let runtime = tokio::runtime::Builder::new_current_thread()
+    ///             .enable_all()
+    ///             .build()?;
+    ///         runtime.block_on(async {
+    ///             let second = server.bind_at(&addrs)?;
+    ///             // ... second.serve(shutdown).await
+    ///             # drop(second);
+    ///             Ok::<_, std::io::Error>(())
+    ///         })
+    ///     }
+    /// });
+    /// other.join().unwrap()?;
+    /// # drop(first);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] without `reuse_port` or when `addrs`
+    /// does not have one address per configured listener; otherwise the
+    /// error of binding.
+    pub fn bind_at(&self, addrs: &[SocketAddr]) -> io::Result<Listening<B>> {
+        if !self.shared.reuse_port {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "binding a listener again needs reuse_port",
+            ));
+        }
+        if addrs.len() != self.shared.listeners.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "one address per configured listener",
+            ));
+        }
+        let mut listeners = Vec::with_capacity(addrs.len());
+        for (spec, addr) in self.shared.listeners.iter().zip(addrs) {
+            let listener = listen_reusing_port(*addr)?;
+            listeners.push(BoundListener {
+                addr: listener.local_addr()?,
+                listener,
                 implicit_tls: spec.implicit_tls,
             });
         }
@@ -222,6 +319,17 @@ impl<B: Backend> ServerBuilder<B> {
             addr,
             implicit_tls: true,
         });
+        self
+    }
+
+    /// Sets `SO_REUSEPORT` on every listener (Linux, the BSDs), so that
+    /// [`Server::bind_at`] can bind the same addresses again for more
+    /// accept loops: one per core, each on its own single-threaded
+    /// runtime, serves without handing tasks between threads. Another
+    /// socket of the same user with `SO_REUSEPORT` can then bind the port
+    /// too and share its connections. Off by default.
+    pub fn reuse_port(mut self, reuse: bool) -> Self {
+        self.reuse_port = reuse;
         self
     }
 
@@ -383,11 +491,15 @@ impl<B: Backend> ServerBuilder<B> {
                 .stress
                 .threshold(self.config.limits.max_connections),
         );
+        let limits = &self.config.limits;
+        let limiter = ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip);
         Ok(Server {
             shared: Arc::new(Shared {
                 backend: self.backend,
                 config: self.config,
                 listeners: self.listeners,
+                reuse_port: self.reuse_port,
+                limiter,
             }),
         })
     }
@@ -430,8 +542,7 @@ impl<B: Backend> Listening<B> {
     /// timeout, then closes the rest with `421 4.3.2`.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let shared = Arc::clone(&self.server.shared);
-        let limits = &shared.config.limits;
-        let limiter = ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip);
+        let limiter = shared.limiter.clone();
         let (state_tx, state_rx) = watch::channel(RunState::Running);
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -633,6 +744,25 @@ impl Drop for ServerHandle {
         // Dropping `stop` completes the shutdown future; nothing else to do.
         self.stop.take();
     }
+}
+
+/// A listener on `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`, as
+/// [`TcpListener::bind`] sets it), in the current runtime.
+fn listen_reusing_port(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+    ))]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    // The backlog std and tokio use for `bind`.
+    socket.listen(1024)
 }
 
 /// Waits for a connection on any listener.

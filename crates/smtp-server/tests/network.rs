@@ -368,3 +368,90 @@ async fn a_self_signed_configuration_serves_implicit_tls_for_its_names() {
     assert!(smtp_server::TlsConfig::self_signed(Vec::<String>::new()).is_err());
     handle.shutdown().await.unwrap();
 }
+
+/// Two accept loops on one port (`reuse_port` and `bind_at`), the second
+/// on its own single-threaded runtime in another thread: connections are
+/// served whichever loop takes them, the connection limit counts them
+/// together, and each loop shuts down on its own signal.
+#[tokio::test]
+async fn accept_loops_on_two_runtimes_share_the_port_and_the_limits() {
+    let backend = TestBackend::new();
+    let mut limits = Limits::default();
+    limits.max_connections = 4;
+    let server = builder(&backend)
+        .listen(loopback())
+        .limits(limits)
+        .reuse_port(true)
+        .build()
+        .unwrap();
+    let listening = server.bind().await.unwrap();
+    let addrs = listening.local_addrs();
+    let addr = addrs[0];
+    // Without reuse_port a second bind is refused before any socket call.
+    let plain = builder(&backend).listen(addr).build().unwrap();
+    assert_eq!(
+        plain.bind_at(&addrs).unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        server.bind_at(&[]).unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+
+    let (stop_other, stopped_other) = oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = oneshot::channel::<SocketAddr>();
+    let other = std::thread::spawn({
+        let server = server.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let second = server.bind_at(&addrs).unwrap();
+                let _ = bound_tx.send(second.local_addrs()[0]);
+                second
+                    .serve(async move {
+                        let _ = stopped_other.await;
+                    })
+                    .await
+            })
+        }
+    });
+    assert_eq!(bound_rx.await.unwrap(), addr);
+    let (stop, task) = serve(listening);
+
+    // Four sessions at once, wherever the kernel puts them; a fifth is
+    // over the shared limit of four.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = tcp(addr).await;
+        client.hello().await;
+        clients.push(client);
+    }
+    let mut over = tcp(addr).await;
+    assert_eq!(
+        over.reply().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+    for client in &mut clients {
+        client
+            .send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n")
+            .await;
+        client.expect("250 2.1.0").await;
+        client.expect("250 2.1.5").await;
+        client.expect("354").await;
+        client.send("Subject: t\r\n\r\nbody\r\n.\r\nQUIT\r\n").await;
+        client.expect("250 2.0.0").await;
+        client.expect("221").await;
+    }
+    assert_eq!(backend.messages().len(), 4);
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    let _ = stop_other.send(());
+    tokio::task::spawn_blocking(move || other.join().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+}
