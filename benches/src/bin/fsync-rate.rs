@@ -13,7 +13,10 @@
 //!   renames them all and syncs the directory once, then releases the
 //!   writers (group commit);
 //! - `group-fdatasync`: the same, with one `fdatasync` per file of the
-//!   group made by the committer instead of `syncfs`.
+//!   group made by the committer instead of `syncfs`;
+//! - `group-dir`: every writer syncs its own file (in parallel, as in
+//!   `each`); the committer renames the files waiting and syncs the
+//!   directory once for them (group commit of the directory sync only).
 //!
 //! ```sh
 //! cargo run --release -p ferry-benches --bin fsync-rate -- --dir target/fsync-probe --writers 50
@@ -43,6 +46,7 @@ enum Mode {
     Each,
     GroupSyncfs,
     GroupFdatasync,
+    GroupDir,
 }
 
 fn options() -> Result<Options, String> {
@@ -72,6 +76,7 @@ fn options() -> Result<Options, String> {
                     "each" => Mode::Each,
                     "group-syncfs" => Mode::GroupSyncfs,
                     "group-fdatasync" => Mode::GroupFdatasync,
+                    "group-dir" => Mode::GroupDir,
                     other => return Err(format!("unknown --mode {other}")),
                 }
             }
@@ -114,7 +119,7 @@ fn committer(mode: Mode, tmp: &Path, new: &Path, queue: &mpsc::Receiver<Staged>)
         let result = (|| -> std::io::Result<()> {
             if mode == Mode::GroupSyncfs {
                 rustix::fs::syncfs(&group[0].file)?;
-            } else {
+            } else if mode == Mode::GroupFdatasync {
                 for staged in &group {
                     staged.file.sync_data()?;
                 }
@@ -182,6 +187,9 @@ fn main() -> ExitCode {
                     } else {
                         let mut file = File::create(tmp.join(&name))?;
                         file.write_all(&body)?;
+                        if mode == Mode::GroupDir {
+                            file.sync_all()?;
+                        }
                         let (answer, wait) = mpsc::channel();
                         submit
                             .send(Staged {
@@ -223,6 +231,7 @@ fn main() -> ExitCode {
         Mode::Each => "each",
         Mode::GroupSyncfs => "group-syncfs",
         Mode::GroupFdatasync => "group-fdatasync",
+        Mode::GroupDir => "group-dir",
     };
     if options.json {
         println!(
@@ -238,7 +247,7 @@ fn main() -> ExitCode {
         );
     } else {
         println!(
-            "{} writers, {}-octet files, {mode}: {deliveries:.0} deliveries/s (group commit: one sync pass, renames, one directory fsync per group)",
+            "{} writers, {}-octet files, {mode}: {deliveries:.0} deliveries/s (group commit: renames and one directory fsync per group)",
             options.writers, options.size,
         );
     }
