@@ -246,8 +246,13 @@ fn main() -> ExitCode {
             2.0 * deliveries
         );
     } else {
+        let what = if options.mode == Mode::GroupDir {
+            "own file fsync; renames and one directory fsync per group"
+        } else {
+            "one sync pass, renames and one directory fsync per group"
+        };
         println!(
-            "{} writers, {}-octet files, {mode}: {deliveries:.0} deliveries/s (group commit: renames and one directory fsync per group)",
+            "{} writers, {}-octet files, {mode}: {deliveries:.0} deliveries/s ({what})",
             options.writers, options.size,
         );
     }
