@@ -10,13 +10,14 @@
 //! A destination that failed at connection level is backed off as a whole
 //! (RFC 5321 §4.5.4.1). Recipients claimed for it while it is backed off
 //! are *parked*: they stay claimed, in memory, without an attempt, without
-//! reading their message and without a new record, and are handed to
-//! delivery when the backoff ends (or is cleared, or the destination is
-//! reached by another attempt). A parked recipient keeps its last committed
-//! state, so a restart makes it due at once, as it was. Only when the
-//! sender must hear something while the destination is still backed off
-//! (the queue lifetime ran out, or a delay warning is due) is the
-//! deferral recorded.
+//! reading their message and without a new record. When the backoff ends
+//! (or is cleared, or another attempt reaches the destination) they are
+//! given back to the store, which hands them out again with their current
+//! state: a message an operator held or deleted meanwhile is not sent. A
+//! parked recipient keeps its last committed state, so a restart makes it
+//! due at once, as it was. Only when the sender must hear something while
+//! the destination is still backed off (the queue lifetime ran out, or a
+//! delay warning is due) is the deferral recorded.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -238,18 +239,16 @@ impl<S: QueueStore + Clone> Scheduler<S> {
         loop {
             while tasks.try_join_next().is_some() {}
             let now = inner.clock.now();
-            let room = inner.config.max_in_flight.saturating_sub(tasks.len());
-            let mut spawned = 0;
-            for (destination, parked) in self.unpark(now, room) {
-                let this = self.clone();
-                spawned += 1;
-                tasks.spawn(async move {
-                    let body = OnceCell::new();
-                    this.deliver_group(&parked.claim, &destination, &parked.recipients, &body)
-                        .await;
-                });
+            // Parked recipients that may go are given back and claimed
+            // again below with their current state (an operator may have
+            // held or deleted the message meanwhile).
+            for parked in self.unpark(now) {
+                inner
+                    .store
+                    .release(parked.claim.message.id, &parked.recipients)
+                    .await;
             }
-            let room = room.saturating_sub(spawned);
+            let room = inner.config.max_in_flight.saturating_sub(tasks.len());
             if room > 0 {
                 for claim in inner.store.claim_due(now, room).await {
                     let this = self.clone();
@@ -547,10 +546,10 @@ impl<S: QueueStore + Clone> Scheduler<S> {
         deadline
     }
 
-    /// Takes parked groups that may go now (at most `max`): every group of
-    /// a destination that is no longer backed off, and the groups whose
+    /// Takes the parked groups that may go now: every group of a
+    /// destination that is no longer backed off, and the groups whose
     /// deadline has come.
-    fn unpark(&self, now: SystemTime, max: usize) -> Vec<(Destination, Parked)> {
+    fn unpark(&self, now: SystemTime) -> Vec<Parked> {
         let inner = &self.inner;
         let mut out = Vec::new();
         let backoff = lock(&inner.backoff);
@@ -562,8 +561,8 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             }
             let mut kept = Vec::new();
             for group in list.groups.drain(..) {
-                if out.len() < max && (free || group.deadline <= now) {
-                    out.push((destination.clone(), group));
+                if free || group.deadline <= now {
+                    out.push(group);
                 } else {
                     kept.push(group);
                 }

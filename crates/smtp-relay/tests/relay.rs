@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{FakeMx, Raw, Relay, RelayOptions, Script, address, all_deferred, submit, wait_for};
 use mail_parser::{MessageParser, MimeHeaders};
 use smtp_client::{Envelope, Notify, Recipient, Ret};
+use smtp_relay::inspect::QueueInspect;
 use smtp_relay::queue::{QueueStore, RecipientState};
 use smtp_relay::scheduler::SchedulerConfig;
 
@@ -703,6 +704,62 @@ async fn parked_mail_is_delivered_when_a_flush_clears_the_backoff() {
     relay.advance(Duration::from_secs(400)).await;
     wait_for("the deferred one delivered", || mx.delivered().len() == 3).await;
     wait_for("an empty queue", || relay.messages().is_empty()).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn parked_mail_that_an_operator_holds_is_not_sent() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unused.local_addr().unwrap();
+    drop(unused);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            routes: vec![("remote.test".into(), addr)],
+            max_per_destination: 1,
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    let env = envelope(Some("alice@sender.test"), &["bob@remote.test"]);
+    submit(relay.addr, &env, MESSAGE).await.unwrap();
+    wait_for("the first deferral", || {
+        let m = relay.messages();
+        !m.is_empty() && all_deferred(&m)
+    })
+    .await;
+    submit(relay.addr, &env, MESSAGE).await.unwrap();
+    wait_for("one parked", || relay.scheduler.parked_recipients() == 1).await;
+    let parked = relay.messages()[1].id;
+    assert!(
+        relay
+            .spool
+            .set_held(parked, true, relay.clock_now())
+            .await
+            .unwrap()
+    );
+    // The destination is back and the backoff cleared: the parked claim
+    // goes back to the store, which no longer hands the held message out.
+    let mx = FakeMx::start_at(addr, Script::default()).await;
+    relay.scheduler.clear_backoff();
+    wait_for("nothing parked", || {
+        relay.scheduler.parked_recipients() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(mx.delivered().is_empty());
+    assert!(
+        relay
+            .spool
+            .set_held(parked, false, relay.clock_now())
+            .await
+            .unwrap()
+    );
+    wait_for("the released message delivered", || {
+        mx.delivered().len() == 1
+    })
+    .await;
     relay.stop().await;
 }
 
