@@ -6,6 +6,18 @@
 //! Time comes from the injected [`Clock`], and every wait is a tokio timer,
 //! so the whole retry, expiry and delay-warning behaviour runs under
 //! tokio's paused time in tests.
+//!
+//! A destination that failed at connection level is backed off as a whole
+//! (RFC 5321 §4.5.4.1). Recipients claimed for it while it is backed off
+//! are *parked*: they stay claimed, in memory, without an attempt, without
+//! reading their message and without a new record. When the backoff ends
+//! (or is cleared, or another attempt reaches the destination) they are
+//! given back to the store, which hands them out again with their current
+//! state: a message an operator held or deleted meanwhile is not sent. A
+//! parked recipient keeps its last committed state, so a restart makes it
+//! due at once, as it was. Only when the sender must hear something while
+//! the destination is still backed off (the queue lifetime ran out, or a
+//! delay warning is due) is the deferral recorded.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
@@ -163,6 +175,29 @@ struct Inner<S> {
     config: SchedulerConfig,
     limits: Mutex<HashMap<Destination, Arc<Semaphore>>>,
     backoff: Mutex<HashMap<Destination, Backoff>>,
+    parked: Mutex<HashMap<Destination, ParkedList>>,
+    /// Wakes the run loop when parked work may have become ready sooner
+    /// than it planned (something parked, a backoff cleared).
+    wake: Notify,
+}
+
+/// Recipients of one message waiting, claimed, for a backed-off
+/// destination.
+struct Parked {
+    claim: Arc<Claim>,
+    recipients: Vec<usize>,
+    /// When the sender must hear about these recipients even if the
+    /// destination is still backed off: the end of the queue lifetime, or
+    /// a delay warning that is due.
+    deadline: SystemTime,
+}
+
+/// What is parked for one destination.
+#[derive(Default)]
+struct ParkedList {
+    groups: Vec<Parked>,
+    /// The earliest deadline in `groups`.
+    earliest: Option<SystemTime>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -187,6 +222,8 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                 config,
                 limits: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(HashMap::new()),
+                parked: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
             }),
         }
     }
@@ -210,9 +247,18 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                 flushes = flushed;
                 self.clear_backoff();
             }
+            let now = inner.clock.now();
+            // Parked recipients that may go are given back and claimed
+            // again below with their current state (an operator may have
+            // held or deleted the message meanwhile).
+            for parked in self.unpark(now) {
+                inner
+                    .store
+                    .release(parked.claim.message.id, &parked.recipients)
+                    .await;
+            }
             let room = inner.config.max_in_flight.saturating_sub(tasks.len());
             if room > 0 {
-                let now = inner.clock.now();
                 for claim in inner.store.claim_due(now, room).await {
                     let this = self.clone();
                     tasks.spawn(async move { this.deliver_claim(claim).await });
@@ -221,7 +267,11 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             let next_due = if tasks.len() >= inner.config.max_in_flight {
                 None
             } else {
-                inner.store.next_due().await
+                let due = inner.store.next_due().await;
+                match (due, self.parked_wake()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             };
             let wait = async {
                 match next_due {
@@ -232,6 +282,7 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = inner.store.changed() => {}
+                () = inner.wake.notified() => {}
                 () = wait => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -251,6 +302,17 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             );
             tasks.shutdown().await;
         }
+        // Parked recipients go back to the store unattempted (for a shared
+        // store, other nodes may take them at once).
+        let parked: Vec<ParkedList> = lock(&inner.parked).drain().map(|(_, list)| list).collect();
+        for list in parked {
+            for group in list.groups {
+                inner
+                    .store
+                    .release(group.claim.message.id, &group.recipients)
+                    .await;
+            }
+        }
         inner.deliverer.close().await;
     }
 
@@ -265,15 +327,10 @@ impl<S: QueueStore + Clone> Scheduler<S> {
 
     async fn deliver_claim(&self, claim: Claim) {
         let inner = &self.inner;
-        let id = claim.message.id;
-        let body = match inner.store.body(id).await {
-            Ok(body) => body,
-            Err(err) => {
-                tracing::error!(%id, error = %err, "cannot read a queued message");
-                inner.store.release(id, &claim.recipients).await;
-                return;
-            }
-        };
+        let claim = Arc::new(claim);
+        // Read once, and only if a group is attempted or reported on (a
+        // group parked for a backed-off destination needs no body).
+        let body = OnceCell::new();
         let router = inner.deliverer.router();
         let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
         for &n in &claim.recipients {
@@ -284,8 +341,8 @@ impl<S: QueueStore + Clone> Scheduler<S> {
             }
         }
         let attempts = groups.into_iter().map(|(destination, recipients)| {
-            let body = body.clone();
             let claim = &claim;
+            let body = &body;
             async move {
                 self.deliver_group(claim, &destination, &recipients, body)
                     .await;
@@ -294,19 +351,51 @@ impl<S: QueueStore + Clone> Scheduler<S> {
         futures::future::join_all(attempts).await;
     }
 
-    async fn deliver_group(
+    /// The message's content, read from the store the first time a group
+    /// of `claim` needs it. `None` (the recipients given back) when the
+    /// store cannot read it.
+    async fn body(
         &self,
         claim: &Claim,
+        recipients: &[usize],
+        body: &OnceCell<Bytes>,
+    ) -> Option<Bytes> {
+        let inner = &self.inner;
+        let id = claim.message.id;
+        match body.get_or_try_init(|| inner.store.body(id)).await {
+            Ok(body) => Some(body.clone()),
+            Err(err) => {
+                tracing::error!(%id, error = %err, "cannot read a queued message");
+                inner.store.release(id, recipients).await;
+                None
+            }
+        }
+    }
+
+    async fn deliver_group(
+        &self,
+        claim: &Arc<Claim>,
         destination: &Destination,
         recipients: &[usize],
-        body: Bytes,
+        body: &OnceCell<Bytes>,
     ) {
         let inner = &self.inner;
         let id = claim.message.id;
         let envelope = &claim.message.envelope;
+        if self.park_if_backed_off(claim, destination, recipients) {
+            return;
+        }
         let limit = self.limit(destination);
         let Ok(_permit) = limit.acquire_owned().await else {
             inner.store.release(id, recipients).await;
+            return;
+        };
+        // The destination may have failed while this group waited for a
+        // connection slot.
+        if self.park_if_backed_off(claim, destination, recipients) {
+            return;
+        }
+        let Some(body) = self.body(claim, recipients, body).await else {
             return;
         };
         let now = inner.clock.now();
@@ -407,9 +496,130 @@ impl<S: QueueStore + Clone> Scheduler<S> {
                     last,
                 },
             );
-        } else {
-            backoff.remove(destination);
+        } else if backoff.remove(destination).is_some() {
+            // Parked mail for it can go now.
+            self.inner.wake.notify_one();
         }
+    }
+
+    /// Parks `recipients` of `claim` when `destination` is backed off and
+    /// nothing about them has to be recorded before the backoff ends.
+    /// Returns whether they were parked.
+    fn park_if_backed_off(
+        &self,
+        claim: &Arc<Claim>,
+        destination: &Destination,
+        recipients: &[usize],
+    ) -> bool {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let Some(until) = lock(&inner.backoff)
+            .get(destination)
+            .map(|b| b.until)
+            .filter(|until| *until > now)
+        else {
+            return false;
+        };
+        let deadline = self.park_deadline(claim, recipients);
+        if deadline <= now {
+            // The sender must hear now: the deferral is recorded.
+            return false;
+        }
+        let mut parked = lock(&inner.parked);
+        let list = parked.entry(destination.clone()).or_default();
+        let sooner = list.earliest.is_none_or(|e| deadline < e);
+        if sooner {
+            list.earliest = Some(deadline);
+        }
+        let first = list.groups.is_empty();
+        list.groups.push(Parked {
+            claim: Arc::clone(claim),
+            recipients: recipients.to_vec(),
+            deadline,
+        });
+        drop(parked);
+        tracing::debug!(id = %claim.message.id, %destination, ?until, "parked while the destination is backed off");
+        if first || deadline < until && sooner {
+            inner.wake.notify_one();
+        }
+        true
+    }
+
+    /// When parked recipients must be looked at even if their destination
+    /// is still backed off: the end of the message's queue lifetime, or
+    /// the time a delay warning one of them asked for is due.
+    fn park_deadline(&self, claim: &Claim, recipients: &[usize]) -> SystemTime {
+        let config = &self.inner.config;
+        let envelope: &QueuedEnvelope = &claim.message.envelope;
+        let mut deadline = envelope.received_at + config.max_queue_lifetime;
+        let reportable = envelope.kind == MessageKind::Normal && envelope.sender.is_some();
+        if reportable {
+            for &n in recipients {
+                let warned = matches!(
+                    claim.message.states[n],
+                    RecipientState::Deferred { warned: true, .. }
+                );
+                if !warned && envelope.recipients[n].wants_delay() {
+                    deadline = deadline.min(envelope.received_at + config.delay_warning);
+                }
+            }
+        }
+        deadline
+    }
+
+    /// Takes the parked groups that may go now: every group of a
+    /// destination that is no longer backed off, and the groups whose
+    /// deadline has come.
+    fn unpark(&self, now: SystemTime) -> Vec<Parked> {
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        let backoff = lock(&inner.backoff);
+        let mut parked = lock(&inner.parked);
+        parked.retain(|destination, list| {
+            let free = backoff.get(destination).is_none_or(|b| b.until <= now);
+            if !free && list.earliest.is_none_or(|e| e > now) {
+                return true;
+            }
+            let mut kept = Vec::new();
+            for group in list.groups.drain(..) {
+                if free || group.deadline <= now {
+                    out.push(group);
+                } else {
+                    kept.push(group);
+                }
+            }
+            list.earliest = kept.iter().map(|g| g.deadline).min();
+            list.groups = kept;
+            !list.groups.is_empty()
+        });
+        out
+    }
+
+    /// The earliest time parked work may go: a backoff's end or a
+    /// group's deadline.
+    fn parked_wake(&self) -> Option<SystemTime> {
+        let inner = &self.inner;
+        let backoff = lock(&inner.backoff);
+        let parked = lock(&inner.parked);
+        parked
+            .iter()
+            .map(|(destination, list)| {
+                let until = backoff
+                    .get(destination)
+                    .map_or(SystemTime::UNIX_EPOCH, |b| b.until);
+                list.earliest.map_or(until, |earliest| until.min(earliest))
+            })
+            .min()
+    }
+
+    /// How many recipients are parked, waiting for backed-off destinations
+    /// (claimed, not attempted, last committed state unchanged).
+    pub fn parked_recipients(&self) -> usize {
+        lock(&self.inner.parked)
+            .values()
+            .flat_map(|list| &list.groups)
+            .map(|group| group.recipients.len())
+            .sum()
     }
 
     /// The new state of every recipient of the attempt, and the
@@ -570,6 +780,8 @@ impl<S: QueueStore + Clone> Scheduler<S> {
     /// ([`QueueStore::flushes`]).
     pub fn clear_backoff(&self) {
         lock(&self.inner.backoff).clear();
+        // What was parked behind those backoffs goes now.
+        self.inner.wake.notify_one();
     }
 
     /// The store.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use smtp_client::{Envelope, Notify, Recipient, Ret};
+use smtp_relay::inspect::QueueInspect;
 use smtp_relay::queue::{QueueStore, RecipientState};
 use smtp_relay::scheduler::SchedulerConfig;
 use support::fake_mx::{FakeMx, Script, ip};
@@ -754,6 +755,9 @@ async fn an_unreachable_destination_is_backed_off_as_a_whole() {
         dir.path(),
         RelayOptions {
             routes: vec![("remote.test".into(), mx.addr())],
+            // One connection at a time, so the count of sessions below does
+            // not depend on how the attempts interleave.
+            max_per_destination: 1,
             ..RelayOptions::default()
         },
     )
@@ -766,17 +770,18 @@ async fn an_unreachable_destination_is_backed_off_as_a_whole() {
     })
     .await;
     assert_eq!(mx.connections(), 1);
+    let batches = relay.spool.commit_batches();
     for _ in 0..3 {
         submit(relay.addr, &env, MESSAGE).await.unwrap();
     }
-    wait_for("all deferred", || {
-        let m = relay.messages();
-        m.len() == 4 && all_deferred(&m)
-    })
-    .await;
-    // The new messages waited with the destination instead of trying it.
+    // The new messages wait with the destination instead of trying it:
+    // parked, with no attempt and no record of their own (the only
+    // commits are the three messages themselves).
+    wait_for("three parked", || relay.scheduler.parked_recipients() == 3).await;
     assert_eq!(mx.connections(), 1);
+    assert_eq!(relay.spool.commit_batches(), batches + 3);
     let messages = relay.messages();
+    assert_eq!(messages.len(), 4);
     let RecipientState::Deferred { last, .. } = &messages[0].states[0] else {
         panic!()
     };
@@ -785,6 +790,169 @@ async fn an_unreachable_destination_is_backed_off_as_a_whole() {
         "{}",
         last.diagnostic
     );
+    for message in &messages[1..] {
+        assert_eq!(message.states, vec![RecipientState::Queued]);
+    }
+    // When the backoff ends the destination is tried again, once: it still
+    // refuses, so every message is deferred or parked again behind the new
+    // backoff, and nothing was tried once per message.
+    relay.advance(Duration::from_secs(400)).await;
+    wait_for("the second attempt", || mx.connections() == 2).await;
+    // The one that made the attempt is deferred again; the other three
+    // are parked behind the new backoff.
+    wait_for("three parked again", || {
+        relay.scheduler.parked_recipients() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(mx.connections(), 2);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn parked_mail_is_delivered_when_a_flush_clears_the_backoff() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unused.local_addr().unwrap();
+    drop(unused);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            routes: vec![("remote.test".into(), addr)],
+            max_per_destination: 1,
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    let env = envelope(Some("alice@sender.test"), &["bob@remote.test"]);
+    submit(relay.addr, &env, MESSAGE).await.unwrap();
+    wait_for("the first deferral", || {
+        let m = relay.messages();
+        !m.is_empty() && all_deferred(&m)
+    })
+    .await;
+    for _ in 0..2 {
+        submit(relay.addr, &env, MESSAGE).await.unwrap();
+    }
+    wait_for("two parked", || relay.scheduler.parked_recipients() == 2).await;
+    // The destination comes back on the same address; an operator's flush
+    // clears the backoff, and the parked messages go without waiting for
+    // it to end (the deferred one is due at its own retry time).
+    let mx = FakeMx::start_on(addr, Script::plain()).await.unwrap();
+    relay.scheduler.clear_backoff();
+    wait_for("the parked messages delivered", || {
+        mx.accepted().len() == 2
+    })
+    .await;
+    assert_eq!(relay.scheduler.parked_recipients(), 0);
+    relay.advance(Duration::from_secs(400)).await;
+    wait_for("the deferred one delivered", || mx.accepted().len() == 3).await;
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn parked_mail_that_an_operator_holds_is_not_sent() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unused.local_addr().unwrap();
+    drop(unused);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            routes: vec![("remote.test".into(), addr)],
+            max_per_destination: 1,
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    let env = envelope(Some("alice@sender.test"), &["bob@remote.test"]);
+    submit(relay.addr, &env, MESSAGE).await.unwrap();
+    wait_for("the first deferral", || {
+        let m = relay.messages();
+        !m.is_empty() && all_deferred(&m)
+    })
+    .await;
+    submit(relay.addr, &env, MESSAGE).await.unwrap();
+    wait_for("one parked", || relay.scheduler.parked_recipients() == 1).await;
+    let parked = relay.messages()[1].id;
+    assert!(
+        relay
+            .spool
+            .set_held(parked, true, relay.clock_now())
+            .await
+            .unwrap()
+    );
+    // The destination is back and the backoff cleared: the parked claim
+    // goes back to the store, which no longer hands the held message out.
+    let mx = FakeMx::start_on(addr, Script::plain()).await.unwrap();
+    relay.scheduler.clear_backoff();
+    wait_for("nothing parked", || {
+        relay.scheduler.parked_recipients() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(mx.accepted().is_empty());
+    assert!(
+        relay
+            .spool
+            .set_held(parked, false, relay.clock_now())
+            .await
+            .unwrap()
+    );
+    wait_for("the released message delivered", || {
+        mx.accepted().len() == 1
+    })
+    .await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn parked_mail_expires_at_its_queue_lifetime() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = unused.local_addr().unwrap();
+    drop(unused);
+    let sender_mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut scheduler = SchedulerConfig::new("relay.test");
+    // A backoff far longer than the lifetime: only the lifetime can end
+    // the wait of the parked message.
+    scheduler.retry.first = Duration::from_secs(3600);
+    scheduler.retry.max = Duration::from_secs(3600);
+    scheduler.max_queue_lifetime = Duration::from_secs(600);
+    let relay = Relay::start(
+        dir.path(),
+        RelayOptions {
+            routes: vec![
+                ("remote.test".into(), dead),
+                ("sender.test".into(), sender_mx.addr()),
+            ],
+            max_per_destination: 1,
+            scheduler,
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    let env = envelope(Some("alice@sender.test"), &["bob@remote.test"]);
+    submit(relay.addr, &env, MESSAGE).await.unwrap();
+    wait_for("the first deferral", || {
+        let m = relay.messages();
+        !m.is_empty() && all_deferred(&m)
+    })
+    .await;
+    relay.advance(Duration::from_secs(60)).await;
+    submit(relay.addr, &env, MESSAGE).await.unwrap();
+    wait_for("one parked", || relay.scheduler.parked_recipients() == 1).await;
+    // The first message's lifetime ends at 600 s: it is due then (its next
+    // attempt is capped there) and fails; the second, parked, fails at its
+    // own end 60 s later, long before the destination's backoff ends.
+    relay.advance(Duration::from_secs(545)).await;
+    wait_for("the first bounce", || sender_mx.accepted().len() == 1).await;
+    assert_eq!(relay.scheduler.parked_recipients(), 1);
+    relay.advance(Duration::from_secs(60)).await;
+    wait_for("the second bounce", || sender_mx.accepted().len() == 2).await;
+    wait_for("an empty queue", || relay.messages().is_empty()).await;
+    assert_eq!(relay.scheduler.parked_recipients(), 0);
     relay.stop().await;
 }
 

@@ -77,6 +77,7 @@ pub struct Relay {
     pub addr: SocketAddr,
     pub spool: Spool,
     pub clock: Arc<ManualClock>,
+    pub scheduler: Scheduler<Spool>,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -139,6 +140,7 @@ impl Relay {
         let listening = server.bind().await.unwrap();
         let addr = listening.local_addrs()[0];
         let scheduler = Scheduler::new(spool.clone(), deliverer, dyn_clock, options.scheduler);
+        let handle = scheduler.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let (stop_server_tx, stop_server_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
@@ -166,6 +168,7 @@ impl Relay {
             addr,
             spool,
             clock,
+            scheduler: handle,
             stop: Some(stop),
             tasks,
         }
