@@ -104,25 +104,27 @@ async fn a_flush_on_one_node_clears_the_backoff_of_the_others() {
         })
     })
     .await;
-    // n2 has backed the destination off: a second message waits with it,
-    // without a connection.
+    // n2 has backed the destination off: a second message waits with it
+    // (parked on n2, still queued), without a connection.
     let second = n1.enqueue(message("second")).await.unwrap();
-    wait(
-        "the second message deferred behind the backoff",
-        async || {
-            n1.get(second).await.unwrap().is_some_and(|listed| {
-                matches!(listed.message.states[0], RecipientState::Deferred { .. })
-            })
-        },
-    )
+    wait("the second message parked behind the backoff", async || {
+        delivering.parked_recipients() == 1
+    })
     .await;
+    assert!(
+        n1.get(second)
+            .await
+            .unwrap()
+            .is_some_and(|listed| { matches!(listed.message.states[0], RecipientState::Queued) })
+    );
 
     // The destination comes back, and the operator flushes on n1 only.
     let mx = FakeMx::start_on(mx_addr, Script::new().no_starttls())
         .await
         .unwrap();
     assert_eq!(mx.connections(), 0);
-    assert_eq!(n1.flush(None, SystemTime::now()).await.unwrap(), 2);
+    // Only the deferred recipient has a retry time to bring forward.
+    assert_eq!(n1.flush(None, SystemTime::now()).await.unwrap(), 1);
     assert!(
         mx.wait_accepted(2, Duration::from_secs(10)).await,
         "n2 kept its backoff after the flush: {} accepted, {} connections",

@@ -840,10 +840,7 @@ async fn parked_mail_is_delivered_when_a_flush_clears_the_backoff() {
     // it to end (the deferred one is due at its own retry time).
     let mx = FakeMx::start_on(addr, Script::plain()).await.unwrap();
     relay.scheduler.clear_backoff();
-    wait_for("the parked messages delivered", || {
-        mx.accepted().len() == 2
-    })
-    .await;
+    wait_for("the parked messages delivered", || mx.accepted().len() == 2).await;
     assert_eq!(relay.scheduler.parked_recipients(), 0);
     relay.advance(Duration::from_secs(400)).await;
     wait_for("the deferred one delivered", || mx.accepted().len() == 3).await;
