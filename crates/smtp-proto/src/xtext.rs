@@ -15,6 +15,7 @@
 //! assert_eq!(xtext::decode("a+2Bb+3Dc+20d").unwrap(), "a+b=c d");
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
@@ -51,10 +52,15 @@ pub fn encode(value: &str) -> String {
 /// smuggle line breaks into DSN fields built from the value), and a result
 /// that is not UTF-8.
 pub fn decode(xtext: &str) -> Result<String, XtextError> {
+    decode_borrowed(xtext).map(Cow::into_owned)
+}
+
+/// [`decode`], borrowing the value when it encodes nothing (most ENVIDs
+/// and plain addresses do).
+pub(crate) fn decode_borrowed(xtext: &str) -> Result<Cow<'_, str>, XtextError> {
     let bytes = xtext.as_bytes();
-    // Most values (ENVIDs, plain addresses) encode nothing: copy them once.
     if bytes.iter().all(|&b| is_xchar(b)) {
-        return Ok(xtext.to_owned());
+        return Ok(Cow::Borrowed(xtext));
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
@@ -85,7 +91,9 @@ pub fn decode(xtext: &str) -> Result<String, XtextError> {
             _ => return Err(XtextError::new(XtextErrorKind::OutOfRange)),
         }
     }
-    String::from_utf8(out).map_err(|_| XtextError::new(XtextErrorKind::NotUtf8))
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| XtextError::new(XtextErrorKind::NotUtf8))
 }
 
 /// Upper-case hex digit only: RFC 3461 §4 says "two upper case hexadecimal
