@@ -216,6 +216,16 @@ pub fn parse_reverse_path_ref(
     path: &str,
     utf8: bool,
 ) -> Result<Option<AddressRef<'_>>, AddressError> {
+    check_forbidden(path)?;
+    reverse_path_in_line(path, utf8)
+}
+
+/// [`parse_reverse_path_ref`] for a path from a command line that has
+/// already been checked for control octets (CR, LF and NUL among them).
+pub(crate) fn reverse_path_in_line(
+    path: &str,
+    utf8: bool,
+) -> Result<Option<AddressRef<'_>>, AddressError> {
     let inner = path_inner(path)?;
     if inner.is_empty() {
         return Ok(None);
@@ -231,6 +241,13 @@ pub fn parse_forward_path(path: &str, utf8: bool) -> Result<Address, AddressErro
 
 /// [`parse_forward_path`], borrowing the address from `path`.
 pub fn parse_forward_path_ref(path: &str, utf8: bool) -> Result<AddressRef<'_>, AddressError> {
+    check_forbidden(path)?;
+    forward_path_in_line(path, utf8)
+}
+
+/// [`parse_forward_path_ref`] for a path from a command line that has
+/// already been checked for control octets (CR, LF and NUL among them).
+pub(crate) fn forward_path_in_line(path: &str, utf8: bool) -> Result<AddressRef<'_>, AddressError> {
     let inner = path_inner(path)?;
     if inner.is_empty() {
         return Err(AddressError::Empty);
@@ -340,13 +357,12 @@ fn check_forbidden(s: &str) -> Result<(), AddressError> {
     }
 }
 
-/// Checks everything a path shares whatever it holds, and returns what is
-/// between the brackets.
+/// Checks everything a path shares whatever it holds, but the forbidden
+/// octets (the caller has), and returns what is between the brackets.
 fn path_inner(path: &str) -> Result<&str, AddressError> {
     if path.is_empty() {
         return Err(AddressError::Empty);
     }
-    check_forbidden(path)?;
     if path.len() > PATH_MAX {
         return Err(AddressError::PathTooLong);
     }

@@ -966,7 +966,7 @@ fn parse_mail(args: Option<&str>) -> Result<CommandRef<'_>, CommandError> {
         .and_then(|args| strip_prefix_ignore_case(args, "FROM:"))
         .ok_or(CommandError::Syntax(EXPECTED))?;
     let (path, params) = split_path(rest, CommandError::InvalidSender)?;
-    let from = address::parse_reverse_path_ref(path, true).map_err(CommandError::InvalidSender)?;
+    let from = address::reverse_path_in_line(path, true).map_err(CommandError::InvalidSender)?;
     let params = MailParametersRef::parse(params)?;
     // RFC 6531 §3.4: a UTF-8 reverse-path needs SMTPUTF8 on this MAIL.
     if from.as_ref().is_some_and(AddressRef::is_utf8) && !params.smtputf8 {
@@ -983,7 +983,7 @@ fn parse_rcpt(args: Option<&str>) -> Result<CommandRef<'_>, CommandError> {
         .and_then(|args| strip_prefix_ignore_case(args, "TO:"))
         .ok_or(CommandError::Syntax(EXPECTED))?;
     let (path, params) = split_path(rest, CommandError::InvalidRecipient)?;
-    let to = address::parse_forward_path_ref(path, true).map_err(CommandError::InvalidRecipient)?;
+    let to = address::forward_path_in_line(path, true).map_err(CommandError::InvalidRecipient)?;
     let params = RcptParametersRef::parse(params)?;
     Ok(CommandRef::Rcpt { to, params })
 }
