@@ -1190,14 +1190,24 @@ fn is_atom(value: &str) -> bool {
 /// Whether `line` holds a control octet (below 0x20, or DEL). Written as a
 /// branch-free fold over fixed blocks so that it vectorises.
 fn has_control(line: &[u8]) -> bool {
-    let is_control = |b: u8| (b < 0x20) | (b == 0x7f);
+    let is_control = |b: u8| u8::from((b < 0x20) | (b == 0x7f));
+    // Lane-wise over fixed blocks, the tail padded with a printable octet:
+    // the compiler keeps `any` in a vector register and needs no scalar
+    // loop (command lines are short, so no early exit).
+    let mut any = [0u8; 16];
     let mut blocks = line.chunks_exact(16);
     for block in &mut blocks {
-        if block.iter().fold(false, |any, &b| any | is_control(b)) {
-            return true;
+        for k in 0..16 {
+            any[k] |= is_control(block[k]);
         }
     }
-    blocks.remainder().iter().any(|&b| is_control(b))
+    let tail = blocks.remainder();
+    let mut padded = [b'x'; 16];
+    padded[..tail.len()].copy_from_slice(tail);
+    for k in 0..16 {
+        any[k] |= is_control(padded[k]);
+    }
+    any.iter().fold(0, |all, &lane| all | lane) != 0
 }
 
 /// `str::split_once` for an ASCII separator, without the generic
