@@ -74,7 +74,8 @@ def main():
     print("| --- | --- | --- | --- |")
     for ferry, stalwart in PAIRS:
         a, b = statistics.median(times[ferry]), statistics.median(times[stalwart])
-        label = ferry.replace("/ferry-owned", " (owned)").replace("/ferry", "")
+        label = (ferry.replace("/ferry-owned", " (owned)")
+                 .replace("/ferry-with-copy", " (with copy)").replace("/ferry", ""))
         print(f"| `{label}` | {a / 1000:,.2f} µs | {b / 1000:,.2f} µs | {a / b:.2f} |")
 
 
