@@ -684,14 +684,17 @@ impl DataDecoder {
         let mut end = last_lf + 1;
         let mut dots = [0usize; UNSTUFF_DOTS];
         let mut count = 0;
-        for lf in DOT_LINE.find_iter(&rest[..=last_lf]) {
-            let dot = lf + 1;
+        let lines = &rest[..=last_lf];
+        let mut from = 0;
+        while let Some(at) = DOT_LINE.find(&lines[from..]) {
+            let dot = from + at + 1;
             if count == max_dots || rest.get(dot + 1).is_none_or(|&next| next == b'\r') {
                 end = dot;
                 break;
             }
             dots[count] = dot;
             count += 1;
+            from = dot;
         }
         if !self.scanner.check_clean_run(&rest[..end]) {
             return false;
