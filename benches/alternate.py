@@ -19,8 +19,11 @@ import sys
 
 PAIRS = [
     ("commands/pipelined-transaction/ferry", "commands/pipelined-transaction/stalwart"),
+    ("commands/pipelined-transaction/ferry-owned", "commands/pipelined-transaction/stalwart"),
     ("data/decode/ferry/10240", "data/decode/stalwart/10240"),
+    ("data/decode/ferry-with-copy/10240", "data/decode/stalwart/10240"),
     ("data/decode/ferry/1048576", "data/decode/stalwart/1048576"),
+    ("data/decode/ferry-with-copy/1048576", "data/decode/stalwart/1048576"),
     ("replies/ehlo/ferry", "replies/ehlo/stalwart"),
     ("replies/ehlo/ferry-owned", "replies/ehlo/stalwart"),
 ]
@@ -71,7 +74,8 @@ def main():
     print("| --- | --- | --- | --- |")
     for ferry, stalwart in PAIRS:
         a, b = statistics.median(times[ferry]), statistics.median(times[stalwart])
-        label = ferry.replace("/ferry-owned", " (owned)").replace("/ferry", "")
+        label = (ferry.replace("/ferry-owned", " (owned)")
+                 .replace("/ferry-with-copy", " (with copy)").replace("/ferry", ""))
         print(f"| `{label}` | {a / 1000:,.2f} µs | {b / 1000:,.2f} µs | {a / b:.2f} |")
 
 

@@ -29,6 +29,9 @@ fn main() -> ExitCode {
             "commands/ferry" => {
                 black_box(cases::ferry_commands(black_box(&transaction)));
             }
+            "commands-owned/ferry" => {
+                black_box(cases::ferry_commands_owned(black_box(&transaction)));
+            }
             "commands/stalwart" => {
                 black_box(cases::stalwart_commands(black_box(&transaction)));
             }

@@ -60,7 +60,7 @@ impl Address {
         if !utf8 && !mailbox.is_ascii() {
             return Err(AddressError::Utf8NotPermitted);
         }
-        parse_mailbox(mailbox)
+        parse_mailbox(mailbox).map(AddressRef::to_address)
     }
 
     /// The bare `Postmaster` forward-path, which RFC 5321 §4.1.1.3 requires
@@ -97,6 +97,69 @@ impl Address {
     /// it requires `SMTPUTF8` (RFC 6531 §3.4).
     pub fn is_utf8(&self) -> bool {
         !self.text.is_ascii()
+    }
+}
+
+/// An [`Address`] borrowed from the text it was parsed from, as
+/// [`CommandRef`](crate::command::CommandRef) hands it out: the same
+/// checks, no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddressRef<'a> {
+    text: &'a str,
+    /// As in [`Address`].
+    at: Option<usize>,
+}
+
+impl<'a> AddressRef<'a> {
+    /// The bare `Postmaster` forward-path (see [`Address::postmaster`]).
+    pub fn postmaster() -> AddressRef<'static> {
+        AddressRef {
+            text: "Postmaster",
+            at: None,
+        }
+    }
+
+    /// The address as it goes between the angle brackets of a path.
+    pub fn as_str(&self) -> &'a str {
+        self.text
+    }
+
+    /// The local part as written (see [`Address::local_part`]).
+    pub fn local_part(&self) -> &'a str {
+        match self.at {
+            Some(at) => &self.text[..at],
+            None => self.text,
+        }
+    }
+
+    /// The domain or address literal (see [`Address::domain`]).
+    pub fn domain(&self) -> Option<&'a str> {
+        self.at.map(|at| &self.text[at + 1..])
+    }
+
+    /// True when the address holds any non-ASCII character.
+    pub fn is_utf8(&self) -> bool {
+        !self.text.is_ascii()
+    }
+
+    /// The owned [`Address`].
+    pub fn to_address(self) -> Address {
+        Address {
+            text: self.text.to_owned(),
+            at: self.at,
+        }
+    }
+}
+
+impl From<AddressRef<'_>> for Address {
+    fn from(address: AddressRef<'_>) -> Address {
+        address.to_address()
+    }
+}
+
+impl fmt::Display for AddressRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text)
     }
 }
 
@@ -145,6 +208,24 @@ impl TryFrom<String> for Address {
 /// Parses a reverse-path (the argument of `MAIL FROM:`), angle brackets
 /// included. `<>`, the null reverse-path of bounces, gives `None`.
 pub fn parse_reverse_path(path: &str, utf8: bool) -> Result<Option<Address>, AddressError> {
+    parse_reverse_path_ref(path, utf8).map(|from| from.map(AddressRef::to_address))
+}
+
+/// [`parse_reverse_path`], borrowing the address from `path`.
+pub fn parse_reverse_path_ref(
+    path: &str,
+    utf8: bool,
+) -> Result<Option<AddressRef<'_>>, AddressError> {
+    check_forbidden(path)?;
+    reverse_path_in_line(path, utf8)
+}
+
+/// [`parse_reverse_path_ref`] for a path from a command line that has
+/// already been checked for control octets (CR, LF and NUL among them).
+pub(crate) fn reverse_path_in_line(
+    path: &str,
+    utf8: bool,
+) -> Result<Option<AddressRef<'_>>, AddressError> {
     let inner = path_inner(path)?;
     if inner.is_empty() {
         return Ok(None);
@@ -155,12 +236,24 @@ pub fn parse_reverse_path(path: &str, utf8: bool) -> Result<Option<Address>, Add
 /// Parses a forward-path (the argument of `RCPT TO:`), angle brackets
 /// included. `<Postmaster>` in any case gives [`Address::postmaster`].
 pub fn parse_forward_path(path: &str, utf8: bool) -> Result<Address, AddressError> {
+    parse_forward_path_ref(path, utf8).map(AddressRef::to_address)
+}
+
+/// [`parse_forward_path`], borrowing the address from `path`.
+pub fn parse_forward_path_ref(path: &str, utf8: bool) -> Result<AddressRef<'_>, AddressError> {
+    check_forbidden(path)?;
+    forward_path_in_line(path, utf8)
+}
+
+/// [`parse_forward_path_ref`] for a path from a command line that has
+/// already been checked for control octets (CR, LF and NUL among them).
+pub(crate) fn forward_path_in_line(path: &str, utf8: bool) -> Result<AddressRef<'_>, AddressError> {
     let inner = path_inner(path)?;
     if inner.is_empty() {
         return Err(AddressError::Empty);
     }
     if inner.eq_ignore_ascii_case("postmaster") {
-        return Ok(Address::postmaster());
+        return Ok(AddressRef::postmaster());
     }
     parse_path_inner(inner, utf8)
 }
@@ -264,13 +357,12 @@ fn check_forbidden(s: &str) -> Result<(), AddressError> {
     }
 }
 
-/// Checks everything a path shares whatever it holds, and returns what is
-/// between the brackets.
+/// Checks everything a path shares whatever it holds, but the forbidden
+/// octets (the caller has), and returns what is between the brackets.
 fn path_inner(path: &str) -> Result<&str, AddressError> {
     if path.is_empty() {
         return Err(AddressError::Empty);
     }
-    check_forbidden(path)?;
     if path.len() > PATH_MAX {
         return Err(AddressError::PathTooLong);
     }
@@ -279,7 +371,7 @@ fn path_inner(path: &str) -> Result<&str, AddressError> {
         .ok_or(AddressError::MissingAngleBrackets)
 }
 
-fn parse_path_inner(inner: &str, utf8: bool) -> Result<Address, AddressError> {
+fn parse_path_inner(inner: &str, utf8: bool) -> Result<AddressRef<'_>, AddressError> {
     if !utf8 && !inner.is_ascii() {
         return Err(AddressError::Utf8NotPermitted);
     }
@@ -309,7 +401,7 @@ fn strip_source_route(inner: &str) -> Result<&str, AddressError> {
 
 /// Parses a Mailbox that has passed the character and length checks of
 /// its caller.
-fn parse_mailbox(mailbox: &str) -> Result<Address, AddressError> {
+fn parse_mailbox(mailbox: &str) -> Result<AddressRef<'_>, AddressError> {
     if mailbox.is_empty() {
         return Err(AddressError::Empty);
     }
@@ -346,8 +438,8 @@ fn parse_mailbox(mailbox: &str) -> Result<Address, AddressError> {
     } else {
         validate_domain(domain.as_bytes(), false)?;
     }
-    Ok(Address {
-        text: mailbox.to_owned(),
+    Ok(AddressRef {
+        text: mailbox,
         at: Some(at),
     })
 }

@@ -130,31 +130,33 @@ impl LineScanner {
         }
     }
 
-    /// Scans the longest run of whole lines at the front of `bytes` in one
-    /// pass, when they are all clean text: every line ends with `<CRLF>`,
-    /// holds no other CR or LF, and is short enough that no line length
-    /// has to be measured. With `stop_at_dot` the run ends before the
-    /// first line that starts with `"."`. No CR may be pending.
+    /// Scans the longest run of whole lines at the front of `bytes` (up to
+    /// the last LF) in one pass, when they are all clean text; see
+    /// [`check_clean_run`](Self::check_clean_run). No CR may be pending.
     ///
     /// Returns the length of the run, or 0 when there is no such run here
     /// (no line end, a bare CR or LF, a long line): then nothing has been
     /// recorded and [`scan_lines`](Self::scan_lines) takes over.
-    fn scan_clean_run(&mut self, bytes: &[u8], stop_at_dot: bool) -> usize {
+    fn scan_clean_run(&mut self, bytes: &[u8]) -> usize {
+        match memchr::memrchr(b'\n', bytes) {
+            Some(last_lf) if self.check_clean_run(&bytes[..=last_lf]) => last_lf + 1,
+            _ => 0,
+        }
+    }
+
+    /// Checks `run`, which continues the current line and ends with LF, in
+    /// one pass: true, with the facts recorded, when it is all clean text
+    /// (every line ends with `<CRLF>`, holds no other CR or LF, and is
+    /// short enough that no line length has to be measured). False, with
+    /// nothing recorded, when it is not. No CR may be pending.
+    fn check_clean_run(&mut self, run: &[u8]) -> bool {
         debug_assert!(!self.after_cr);
-        let dot_line = if stop_at_dot {
-            DOT_LINE.find(bytes)
-        } else {
-            None
-        };
-        let Some(last_lf) = dot_line.or_else(|| memchr::memrchr(b'\n', bytes)) else {
-            return 0;
-        };
-        let run = &bytes[..=last_lf];
+        debug_assert_eq!(run.last(), Some(&b'\n'));
         // The first line may have begun in an earlier call.
         if self.line_len > 0 {
-            let first_lf = memchr::memchr(b'\n', run).unwrap_or(last_lf);
+            let first_lf = memchr::memchr(b'\n', run).unwrap_or(run.len() - 1);
             if self.line_len.saturating_add(first_lf as u64 + 1) > TEXT_LINE_MAX as u64 {
-                return 0;
+                return false;
             }
         }
         match RunCensus::of(run) {
@@ -162,9 +164,9 @@ impl LineScanner {
                 self.nul |= census.nul;
                 self.eight_bit |= census.eight_bit;
                 self.line_len = 0;
-                run.len()
+                true
             }
-            None => 0,
+            None => false,
         }
     }
 
@@ -267,6 +269,49 @@ impl LineScanner {
 /// at one by one. Built once; searching with it allocates nothing.
 static DOT_LINE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\n."));
 
+/// Octets compared at once by [`RunCensus::of`]: three SSE2 registers per
+/// accumulator, the most that fit the sixteen without spilling (32 lanes:
+/// 4% more instructions, 64: 8% more).
+const LANES: usize = 48;
+
+/// All ones for true, zero for false: what a vector comparison yields.
+#[inline(always)]
+fn mask(flag: bool) -> u8 {
+    0u8.wrapping_sub(u8::from(flag))
+}
+
+/// The lane-wise accumulators of [`RunCensus::of`]: fixed-size arrays,
+/// which the compiler keeps in vector registers.
+struct Lanes {
+    /// All ones in a lane where a CR and "LF next" differed.
+    bad: [u8; LANES],
+    /// The largest octet value minus one (wrapping) per lane: NUL and
+    /// octets above 127 are those for which it is 127 or more.
+    unusual: [u8; LANES],
+}
+
+impl Lanes {
+    fn new() -> Self {
+        Lanes {
+            bad: [0; LANES],
+            unusual: [0; LANES],
+        }
+    }
+
+    /// Adds the pairs `(x[k], y[k])`, where `y` is `x` one octet on, and
+    /// marks in `lf` the lanes that saw an LF.
+    #[inline(always)]
+    fn add(&mut self, x: &[u8], y: &[u8], lf: &mut [u8; LANES]) {
+        let (x, y) = (&x[..LANES], &y[..LANES]);
+        for k in 0..LANES {
+            let (is_cr, is_lf) = (mask(x[k] == b'\r'), mask(y[k] == b'\n'));
+            self.bad[k] |= is_cr ^ is_lf;
+            lf[k] |= is_lf;
+            self.unusual[k] = self.unusual[k].max(x[k].wrapping_sub(1));
+        }
+    }
+}
+
 /// What one pass over a run of lines that ends with LF found, when the
 /// run is clean text (see [`LineScanner::scan_clean_run`]).
 struct RunCensus {
@@ -295,23 +340,36 @@ impl RunCensus {
         // (checked above) as a successor. In clean text a CR comes exactly
         // where an LF follows, so "CR here" and "LF next" never differ.
         let (before, after) = (&run[..run.len() - 1], &run[1..]);
-        let mut bare = false;
-        let mut unusual = 0u8;
-        let mut every_block_has_lf = true;
+        // Lane-wise accumulators over fixed-size arrays: the compiler keeps
+        // each in vector registers and reduces it once per block (`bad`
+        // and `unusual`: once per run). A lane is all ones where a CR and
+        // "LF next" differ.
+        let mut lanes = Lanes::new();
         for (a, b) in before.chunks(Self::BLOCK).zip(after.chunks(Self::BLOCK)) {
-            let mut has_lf = false;
-            for (&x, &y) in a.iter().zip(b) {
-                let (is_cr, is_lf) = (x == b'\r', y == b'\n');
-                bare |= is_cr != is_lf;
-                has_lf |= is_lf;
-                // NUL and octets above 127 are those whose value minus one
-                // (wrapping) is 127 or more.
-                unusual = unusual.max(x.wrapping_sub(1));
+            let mut lf = [0u8; LANES];
+            let (mut xs, mut ys) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+            for (x, y) in (&mut xs).zip(&mut ys) {
+                lanes.add(x, y, &mut lf);
             }
-            every_block_has_lf &= has_lf;
+            // Only a run's last block has a tail (BLOCK is a multiple of
+            // LANES): padded with an octet that is none of CR, LF, NUL or
+            // 8-bit, it goes through the same vector code.
+            let tail = xs.remainder().len();
+            if tail > 0 {
+                let (mut x, mut y) = ([b'x'; LANES], [b'x'; LANES]);
+                x[..tail].copy_from_slice(xs.remainder());
+                y[..tail].copy_from_slice(ys.remainder());
+                lanes.add(&x, &y, &mut lf);
+            }
+            if lf.iter().fold(0, |any, &lane| any | lane) == 0 {
+                return None;
+            }
         }
+        let Lanes { bad, unusual } = lanes;
+        let bare = bad.iter().fold(0, |any, &lane| any | lane) != 0;
+        let unusual = unusual.iter().fold(0, |max, &lane| max.max(lane));
         // The last octet (an LF) is never unusual.
-        if bare || !every_block_has_lf {
+        if bare {
             return None;
         }
         if unusual < 0x7f {
@@ -360,6 +418,10 @@ impl Census {
         }
     }
 }
+
+/// Stuffing dots [`DataDecoder`] removes in one bulk run; a body with more
+/// dot lines takes several runs.
+const UNSTUFF_DOTS: usize = 32;
 
 /// Where [`DataDecoder`] stands in the DATA byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,16 +553,29 @@ impl DataDecoder {
         // terminator) are dropped at `src[0]`, after the chunk before them
         // has been cut.
         let mut cursor = Cursor { pos: 0, kept: 0 };
+        let mut whole_runs = true;
         loop {
             match self.state {
                 DataState::Done => return None,
                 DataState::Text if !self.scanner.after_cr => {
-                    // Clean text in bulk; anything else line by line.
-                    let rest = &src[cursor.pos..];
-                    let mut n = self.scanner.scan_clean_run(rest, true);
-                    if n == 0 {
-                        n = self.scanner.scan_lines(rest, true);
+                    // Clean text in bulk, stuffing dots and all; anything
+                    // else line by line.
+                    // After one failed run, runs end at the next dot line,
+                    // so no octet is checked in bulk more than twice.
+                    let dots = if whole_runs { UNSTUFF_DOTS } else { 0 };
+                    if self.unstuff_clean_run(src, &mut cursor, dots) {
+                        self.state = DataState::LineStart;
+                        continue;
                     }
+                    if whole_runs {
+                        whole_runs = false;
+                        if self.unstuff_clean_run(src, &mut cursor, 0) {
+                            self.state = DataState::LineStart;
+                            continue;
+                        }
+                    }
+                    let rest = &src[cursor.pos..];
+                    let n = self.scanner.scan_lines(rest, true);
                     if n > 0 {
                         cursor.keep(src, n);
                         self.state = DataState::LineStart;
@@ -584,6 +659,54 @@ impl DataDecoder {
                 }
             }
         }
+    }
+
+    /// The fast path of [`decode`](Self::decode), inside a line with no CR
+    /// pending: finds the lines ahead that start with a dot (one search),
+    /// checks the whole lines up to the first one that may be the
+    /// terminator in one pass ([`LineScanner::check_clean_run`]), and if
+    /// they are clean text keeps them, removing each stuffing dot in
+    /// place. In clean text every `<LF>.` is a line start (no LF is bare)
+    /// and a dot followed by anything but CR is a stuffing dot (RFC 5321
+    /// §4.5.2). Returns false, having done nothing, when there is no whole
+    /// line or the lines are not clean; the caller then scans exactly.
+    /// On true the cursor stands at the start of a line. At most
+    /// `max_dots` (up to [`UNSTUFF_DOTS`]) stuffing dots are removed; the
+    /// run ends before the next dot line.
+    fn unstuff_clean_run(&mut self, src: &mut [u8], cursor: &mut Cursor, max_dots: usize) -> bool {
+        let rest = &src[cursor.pos..];
+        let Some(last_lf) = memchr::memrchr(b'\n', rest) else {
+            return false;
+        };
+        // The run ends before the dot of the first line that may be the
+        // terminator (a dot followed by CR, or one whose next octet has
+        // not arrived), or after the last whole line.
+        let mut end = last_lf + 1;
+        let mut dots = [0usize; UNSTUFF_DOTS];
+        let mut count = 0;
+        let lines = &rest[..=last_lf];
+        let mut from = 0;
+        while let Some(at) = DOT_LINE.find(&lines[from..]) {
+            let dot = from + at + 1;
+            if count == max_dots || rest.get(dot + 1).is_none_or(|&next| next == b'\r') {
+                end = dot;
+                break;
+            }
+            dots[count] = dot;
+            count += 1;
+            from = dot;
+        }
+        if !self.scanner.check_clean_run(&rest[..end]) {
+            return false;
+        }
+        let mut from = 0;
+        for &dot in &dots[..count] {
+            cursor.keep(src, dot - from);
+            cursor.pos += 1;
+            from = dot + 1;
+        }
+        cursor.keep(src, end - from);
+        true
     }
 
     /// Hands out the body text `src[..cursor.kept]` as far as the size
@@ -675,7 +798,7 @@ impl BodyCheck {
         let mut rest = chunk;
         loop {
             if !self.scanner.after_cr {
-                let mut n = self.scanner.scan_clean_run(rest, false);
+                let mut n = self.scanner.scan_clean_run(rest);
                 if n == 0 {
                     n = self.scanner.scan_lines(rest, false);
                 }
@@ -1409,6 +1532,44 @@ mod tests {
             matches!(decoder.decode(&mut src), Some(BodyEvent::End(s)) if s.size == body.len() as u64)
         );
         assert_eq!(&src[..], b"QUIT\r\n");
+    }
+
+    #[test]
+    fn octets_after_the_terminator_are_not_facts_of_the_body() {
+        // The bulk run stops at the terminator: the 8-bit octet, NUL, bare
+        // LF and long line of what follows are not part of this body.
+        let mut input = Vec::new();
+        for i in 0..40 {
+            input.extend_from_slice(format!("..dot {i}\r\nline {i}\r\n").as_bytes());
+        }
+        input.extend_from_slice(b".\r\nMAIL FROM:<\xc3\xa9\x00@example.org>\n");
+        input.extend_from_slice(&[b'x'; 1200]);
+        input.extend_from_slice(b"\r\n");
+        let decoded = assert_split_invariant(u64::MAX, &input);
+        let (body, end) = reference_data(&input);
+        assert_eq!(decoded.body, body);
+        assert_eq!(decoded.summary, Some(summary(body.len() as u64)));
+        assert_eq!(decoded.rest, &input[end.unwrap()..]);
+    }
+
+    #[test]
+    fn dot_lines_before_and_after_a_bare_line_ending() {
+        // A run that is not clean is scanned line by line; the stuffing
+        // dots before and after the bare LF are removed all the same, and a
+        // dot after the bare LF is text.
+        let mut input = Vec::new();
+        for i in 0..40 {
+            input.extend_from_slice(format!("..dot {i}\r\nline {i}\r\n").as_bytes());
+            if i == 20 {
+                input.extend_from_slice(b"bare\n.not stuffed\r\n");
+            }
+        }
+        input.extend_from_slice(b".\r\n");
+        let decoded = assert_split_invariant(u64::MAX, &input);
+        let (body, _) = reference_data(&input);
+        assert_eq!(decoded.body, body);
+        assert_eq!(decoded.summary, Some(reference_facts(&body, u64::MAX)));
+        assert!(decoded.summary.unwrap().bare_lf);
     }
 
     #[test]

@@ -19,12 +19,26 @@
 //! command.encode(&mut wire).unwrap();
 //! assert_eq!(&wire[..], b"MAIL FROM:<a@example.com> SIZE=10 BODY=8BITMIME\r\n");
 //! ```
+//!
+//! [`CommandRef::parse`] makes the same checks and borrows from the line
+//! instead of allocating: addresses, arguments and the xtext values that
+//! encode nothing point into it. [`Command::parse`] is that parse followed
+//! by [`CommandRef::to_command`].
+//!
+//! ```
+//! use smtp_proto::command::CommandRef;
+//! let line = b"RCPT TO:<b@example.net> ORCPT=rfc822;b@example.net";
+//! let CommandRef::Rcpt { to, params } = CommandRef::parse(line).unwrap() else { unreachable!() };
+//! assert_eq!(to.domain(), Some("example.net"));
+//! assert_eq!(params.orcpt.unwrap().address, "b@example.net");
+//! ```
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::address::{self, Address, AddressError, class};
+use crate::address::{self, Address, AddressError, AddressRef, class};
 use crate::reply::{Reply, codes};
 use crate::xtext;
 
@@ -216,6 +230,263 @@ pub struct OriginalRecipient {
     pub address: String,
 }
 
+/// One SMTP command borrowed from its line: [`Command`] without the
+/// allocations, from [`CommandRef::parse`] (or, framed,
+/// `ServerCodec::decode_command`). The fields are those of [`Command`]
+/// with `&str` for `String`; xtext values are decoded, borrowed when they
+/// encode nothing. The one difference: the AUTH mechanism is as sent, not
+/// upper-cased (compare it with `eq_ignore_ascii_case`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandRef<'a> {
+    /// `EHLO domain`.
+    Ehlo {
+        /// The client's domain or address literal.
+        domain: &'a str,
+    },
+    /// `HELO domain`.
+    Helo {
+        /// The client's domain or address literal.
+        domain: &'a str,
+    },
+    /// `LHLO domain`.
+    Lhlo {
+        /// The client's domain or address literal.
+        domain: &'a str,
+    },
+    /// `MAIL FROM:<reverse-path> [parameters]`.
+    Mail {
+        /// The sender; `None` is the null reverse-path `<>`.
+        from: Option<AddressRef<'a>>,
+        /// The ESMTP parameters.
+        params: MailParametersRef<'a>,
+    },
+    /// `RCPT TO:<forward-path> [parameters]`.
+    Rcpt {
+        /// The recipient, possibly [`AddressRef::postmaster`].
+        to: AddressRef<'a>,
+        /// The ESMTP parameters.
+        params: RcptParametersRef<'a>,
+    },
+    /// `DATA`.
+    Data,
+    /// `BDAT size [LAST]`.
+    Bdat {
+        /// Octets in this chunk.
+        size: u64,
+        /// True on the final chunk.
+        last: bool,
+    },
+    /// `RSET`.
+    Rset,
+    /// `NOOP [string]`.
+    Noop,
+    /// `QUIT`.
+    Quit,
+    /// `VRFY string`.
+    Vrfy {
+        /// The user or mailbox to verify, as sent.
+        argument: &'a str,
+    },
+    /// `EXPN string`.
+    Expn {
+        /// The mailing list to expand, as sent.
+        argument: &'a str,
+    },
+    /// `HELP [string]`.
+    Help {
+        /// The topic, if any.
+        topic: Option<&'a str>,
+    },
+    /// `STARTTLS`.
+    StartTls,
+    /// `AUTH mechanism [initial-response]`.
+    Auth {
+        /// The SASL mechanism as sent (any case).
+        mechanism: &'a str,
+        /// The base64 initial response as sent; `"="` stands for an empty
+        /// one.
+        initial_response: Option<&'a str>,
+    },
+}
+
+/// [`MailParameters`] borrowed from the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailParametersRef<'a> {
+    /// `SIZE=n` (RFC 1870).
+    pub size: Option<u64>,
+    /// `BODY=` (RFC 6152, RFC 3030).
+    pub body: Option<BodyType>,
+    /// `SMTPUTF8` (RFC 6531 §3.4).
+    pub smtputf8: bool,
+    /// `RET=FULL|HDRS` (RFC 3461 §4.3).
+    pub ret: Option<Ret>,
+    /// `ENVID=`, xtext-decoded (RFC 3461 §4.4).
+    pub envid: Option<Cow<'a, str>>,
+    /// `AUTH=`, xtext-decoded (RFC 4954 §5).
+    pub auth: Option<Cow<'a, str>>,
+    /// `REQUIRETLS` (RFC 8689 §4.1).
+    pub requiretls: bool,
+}
+
+/// [`RcptParameters`] borrowed from the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RcptParametersRef<'a> {
+    /// `NOTIFY=` (RFC 3461 §4.1).
+    pub notify: Option<Notify>,
+    /// `ORCPT=` (RFC 3461 §4.2).
+    pub orcpt: Option<OriginalRecipientRef<'a>>,
+}
+
+/// [`OriginalRecipient`] borrowed from the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OriginalRecipientRef<'a> {
+    /// The address type as sent, usually `rfc822`.
+    pub addr_type: &'a str,
+    /// The original recipient, xtext-decoded.
+    pub address: Cow<'a, str>,
+}
+
+impl MailParametersRef<'_> {
+    /// The owned [`MailParameters`].
+    pub fn to_params(&self) -> MailParameters {
+        MailParameters {
+            size: self.size,
+            body: self.body,
+            smtputf8: self.smtputf8,
+            ret: self.ret,
+            envid: self.envid.as_deref().map(str::to_owned),
+            auth: self.auth.as_deref().map(str::to_owned),
+            requiretls: self.requiretls,
+        }
+    }
+}
+
+impl RcptParametersRef<'_> {
+    /// The owned [`RcptParameters`].
+    pub fn to_params(&self) -> RcptParameters {
+        RcptParameters {
+            notify: self.notify,
+            orcpt: self.orcpt.as_ref().map(|orcpt| OriginalRecipient {
+                addr_type: orcpt.addr_type.to_owned(),
+                address: orcpt.address.as_ref().to_owned(),
+            }),
+        }
+    }
+}
+
+impl<'a> CommandRef<'a> {
+    /// Parses one command line, without its `<CRLF>`, exactly as
+    /// [`Command::parse`] does, borrowing from `line`.
+    pub fn parse(line: &'a [u8]) -> Result<CommandRef<'a>, CommandError> {
+        // Checked before anything else: a bare CR or LF is the signature of
+        // SMTP smuggling and gets its own reply.
+        // One pass finds any control byte; only then is it worth telling
+        // CR and LF from the rest.
+        if has_control(line) {
+            if memchr::memchr2(b'\r', b'\n', line).is_some() {
+                return Err(CommandError::BareLineEnding);
+            }
+            return Err(CommandError::ForbiddenCharacter);
+        }
+        let line = std::str::from_utf8(line)
+            .map_err(|_| CommandError::Syntax("command line is not valid UTF-8"))?;
+        let line = line.trim_end_matches(' ');
+        let (verb, args) = match split_once_byte(line, b' ') {
+            Some((verb, args)) => (verb, Some(args)),
+            None => (line, None),
+        };
+        let mut upper = [0u8; 8];
+        let Some(upper) = upper.get_mut(..verb.len()) else {
+            return Err(CommandError::UnknownCommand);
+        };
+        for (to, from) in upper.iter_mut().zip(verb.bytes()) {
+            *to = from.to_ascii_uppercase();
+        }
+        match &*upper {
+            b"EHLO" => parse_hello(args, "EHLO requires a domain or address literal")
+                .map(|domain| CommandRef::Ehlo { domain }),
+            b"HELO" => parse_hello(args, "HELO requires a domain or address literal")
+                .map(|domain| CommandRef::Helo { domain }),
+            b"LHLO" => parse_hello(args, "LHLO requires a domain or address literal")
+                .map(|domain| CommandRef::Lhlo { domain }),
+            b"MAIL" => parse_mail(args),
+            b"RCPT" => parse_rcpt(args),
+            b"DATA" => no_arguments(args, "DATA takes no arguments", CommandRef::Data),
+            b"BDAT" => parse_bdat(args),
+            b"RSET" => no_arguments(args, "RSET takes no arguments", CommandRef::Rset),
+            // RFC 5321 §4.1.1.9: NOOP may carry a string, which is ignored.
+            b"NOOP" => Ok(CommandRef::Noop),
+            b"QUIT" => no_arguments(args, "QUIT takes no arguments", CommandRef::Quit),
+            b"VRFY" => required_argument(args, "VRFY requires an argument")
+                .map(|argument| CommandRef::Vrfy { argument }),
+            b"EXPN" => required_argument(args, "EXPN requires an argument")
+                .map(|argument| CommandRef::Expn { argument }),
+            b"HELP" => Ok(CommandRef::Help {
+                topic: optional_argument(args),
+            }),
+            b"STARTTLS" => no_arguments(args, "STARTTLS takes no arguments", CommandRef::StartTls),
+            b"AUTH" => parse_auth(args),
+            _ => Err(CommandError::UnknownCommand),
+        }
+    }
+
+    /// The owned [`Command`]: the borrowed text copied, the AUTH mechanism
+    /// upper-cased.
+    pub fn to_command(&self) -> Command {
+        match self {
+            CommandRef::Ehlo { domain } => Command::Ehlo {
+                domain: (*domain).to_owned(),
+            },
+            CommandRef::Helo { domain } => Command::Helo {
+                domain: (*domain).to_owned(),
+            },
+            CommandRef::Lhlo { domain } => Command::Lhlo {
+                domain: (*domain).to_owned(),
+            },
+            CommandRef::Mail { from, params } => Command::Mail {
+                from: from.map(AddressRef::to_address),
+                params: params.to_params(),
+            },
+            CommandRef::Rcpt { to, params } => Command::Rcpt {
+                to: to.to_address(),
+                params: params.to_params(),
+            },
+            CommandRef::Data => Command::Data,
+            CommandRef::Bdat { size, last } => Command::Bdat {
+                size: *size,
+                last: *last,
+            },
+            CommandRef::Rset => Command::Rset,
+            CommandRef::Noop => Command::Noop,
+            CommandRef::Quit => Command::Quit,
+            CommandRef::Vrfy { argument } => Command::Vrfy {
+                argument: (*argument).to_owned(),
+            },
+            CommandRef::Expn { argument } => Command::Expn {
+                argument: (*argument).to_owned(),
+            },
+            CommandRef::Help { topic } => Command::Help {
+                topic: topic.map(str::to_owned),
+            },
+            CommandRef::StartTls => Command::StartTls,
+            CommandRef::Auth {
+                mechanism,
+                initial_response,
+            } => Command::Auth {
+                mechanism: mechanism.to_ascii_uppercase(),
+                initial_response: initial_response.map(str::to_owned),
+            },
+        }
+    }
+}
+
+impl From<CommandRef<'_>> for Command {
+    fn from(command: CommandRef<'_>) -> Command {
+        command.to_command()
+    }
+}
+
 /// Why a command line was refused. Each variant maps to one reply with
 /// [`CommandError::reply`]; none of them ends the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,56 +609,7 @@ impl Command {
     /// command; a UTF-8 recipient is accepted here and left to the server,
     /// which knows whether the transaction asked for `SMTPUTF8`.
     pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
-        // Checked before anything else: a bare CR or LF is the signature of
-        // SMTP smuggling and gets its own reply.
-        // One pass finds any control byte; only then is it worth telling
-        // CR and LF from the rest.
-        if has_control(line) {
-            if memchr::memchr2(b'\r', b'\n', line).is_some() {
-                return Err(CommandError::BareLineEnding);
-            }
-            return Err(CommandError::ForbiddenCharacter);
-        }
-        let line = std::str::from_utf8(line)
-            .map_err(|_| CommandError::Syntax("command line is not valid UTF-8"))?;
-        let line = line.trim_end_matches(' ');
-        let (verb, args) = match split_once_byte(line, b' ') {
-            Some((verb, args)) => (verb, Some(args)),
-            None => (line, None),
-        };
-        let mut upper = [0u8; 8];
-        let Some(upper) = upper.get_mut(..verb.len()) else {
-            return Err(CommandError::UnknownCommand);
-        };
-        for (to, from) in upper.iter_mut().zip(verb.bytes()) {
-            *to = from.to_ascii_uppercase();
-        }
-        match &*upper {
-            b"EHLO" => parse_hello(args, "EHLO requires a domain or address literal")
-                .map(|domain| Command::Ehlo { domain }),
-            b"HELO" => parse_hello(args, "HELO requires a domain or address literal")
-                .map(|domain| Command::Helo { domain }),
-            b"LHLO" => parse_hello(args, "LHLO requires a domain or address literal")
-                .map(|domain| Command::Lhlo { domain }),
-            b"MAIL" => parse_mail(args),
-            b"RCPT" => parse_rcpt(args),
-            b"DATA" => no_arguments(args, "DATA takes no arguments", Command::Data),
-            b"BDAT" => parse_bdat(args),
-            b"RSET" => no_arguments(args, "RSET takes no arguments", Command::Rset),
-            // RFC 5321 §4.1.1.9: NOOP may carry a string, which is ignored.
-            b"NOOP" => Ok(Command::Noop),
-            b"QUIT" => no_arguments(args, "QUIT takes no arguments", Command::Quit),
-            b"VRFY" => required_argument(args, "VRFY requires an argument")
-                .map(|argument| Command::Vrfy { argument }),
-            b"EXPN" => required_argument(args, "EXPN requires an argument")
-                .map(|argument| Command::Expn { argument }),
-            b"HELP" => Ok(Command::Help {
-                topic: optional_argument(args).map(str::to_owned),
-            }),
-            b"STARTTLS" => no_arguments(args, "STARTTLS takes no arguments", Command::StartTls),
-            b"AUTH" => parse_auth(args),
-            _ => Err(CommandError::UnknownCommand),
-        }
+        CommandRef::parse(line).map(|command| command.to_command())
     }
 
     /// Appends the canonical wire form, `<CRLF>` included, to `dst`.
@@ -505,10 +727,10 @@ impl Command {
     }
 }
 
-impl MailParameters {
+impl<'a> MailParametersRef<'a> {
     /// Parses the space-separated parameters after the reverse-path.
-    fn parse(params: &str) -> Result<MailParameters, CommandError> {
-        let mut parsed = MailParameters::default();
+    fn parse(params: &'a str) -> Result<MailParametersRef<'a>, CommandError> {
+        let mut parsed = MailParametersRef::default();
         for param in split_parameters(params) {
             let (keyword, value) = param?;
             if keyword.eq_ignore_ascii_case("SIZE") {
@@ -593,7 +815,9 @@ impl MailParameters {
         }
         Ok(parsed)
     }
+}
 
+impl MailParameters {
     fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         if let Some(size) = self.size {
             dst.put_slice(b" SIZE=");
@@ -628,10 +852,10 @@ impl MailParameters {
     }
 }
 
-impl RcptParameters {
+impl<'a> RcptParametersRef<'a> {
     /// Parses the space-separated parameters after the forward-path.
-    fn parse(params: &str) -> Result<RcptParameters, CommandError> {
-        let mut parsed = RcptParameters::default();
+    fn parse(params: &'a str) -> Result<RcptParametersRef<'a>, CommandError> {
+        let mut parsed = RcptParametersRef::default();
         for param in split_parameters(params) {
             let (keyword, value) = param?;
             if keyword.eq_ignore_ascii_case("NOTIFY") {
@@ -650,7 +874,9 @@ impl RcptParameters {
         }
         Ok(parsed)
     }
+}
 
+impl RcptParameters {
     fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         match self.notify {
             None => {}
@@ -693,11 +919,11 @@ impl RcptParameters {
     }
 }
 
-fn no_arguments(
+fn no_arguments<'a>(
     args: Option<&str>,
     error: &'static str,
-    command: Command,
-) -> Result<Command, CommandError> {
+    command: CommandRef<'a>,
+) -> Result<CommandRef<'a>, CommandError> {
     match args {
         None => Ok(command),
         Some(_) => Err(CommandError::Syntax(error)),
@@ -711,15 +937,16 @@ fn optional_argument(args: Option<&str>) -> Option<&str> {
         .filter(|args| !args.is_empty())
 }
 
-fn required_argument(args: Option<&str>, error: &'static str) -> Result<String, CommandError> {
-    optional_argument(args)
-        .map(str::to_owned)
-        .ok_or(CommandError::Syntax(error))
+fn required_argument<'a>(
+    args: Option<&'a str>,
+    error: &'static str,
+) -> Result<&'a str, CommandError> {
+    optional_argument(args).ok_or(CommandError::Syntax(error))
 }
 
 /// `EHLO`/`HELO`/`LHLO` take one domain or address literal (RFC 5321
 /// §4.1.1.1).
-fn parse_hello(args: Option<&str>, missing: &'static str) -> Result<String, CommandError> {
+fn parse_hello<'a>(args: Option<&'a str>, missing: &'static str) -> Result<&'a str, CommandError> {
     let domain = optional_argument(args).ok_or(CommandError::Syntax(missing))?;
     if domain.contains(' ') {
         return Err(CommandError::Syntax(
@@ -729,36 +956,36 @@ fn parse_hello(args: Option<&str>, missing: &'static str) -> Result<String, Comm
     if !address::is_valid_helo_domain(domain) {
         return Err(CommandError::Syntax("invalid domain or address literal"));
     }
-    Ok(domain.to_owned())
+    Ok(domain)
 }
 
 /// `"MAIL FROM:" Reverse-path [SP Mail-parameters]` (RFC 5321 §4.1.1.2).
-fn parse_mail(args: Option<&str>) -> Result<Command, CommandError> {
+fn parse_mail(args: Option<&str>) -> Result<CommandRef<'_>, CommandError> {
     const EXPECTED: &str = "expected MAIL FROM:<reverse-path>";
     let rest = args
         .and_then(|args| strip_prefix_ignore_case(args, "FROM:"))
         .ok_or(CommandError::Syntax(EXPECTED))?;
     let (path, params) = split_path(rest, CommandError::InvalidSender)?;
-    let from = address::parse_reverse_path(path, true).map_err(CommandError::InvalidSender)?;
-    let params = MailParameters::parse(params)?;
+    let from = address::reverse_path_in_line(path, true).map_err(CommandError::InvalidSender)?;
+    let params = MailParametersRef::parse(params)?;
     // RFC 6531 §3.4: a UTF-8 reverse-path needs SMTPUTF8 on this MAIL.
-    if from.as_ref().is_some_and(Address::is_utf8) && !params.smtputf8 {
+    if from.as_ref().is_some_and(AddressRef::is_utf8) && !params.smtputf8 {
         return Err(CommandError::InvalidSender(AddressError::Utf8NotPermitted));
     }
-    Ok(Command::Mail { from, params })
+    Ok(CommandRef::Mail { from, params })
 }
 
 /// `"RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path )
 /// [SP Rcpt-parameters]` (RFC 5321 §4.1.1.3).
-fn parse_rcpt(args: Option<&str>) -> Result<Command, CommandError> {
+fn parse_rcpt(args: Option<&str>) -> Result<CommandRef<'_>, CommandError> {
     const EXPECTED: &str = "expected RCPT TO:<forward-path>";
     let rest = args
         .and_then(|args| strip_prefix_ignore_case(args, "TO:"))
         .ok_or(CommandError::Syntax(EXPECTED))?;
     let (path, params) = split_path(rest, CommandError::InvalidRecipient)?;
-    let to = address::parse_forward_path(path, true).map_err(CommandError::InvalidRecipient)?;
-    let params = RcptParameters::parse(params)?;
-    Ok(Command::Rcpt { to, params })
+    let to = address::forward_path_in_line(path, true).map_err(CommandError::InvalidRecipient)?;
+    let params = RcptParametersRef::parse(params)?;
+    Ok(CommandRef::Rcpt { to, params })
 }
 
 /// Splits `rest` (after `FROM:` or `TO:`) into the path, brackets
@@ -821,8 +1048,11 @@ fn unknown_parameter(keyword: &str) -> CommandError {
     CommandError::UnknownParameter(quoted.to_ascii_uppercase())
 }
 
-fn decode_xtext_value(value: &str, error: &'static str) -> Result<String, CommandError> {
-    match xtext::decode(value) {
+fn decode_xtext_value<'a>(
+    value: &'a str,
+    error: &'static str,
+) -> Result<Cow<'a, str>, CommandError> {
+    match xtext::decode_borrowed(value) {
         Ok(decoded) if !decoded.is_empty() => Ok(decoded),
         _ => Err(CommandError::InvalidParameter(error)),
     }
@@ -864,7 +1094,7 @@ fn parse_notify(value: &str) -> Result<Notify, CommandError> {
 }
 
 /// `ORCPT=addr-type ";" xtext` (RFC 3461 §4.2).
-fn parse_orcpt(value: &str) -> Result<OriginalRecipient, CommandError> {
+fn parse_orcpt(value: &str) -> Result<OriginalRecipientRef<'_>, CommandError> {
     const INVALID: &str = "ORCPT must be addr-type;xtext";
     if value.len() > ORCPT_MAX {
         return Err(CommandError::InvalidParameter(
@@ -876,14 +1106,14 @@ fn parse_orcpt(value: &str) -> Result<OriginalRecipient, CommandError> {
     if !is_atom(addr_type) {
         return Err(CommandError::InvalidParameter(INVALID));
     }
-    Ok(OriginalRecipient {
-        addr_type: addr_type.to_owned(),
+    Ok(OriginalRecipientRef {
+        addr_type,
         address: decode_xtext_value(address, INVALID)?,
     })
 }
 
 /// `"BDAT" SP chunk-size [SP end-marker]` (RFC 3030 §2).
-fn parse_bdat(args: Option<&str>) -> Result<Command, CommandError> {
+fn parse_bdat(args: Option<&str>) -> Result<CommandRef<'_>, CommandError> {
     const EXPECTED: &str = "expected BDAT <size> [LAST]";
     let mut words = split_byte(args.unwrap_or_default(), b' ').filter(|w| !w.is_empty());
     let size = words.next().ok_or(CommandError::Syntax(EXPECTED))?;
@@ -901,11 +1131,11 @@ fn parse_bdat(args: Option<&str>) -> Result<Command, CommandError> {
     if words.next().is_some() {
         return Err(CommandError::Syntax(EXPECTED));
     }
-    Ok(Command::Bdat { size, last })
+    Ok(CommandRef::Bdat { size, last })
 }
 
 /// `"AUTH" SP sasl-mech [SP initial-response]` (RFC 4954 §4).
-fn parse_auth(args: Option<&str>) -> Result<Command, CommandError> {
+fn parse_auth(args: Option<&str>) -> Result<CommandRef<'_>, CommandError> {
     let mut words = split_byte(args.unwrap_or_default(), b' ').filter(|w| !w.is_empty());
     let mechanism = words
         .next()
@@ -922,9 +1152,9 @@ fn parse_auth(args: Option<&str>) -> Result<Command, CommandError> {
             "expected AUTH <mechanism> [initial-response]",
         ));
     }
-    Ok(Command::Auth {
-        mechanism: mechanism.to_ascii_uppercase(),
-        initial_response: initial_response.map(str::to_owned),
+    Ok(CommandRef::Auth {
+        mechanism,
+        initial_response,
     })
 }
 
@@ -960,14 +1190,24 @@ fn is_atom(value: &str) -> bool {
 /// Whether `line` holds a control octet (below 0x20, or DEL). Written as a
 /// branch-free fold over fixed blocks so that it vectorises.
 fn has_control(line: &[u8]) -> bool {
-    let is_control = |b: u8| (b < 0x20) | (b == 0x7f);
+    let is_control = |b: u8| u8::from((b < 0x20) | (b == 0x7f));
+    // Lane-wise over fixed blocks, the tail padded with a printable octet:
+    // the compiler keeps `any` in a vector register and needs no scalar
+    // loop (command lines are short, so no early exit).
+    let mut any = [0u8; 16];
     let mut blocks = line.chunks_exact(16);
     for block in &mut blocks {
-        if block.iter().fold(false, |any, &b| any | is_control(b)) {
-            return true;
+        for k in 0..16 {
+            any[k] |= is_control(block[k]);
         }
     }
-    blocks.remainder().iter().any(|&b| is_control(b))
+    let tail = blocks.remainder();
+    let mut padded = [b'x'; 16];
+    padded[..tail.len()].copy_from_slice(tail);
+    for k in 0..16 {
+        any[k] |= is_control(padded[k]);
+    }
+    any.iter().fold(0, |all, &lane| all | lane) != 0
 }
 
 /// `str::split_once` for an ASCII separator, without the generic
@@ -2435,6 +2675,34 @@ mod tests {
             let line = &wire[..wire.len() - 2];
             prop_assert!(memchr::memchr2(b'\r', b'\n', line).is_none());
             prop_assert_eq!(Command::parse(line).unwrap(), command);
+        }
+
+        #[test]
+        fn borrowed_parse_equals_owned_parse(command in command()) {
+            let mut wire = BytesMut::new();
+            command.encode(&mut wire).unwrap();
+            let line = &wire[..wire.len() - 2];
+            let borrowed = CommandRef::parse(line).unwrap();
+            prop_assert_eq!(borrowed.to_command(), command);
+            // Addresses are borrowed from the line, never copied.
+            let range = line.as_ptr_range();
+            match borrowed {
+                CommandRef::Mail { from: Some(from), .. } => {
+                    prop_assert!(range.contains(&from.as_str().as_ptr()));
+                }
+                CommandRef::Rcpt { to, .. } if to.domain().is_some() => {
+                    prop_assert!(range.contains(&to.as_str().as_ptr()));
+                }
+                _ => {}
+            }
+        }
+
+        #[test]
+        fn borrowed_parse_agrees_on_any_bytes(line in prop::collection::vec(any::<u8>(), 0..300)) {
+            prop_assert_eq!(
+                CommandRef::parse(&line).map(|command| command.to_command()),
+                Command::parse(&line)
+            );
         }
 
         #[test]

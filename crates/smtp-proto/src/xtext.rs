@@ -15,6 +15,7 @@
 //! assert_eq!(xtext::decode("a+2Bb+3Dc+20d").unwrap(), "a+b=c d");
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
@@ -51,10 +52,15 @@ pub fn encode(value: &str) -> String {
 /// smuggle line breaks into DSN fields built from the value), and a result
 /// that is not UTF-8.
 pub fn decode(xtext: &str) -> Result<String, XtextError> {
+    decode_borrowed(xtext).map(Cow::into_owned)
+}
+
+/// [`decode`], borrowing the value when it encodes nothing (most ENVIDs
+/// and plain addresses do).
+pub(crate) fn decode_borrowed(xtext: &str) -> Result<Cow<'_, str>, XtextError> {
     let bytes = xtext.as_bytes();
-    // Most values (ENVIDs, plain addresses) encode nothing: copy them once.
-    if bytes.iter().all(|&b| is_xchar(b)) {
-        return Ok(xtext.to_owned());
+    if is_plain(bytes) {
+        return Ok(Cow::Borrowed(xtext));
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
@@ -85,7 +91,30 @@ pub fn decode(xtext: &str) -> Result<String, XtextError> {
             _ => return Err(XtextError::new(XtextErrorKind::OutOfRange)),
         }
     }
-    String::from_utf8(out).map_err(|_| XtextError::new(XtextErrorKind::NotUtf8))
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| XtextError::new(XtextErrorKind::NotUtf8))
+}
+
+/// Whether every octet is an xchar (33..=126 but `+` and `=`): lane-wise
+/// over fixed blocks with the tail padded by an xchar, which the compiler
+/// vectorises (a table lookup per octet does not).
+fn is_plain(bytes: &[u8]) -> bool {
+    let not_xchar = |b: u8| u8::from((b.wrapping_sub(33) >= 94) | (b == b'+') | (b == b'='));
+    let mut any = [0u8; 16];
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        for k in 0..16 {
+            any[k] |= not_xchar(block[k]);
+        }
+    }
+    let tail = blocks.remainder();
+    let mut padded = [b'x'; 16];
+    padded[..tail.len()].copy_from_slice(tail);
+    for k in 0..16 {
+        any[k] |= not_xchar(padded[k]);
+    }
+    any.iter().fold(0, |all, &lane| all | lane) == 0
 }
 
 /// Upper-case hex digit only: RFC 3461 §4 says "two upper case hexadecimal
@@ -136,6 +165,26 @@ impl std::error::Error for XtextError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_check_agrees_with_the_xchar_class() {
+        for byte in 0..=255u8 {
+            assert_eq!(is_plain(&[byte]), is_xchar(byte), "octet {byte}");
+            // Every position of every block and of the padded tail.
+            for len in [15, 16, 17, 33, 40] {
+                for at in 0..len {
+                    let mut value = vec![b'a'; len];
+                    value[at] = byte;
+                    assert_eq!(
+                        is_plain(&value),
+                        is_xchar(byte),
+                        "octet {byte} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(is_plain(b""));
+    }
     use proptest::prelude::*;
 
     #[test]

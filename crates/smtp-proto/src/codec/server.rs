@@ -8,7 +8,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::Reply;
 use crate::body::{BdatDecoder, BdatEvent, BodyEvent, BodySummary, DataDecoder};
-use crate::command::{Command, CommandError};
+use crate::command::{Command, CommandError, CommandRef};
 use crate::limits;
 use crate::sasl::{self, SaslError};
 
@@ -129,6 +129,55 @@ impl ServerCodec {
         matches!(self.mode, Mode::Data(_) | Mode::Bdat(_))
     }
 
+    /// Reads the next command line and hands it to `f` parsed by
+    /// [`CommandRef::parse`], borrowed from the buffer: the zero-copy form
+    /// of `decode` in command mode, with the same framing (the line limit,
+    /// the longer `AUTH` line, a too-long line dropped and reported once as
+    /// [`CommandError::LineTooLong`]). The line is consumed when `f`
+    /// returns.
+    ///
+    /// `None` when no whole line is buffered yet, or when the codec is not
+    /// in command mode (then `src` is untouched: read bodies and AUTH
+    /// responses with `decode`).
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use smtp_proto::codec::ServerCodec;
+    /// use smtp_proto::command::CommandRef;
+    ///
+    /// let mut codec = ServerCodec::new(512);
+    /// let mut input = BytesMut::from(&b"RCPT TO:<b@example.net>\r\nQUIT\r\n"[..]);
+    /// let domain = codec.decode_command(&mut input, |command| match command {
+    ///     Ok(CommandRef::Rcpt { to, .. }) => to.domain().map(str::to_owned),
+    ///     _ => None,
+    /// });
+    /// assert_eq!(domain, Some(Some("example.net".to_owned())));
+    /// assert_eq!(&input[..], b"QUIT\r\n");
+    /// ```
+    pub fn decode_command<T>(
+        &mut self,
+        src: &mut BytesMut,
+        f: impl FnOnce(Result<CommandRef<'_>, CommandError>) -> T,
+    ) -> Option<T> {
+        if !matches!(self.mode, Mode::Command) {
+            return None;
+        }
+        // The line starts at the front of the buffer (unless a too-long
+        // line is being dropped, when the limit no longer matters).
+        let max = if is_auth_line(src) {
+            self.max_line.max(AUTH_COMMAND_LINE_MAX)
+        } else {
+            self.max_line
+        };
+        let mut f = Some(f);
+        match self.next_line(src, max, |line| {
+            f.take().map(|f| f(CommandRef::parse(line)))
+        })? {
+            Ok(parsed) => parsed,
+            Err(()) => f.take().map(|f| f(Err(CommandError::LineTooLong))),
+        }
+    }
+
     /// Finds the next `<CRLF>`-terminated line of at most `max` octets.
     ///
     /// `Some(Ok(f(line)))` is `f` applied to the line without its `<CRLF>`;
@@ -212,22 +261,9 @@ impl Decoder for ServerCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<ServerFrame>, io::Error> {
         let frame = match &mut self.mode {
-            Mode::Command => {
-                // The line starts at the front of the buffer (unless a
-                // too-long line is being dropped, when the limit no longer
-                // matters).
-                let max = if is_auth_line(src) {
-                    self.max_line.max(AUTH_COMMAND_LINE_MAX)
-                } else {
-                    self.max_line
-                };
-                self.next_line(src, max, Command::parse).map(|line| {
-                    ServerFrame::Command(match line {
-                        Ok(command) => command,
-                        Err(()) => Err(CommandError::LineTooLong),
-                    })
-                })
-            }
+            Mode::Command => self
+                .decode_command(src, |command| command.map(|command| command.to_command()))
+                .map(ServerFrame::Command),
             Mode::AuthResponse => {
                 let frame = self
                     .next_line(src, limits::SASL_LINE_MAX, sasl::decode_response)
@@ -297,7 +333,7 @@ impl Encoder<&Reply> for ServerCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Command;
+    use crate::command::{Command, CommandError};
 
     /// Decodes `input` fed in pieces of `step` octets, switching modes the
     /// way a server does: DATA → body, BDAT n → chunk, AUTH → response.
@@ -373,6 +409,115 @@ AUTH PLAIN\r\nAGEAYg==\r\nNOOP\r\nQUIT\r\n";
                 "split every {step} octets"
             );
         }
+    }
+
+    /// Command lines that exercise every borrowed field and every framing
+    /// error: xtext with and without escapes, a UTF-8 address, a bare LF,
+    /// a line over the limit, an `AUTH` line over it but within its own.
+    fn command_stream() -> Vec<u8> {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"EHLO client.example\r\n");
+        input.extend_from_slice(
+            b"MAIL FROM:<s\xc3\xa9@example.org> SMTPUTF8 ENVID=a+2Bb AUTH=<> SIZE=10\r\n",
+        );
+        input.extend_from_slice(
+            b"RCPT TO:<b@example.net> NOTIFY=SUCCESS ORCPT=rfc822;b@example.net\r\n",
+        );
+        input.extend_from_slice(b"RCPT TO:<Postmaster> ORCPT=rfc822;c+2Bd@example.net\r\n");
+        input.extend_from_slice(b"RCPT TO:<bare\nlf@example.net>\r\n");
+        input.extend_from_slice(b"VRFY ");
+        input.extend_from_slice(&[b'x'; 600]);
+        input.extend_from_slice(b"\r\nauth plain ");
+        input.extend_from_slice(&[b'A'; 700]);
+        input.extend_from_slice(b"\r\nHELP topic\r\nBDAT 0 LAST\r\nFROB\r\nQUIT\r\n");
+        input
+    }
+
+    /// Reads `pieces` with `decode` or with `decode_command`, the borrowed
+    /// commands copied out with `to_command`.
+    fn commands_of(pieces: &[&[u8]], borrowed: bool) -> Vec<Result<Command, CommandError>> {
+        let mut codec = ServerCodec::new(512);
+        let mut buffer = BytesMut::new();
+        let mut commands = Vec::new();
+        for piece in pieces {
+            buffer.extend_from_slice(piece);
+            loop {
+                let command = if borrowed {
+                    codec.decode_command(&mut buffer, |command| command.map(|c| c.to_command()))
+                } else {
+                    match codec.decode(&mut buffer).unwrap() {
+                        Some(ServerFrame::Command(command)) => Some(command),
+                        Some(other) => panic!("not a command: {other:?}"),
+                        None => None,
+                    }
+                };
+                match command {
+                    Some(command) => commands.push(command),
+                    None => break,
+                }
+            }
+        }
+        commands
+    }
+
+    #[test]
+    fn borrowed_commands_equal_owned_ones_whatever_the_split() {
+        let input = command_stream();
+        let owned = commands_of(&[&input], false);
+        assert_eq!(owned.len(), 11, "{owned:#?}");
+        assert_eq!(owned[4], Err(CommandError::BareLineEnding));
+        assert_eq!(owned[5], Err(CommandError::LineTooLong));
+        assert!(matches!(owned[6], Ok(Command::Auth { .. })));
+        for at in 0..=input.len() {
+            let pieces = [&input[..at], &input[at..]];
+            assert_eq!(commands_of(&pieces, true), owned, "split at {at}");
+            assert_eq!(commands_of(&pieces, false), owned, "split at {at}");
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(commands_of(&bytes, true), owned, "byte by byte");
+    }
+
+    #[test]
+    fn borrowed_commands_point_into_the_buffer() {
+        use crate::command::CommandRef;
+        use std::borrow::Cow;
+        let mut codec = ServerCodec::new(512);
+        let mut buffer = BytesMut::from(
+            &b"RCPT TO:<b@example.net> ORCPT=rfc822;b@example.net\r\nRCPT TO:<c@example.net> ORCPT=rfc822;c+2Bd@example.net\r\n"[..],
+        );
+        let range = buffer.as_ptr_range();
+        let inside = |text: &str| range.contains(&text.as_ptr());
+        let first = codec.decode_command(&mut buffer, |command| {
+            let Ok(CommandRef::Rcpt { to, params }) = command else {
+                return false;
+            };
+            let orcpt = params.orcpt.unwrap();
+            inside(to.as_str())
+                && inside(orcpt.addr_type)
+                && matches!(orcpt.address, Cow::Borrowed(address) if inside(address))
+        });
+        assert_eq!(first, Some(true));
+        // An xtext escape is decoded into an owned string.
+        let second = codec.decode_command(&mut buffer, |command| {
+            let Ok(CommandRef::Rcpt { params, .. }) = command else {
+                return None;
+            };
+            match params.orcpt.unwrap().address {
+                Cow::Owned(address) => Some(address),
+                Cow::Borrowed(_) => None,
+            }
+        });
+        assert_eq!(second, Some(Some("c+d@example.net".to_owned())));
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn decode_command_leaves_bodies_to_decode() {
+        let mut codec = ServerCodec::new(512);
+        codec.expect_data(1024);
+        let mut buffer = BytesMut::from(&b"NOOP\r\n.\r\n"[..]);
+        assert_eq!(codec.decode_command(&mut buffer, |_| ()), None);
+        assert_eq!(&buffer[..], b"NOOP\r\n.\r\n");
     }
 
     #[test]
