@@ -62,16 +62,17 @@ async fn wait(what: &str, mut done: impl AsyncFnMut() -> bool) {
     }
 }
 
-async fn held_while_in_flight<S: QueueInspect>(store: S, release_at_once: bool) {
-    let mx = FakeMx::start(
-        ip(1),
-        Script::new()
-            .no_starttls()
-            .data_delay(SLOW_DATA)
-            .reject_rcpt("busy@x.test", 451, "4.2.1", "mailbox busy, try later"),
-    )
-    .await
-    .unwrap();
+/// Runs a scheduler over `store` delivering `x.test` to `mx`, retrying
+/// after [`RETRY`], with at most `max_per_destination` connections (the
+/// default when `None`); stops when the sender is used or dropped.
+fn start_scheduler<S: QueueInspect>(
+    store: S,
+    mx: &FakeMx,
+    max_per_destination: Option<usize>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut router = Router::new(RelayAccess::new(Vec::<String>::new(), Vec::new()));
     router.add_route(
         "x.test",
@@ -83,11 +84,14 @@ async fn held_while_in_flight<S: QueueInspect>(store: S, release_at_once: bool) 
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let mut delivery = DeliveryConfig::new("relay.test");
     delivery.timeouts = smtp_client::Timeouts::uniform(Duration::from_secs(5));
+    if let Some(max) = max_per_destination {
+        delivery.max_per_destination = max;
+    }
     let deliverer = Deliverer::new(delivery, router, None, None, Arc::clone(&clock));
     let mut config = SchedulerConfig::new("relay.test");
     config.retry.first = RETRY;
     config.retry.max = RETRY;
-    let scheduler = Scheduler::new(store.clone(), deliverer, clock, config);
+    let scheduler = Scheduler::new(store, deliverer, clock, config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(async move {
         scheduler
@@ -96,6 +100,20 @@ async fn held_while_in_flight<S: QueueInspect>(store: S, release_at_once: bool) 
             })
             .await;
     });
+    (stop, running)
+}
+
+async fn held_while_in_flight<S: QueueInspect>(store: S, release_at_once: bool) {
+    let mx = FakeMx::start(
+        ip(1),
+        Script::new()
+            .no_starttls()
+            .data_delay(SLOW_DATA)
+            .reject_rcpt("busy@x.test", 451, "4.2.1", "mailbox busy, try later"),
+    )
+    .await
+    .unwrap();
+    let (stop, running) = start_scheduler(store.clone(), &mx, None);
 
     let id = store.enqueue(message()).await.unwrap();
     // The attempt is in flight once the body arrived: the fake MX now sits
@@ -231,31 +249,7 @@ async fn held_while_waiting_for_a_slot<S: QueueInspect>(store: S) {
     let mx = FakeMx::start(ip(1), Script::new().no_starttls().data_delay(SLOW_DATA))
         .await
         .unwrap();
-    let mut router = Router::new(RelayAccess::new(Vec::<String>::new(), Vec::new()));
-    router.add_route(
-        "x.test",
-        HostPort {
-            host: mx.addr().ip().to_string(),
-            port: mx.addr().port(),
-        },
-    );
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let mut delivery = DeliveryConfig::new("relay.test");
-    delivery.timeouts = smtp_client::Timeouts::uniform(Duration::from_secs(5));
-    delivery.max_per_destination = 1;
-    let deliverer = Deliverer::new(delivery, router, None, None, Arc::clone(&clock));
-    let mut config = SchedulerConfig::new("relay.test");
-    config.retry.first = RETRY;
-    config.retry.max = RETRY;
-    let scheduler = Scheduler::new(store.clone(), deliverer, clock, config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        scheduler
-            .run(async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let (stop, running) = start_scheduler(store.clone(), &mx, Some(1));
 
     store
         .enqueue(message_to(&["first@x.test"], "first"))

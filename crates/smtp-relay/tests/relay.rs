@@ -80,6 +80,22 @@ fn field<'a>(block: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A relay routing `remote.test` to `mx` and `sender.test` (where
+/// notifications go) to `sender_mx`.
+async fn relay_with_notices(dir: &std::path::Path, mx: &FakeMx, sender_mx: &FakeMx) -> Relay {
+    Relay::start(
+        dir,
+        RelayOptions {
+            routes: vec![
+                ("remote.test".into(), mx.addr()),
+                ("sender.test".into(), sender_mx.addr()),
+            ],
+            ..RelayOptions::default()
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn relays_byte_for_byte_with_a_received_header() {
     let mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
@@ -186,17 +202,7 @@ async fn permanent_failures_bounce_once_per_batch_with_every_field() {
     .unwrap();
     let sender_mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path(),
-        RelayOptions {
-            routes: vec![
-                ("remote.test".into(), mx.addr()),
-                ("sender.test".into(), sender_mx.addr()),
-            ],
-            ..RelayOptions::default()
-        },
-    )
-    .await;
+    let relay = relay_with_notices(dir.path(), &mx, &sender_mx).await;
     let envelope = Envelope::builder()
         .from(address("alice@sender.test"))
         .to(address("good@remote.test"))
@@ -268,17 +274,7 @@ async fn ret_hdrs_returns_only_the_header_section() {
     .unwrap();
     let sender_mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path(),
-        RelayOptions {
-            routes: vec![
-                ("remote.test".into(), mx.addr()),
-                ("sender.test".into(), sender_mx.addr()),
-            ],
-            ..RelayOptions::default()
-        },
-    )
-    .await;
+    let relay = relay_with_notices(dir.path(), &mx, &sender_mx).await;
     let envelope = Envelope::builder()
         .from(address("alice@sender.test"))
         .to(address("bad@remote.test"))
@@ -306,17 +302,7 @@ async fn notify_never_and_the_null_sender_get_no_bounce() {
     .unwrap();
     let sender_mx = FakeMx::start(ip(1), Script::plain()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path(),
-        RelayOptions {
-            routes: vec![
-                ("remote.test".into(), mx.addr()),
-                ("sender.test".into(), sender_mx.addr()),
-            ],
-            ..RelayOptions::default()
-        },
-    )
-    .await;
+    let relay = relay_with_notices(dir.path(), &mx, &sender_mx).await;
     let never = Envelope::builder()
         .from(address("alice@sender.test"))
         .recipient(Recipient::from(address("bad@remote.test")).notify(Notify::Never))
@@ -355,17 +341,7 @@ async fn a_bounce_that_fails_is_never_bounced() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path(),
-        RelayOptions {
-            routes: vec![
-                ("remote.test".into(), mx.addr()),
-                ("sender.test".into(), sender_mx.addr()),
-            ],
-            ..RelayOptions::default()
-        },
-    )
-    .await;
+    let relay = relay_with_notices(dir.path(), &mx, &sender_mx).await;
     submit(
         relay.addr,
         &envelope(Some("alice@sender.test"), &["bob@remote.test"]),
@@ -581,22 +557,6 @@ async fn submit_lines(relay: std::net::SocketAddr, mail: &str, rcpts: &[&str]) {
     let reply = raw.command(&format!("{MESSAGE}.")).await;
     assert!(reply.starts_with("250"), "{reply}");
     assert!(raw.command("QUIT").await.starts_with("221"));
-}
-
-/// A relay routing `remote.test` to `mx` and `sender.test` (where
-/// notifications go) to `sender_mx`.
-async fn relay_with_notices(dir: &std::path::Path, mx: &FakeMx, sender_mx: &FakeMx) -> Relay {
-    Relay::start(
-        dir,
-        RelayOptions {
-            routes: vec![
-                ("remote.test".into(), mx.addr()),
-                ("sender.test".into(), sender_mx.addr()),
-            ],
-            ..RelayOptions::default()
-        },
-    )
-    .await
 }
 
 #[tokio::test]
